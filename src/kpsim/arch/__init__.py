@@ -1,0 +1,1 @@
+"""kpsim.arch (see DESIGN.md, Architecture)."""

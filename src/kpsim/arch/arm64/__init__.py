@@ -1,0 +1,1 @@
+"""kpsim.arch.arm64 (see DESIGN.md, Architecture)."""

@@ -1,0 +1,1 @@
+"""kpsim.attack (see DESIGN.md, Architecture)."""

@@ -1,0 +1,1 @@
+"""kpsim.audit (see DESIGN.md, Architecture)."""

@@ -1,0 +1,54 @@
+"""The kpsim error tree (DESIGN.md, "Errors").
+
+One root, :class:`KpsimError`. Model failures also subclass the nearest builtin so
+that callers who only know Python's tree still catch them. Architectural faults are
+values (``kpsim.hw.arm64.fault.Fault``) that become :class:`AccessFault` only at the
+access API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KpsimError(Exception):
+    """Root of every error kpsim raises on purpose."""
+
+
+class InputError(KpsimError, ValueError):
+    """Bad user input: a file, a line (when known) and the problem.
+
+    The CLI prints ``str(err)`` as one line on stderr and exits with status 2.
+    """
+
+    def __init__(self, problem: str, *, file: str | None = None, line: int | None = None) -> None:
+        self.problem = problem
+        self.file = file
+        self.line = line
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = f"{self.file}:{self.line}: " if self.line is not None else f"{self.file}: "
+        return f"{where}{self.problem}"
+
+
+class ConfigError(InputError):
+    """An impossible machine or kernel configuration (zero memory, unknown policy...)."""
+
+
+class OutOfMemory(KpsimError, MemoryError):
+    """The simulated machine ran out of memory where the kernel would have failed hard."""
+
+
+class ModelInvariantError(KpsimError, AssertionError):
+    """A kernel ``BUG_ON``: the model reached a state Linux treats as fatal."""
+
+
+class AccessFault(KpsimError):
+    """An access made through the access API faulted; ``fault`` holds the value."""
+
+    def __init__(self, fault: Any) -> None:
+        self.fault = fault
+        super().__init__(str(fault))

@@ -1,0 +1,1 @@
+"""Layer 1: simulated hardware (physical memory; arm64 descriptors, registers, MMU, TLB, CPUs)."""

@@ -1,0 +1,1 @@
+"""kpsim.kpkeys (see DESIGN.md, Architecture)."""

@@ -1,0 +1,1 @@
+"""kpsim.machine (see DESIGN.md, Architecture)."""

@@ -1,0 +1,1 @@
+"""kpsim.mm (see DESIGN.md, Architecture)."""

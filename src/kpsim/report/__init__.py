@@ -1,0 +1,1 @@
+"""kpsim.report (see DESIGN.md, Architecture)."""

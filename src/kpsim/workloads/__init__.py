@@ -1,0 +1,1 @@
+"""kpsim.workloads (see DESIGN.md, Architecture)."""
