@@ -1,0 +1,59 @@
+"""State shared by the arm64 arch modules (the Python form of arm64's globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kpsim.arch.arm64.memory import Layout
+from kpsim.hw.arm64.cpu import Cpu
+from kpsim.hw.arm64.system import Arm64System
+from kpsim.mm.kernel import Kernel
+from kpsim.mm.sched import Task
+
+
+class PerCpu:
+    """Per-CPU arch data: the running task, interrupt depth, saved exception frames."""
+
+    __slots__ = ("current", "irq_depth", "saved_por")
+
+    def __init__(self, idle: Task) -> None:
+        self.current = idle
+        self.irq_depth = 0
+        self.saved_por: list[int] = []
+
+
+class Arm64Base:
+    """Attributes every arm64 mixin may use."""
+
+    k: Kernel
+    system: Arm64System
+    layout: Layout
+    cpu_id: int
+    percpu: list[PerCpu]
+    swapper_pg_dir: int  # physical address of the kernel PGD
+    linear_map_policy: str  # "pte" or "block"
+    hardened_pgtables: bool  # static key kpkeys_hardened_pgtables_key
+    batching: bool
+    por_init: int
+    split_lock_depth: int
+    rodata_ro: bool
+    irq_hook: Callable[[], None] | None
+    kpkeys_split_hooks: Any  # PBA prepare/ready protocol, or None
+
+    @property
+    def cpu(self) -> Cpu:
+        return self.system.cpus[self.cpu_id]
+
+    def current(self) -> Task:
+        return self.percpu[self.cpu_id].current
+
+    # provided by LazyMmuMixin (declared here for the other mixins)
+    def arch_enter_lazy_mmu_mode(self) -> None:
+        raise NotImplementedError
+
+    def arch_leave_lazy_mmu_mode(self) -> None:
+        raise NotImplementedError
+
+    def in_interrupt(self) -> bool:
+        return self.percpu[self.cpu_id].irq_depth > 0

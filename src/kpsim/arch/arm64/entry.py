@@ -1,0 +1,75 @@
+"""Exceptions, interrupts and context switches on arm64, as far as POR_EL1 goes.
+
+Models the kpkeys parts of ``arch/arm64/kernel/entry-common.c`` and
+``process.c`` (spec §3.6): an interrupt can be injected on any CPU at any point; its
+handler runs in the default context (entry resets POR_EL1 only if it differs, and the
+return path restores it); ``switch_to`` saves and restores the per-thread value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from kpsim.arch.arm64.base import Arm64Base
+from kpsim.arch.arm64.kpkeys import (
+    ThreadStruct,
+    context_switch_por,
+    exception_entry_por,
+    exception_return_por,
+)
+from kpsim.mm.sched import Task
+
+T = TypeVar("T")
+
+
+class EntryMixin(Arm64Base):
+    @contextmanager
+    def on_cpu(self, cpu_id: int) -> Iterator[None]:
+        """Run the enclosed kernel code on ``cpu_id`` (what ``smp_processor_id`` returns)."""
+        prev = self.cpu_id
+        self.cpu_id = cpu_id
+        try:
+            yield
+        finally:
+            self.cpu_id = prev
+
+    def interrupt(self, cpu_id: int, handler: Callable[[], T]) -> T:
+        """Take an IRQ on ``cpu_id`` and run ``handler`` as its handler."""
+        with self.on_cpu(cpu_id):
+            pc = self.percpu[cpu_id]
+            cpu = self.cpu
+            poe = self.system_supports_poe()
+            saved = exception_entry_por(cpu, self.por_init) if poe else 0
+            pc.irq_depth += 1
+            self.k.counters["interrupts"] += 1
+            try:
+                return handler()
+            finally:
+                pc.irq_depth -= 1
+                if poe:
+                    exception_return_por(cpu, saved)
+
+    def switch_to(self, cpu_id: int, nxt: Task) -> None:
+        """``__switch_to``: POR_EL1 save/restore, then TTBR0/ASID of the next mm."""
+        pc = self.percpu[cpu_id]
+        prev = pc.current
+        cpu = self.system.cpus[cpu_id]
+        if prev is nxt:
+            return
+        if self.system_supports_poe():
+            context_switch_por(cpu, prev.thread, nxt.thread)
+        pc.current = nxt
+        mm = nxt.mm
+        if mm is not None:
+            cpu.switch_ttbr0(mm.pgd_pa, mm.asid)
+        self.k.counters["context_switches"] += 1
+
+    def copy_thread(self, parent: Task) -> ThreadStruct:
+        """``copy_thread``: the child's saved POR_EL1 is the parent's current value."""
+        live = self.system.cpus[self.cpu_id].por_el1 if self.current() is parent else 0
+        return ThreadStruct(por_el1=live or parent.thread.por_el1)
+
+    def system_supports_poe(self) -> bool:
+        return all(c.poe for c in self.system.cpus)

@@ -1,0 +1,106 @@
+"""arm64 kpkeys hooks: POR_EL1 contexts, exception entry/return, context switch.
+
+Models ``arch/arm64/include/asm/kpkeys.h`` and ``asm/por.h`` (v7 naming) and the v4+
+entry and context-switch patches (spec §3.3, §3.6):
+
+- ``por_set_kpkeys_context``: pkey 0 RWX in every context, pkey 1 RW in
+  ``KPKEYS_CTX_PGTABLES`` and R otherwise; other fields untouched.
+- ``arch_kpkeys_set_context``: always read, compute, write POR_EL1, ISB; return the
+  previous value (v7 behaviour; no skip-if-unchanged).
+- exception entry saves POR_EL1 in the frame and resets it to ``POR_EL1_INIT`` (+ ISB)
+  only if it differs; exception return writes the saved value back (ERET synchronises).
+- context switch saves the live value in the outgoing thread and writes the incoming
+  one (+ ISB) only if it differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kpsim.hw.arm64.cpu import Cpu
+from kpsim.hw.arm64.por import POE_R, POE_RW, POE_RWX, por_elx_set_pkey_perms
+from kpsim.mm.kpkeys_defs import (
+    KPKEYS_CTX_DEFAULT,
+    KPKEYS_CTX_MAX,
+    KPKEYS_CTX_MIN,
+    KPKEYS_CTX_PGTABLES,
+    KPKEYS_PKEY_DEFAULT,
+    KPKEYS_PKEY_PGTABLES,
+    KPKEYS_PKEY_REG_INVAL,
+)
+
+POR_EL0_INIT = POE_RWX
+POR_EL1_INIT_BASE = POE_RWX  # before the page-table feature: 0x7
+
+
+def por_set_kpkeys_context(por: int, ctx: int) -> int:
+    """The register value for ``ctx``, keeping fields kpkeys does not manage."""
+    por = por_elx_set_pkey_perms(por, KPKEYS_PKEY_DEFAULT, POE_RWX)
+    perm = POE_RW if ctx == KPKEYS_CTX_PGTABLES else POE_R
+    return por_elx_set_pkey_perms(por, KPKEYS_PKEY_PGTABLES, perm)
+
+
+def por_el1_init(hardened_pgtables: bool) -> int:
+    """``POR_EL1_INIT``: 0x17 when CONFIG_KPKEYS_HARDENED_PGTABLES is built in, else 0x7."""
+    if hardened_pgtables:
+        return por_set_kpkeys_context(POR_EL1_INIT_BASE, KPKEYS_CTX_DEFAULT)
+    return POR_EL1_INIT_BASE
+
+
+@dataclass(slots=True)
+class ThreadStruct:
+    """The arm64 ``thread_struct`` fields kpkeys uses."""
+
+    por_el1: int = 0
+    por_el1_lazy_mmu: int = KPKEYS_PKEY_REG_INVAL
+
+
+def arch_kpkeys_set_context(cpu: Cpu, ctx: int) -> int:
+    """Switch ``cpu`` to ``ctx``; return the previous POR_EL1 value."""
+    if not KPKEYS_CTX_MIN <= ctx <= KPKEYS_CTX_MAX:
+        raise ValueError(f"kpkeys context {ctx} out of range (a build error in Linux)")
+    prev = cpu.por_el1
+    cpu.write_por_el1(por_set_kpkeys_context(prev, ctx))
+    cpu.isb()
+    return prev
+
+
+def arch_kpkeys_restore_pkey_reg(cpu: Cpu, value: int) -> None:
+    """Write ``value`` back (+ ISB); the invalid value 0 means nothing to restore."""
+    if value == KPKEYS_PKEY_REG_INVAL:
+        return
+    cpu.write_por_el1(value)
+    cpu.isb()
+
+
+def cpu_enable_poe(cpu: Cpu, por_init: int) -> None:
+    """``cpu_enable_poe``: POR_EL1 = init, TCR2_EL1.POE and E0POE set, then ISB."""
+    cpu.write_por_el1(por_init)
+    cpu.write_por_el0(POR_EL0_INIT)
+    cpu.set_tcr2(poe=True, e0poe=True)
+    cpu.isb()
+
+
+def exception_entry_por(cpu: Cpu, por_init: int) -> int:
+    """Entry code: save POR_EL1 in ``pt_regs``; reset to init (+ ISB) only if different."""
+    saved = cpu.por_el1
+    cpu.context_sync()  # exception entry is context-synchronising
+    if saved != por_init:
+        cpu.write_por_el1(por_init)
+        cpu.isb()
+    return saved
+
+
+def exception_return_por(cpu: Cpu, saved: int) -> None:
+    """Return path: write ``pt_regs::por_el1`` back; ERET synchronises (no ISB)."""
+    if cpu.por_el1 != saved:
+        cpu.write_por_el1(saved)
+    cpu.context_sync()
+
+
+def context_switch_por(cpu: Cpu, prev: ThreadStruct, nxt: ThreadStruct) -> None:
+    """``permission_overlay_switch``: save live value; write the next one if it differs."""
+    prev.por_el1 = cpu.por_el1
+    if nxt.por_el1 != cpu.por_el1:
+        cpu.write_por_el1(nxt.por_el1)
+        cpu.isb()

@@ -1,0 +1,54 @@
+"""Lazy-MMU mode on arm64, with kpkeys batching (v5 18/18, v6 28/30; spec §4.9).
+
+Models the generic lazy-MMU API after its 2025 rework (``lazy_mmu_mode_enable`` /
+``disable``: nesting counted per task, arch hooks only for the outermost section, a
+no-op in interrupt context) and arm64's ``arch_enter_lazy_mmu_mode`` /
+``arch_leave_lazy_mmu_mode``: set ``TIF_LAZY_MMU``; with kpkeys_hardened_pgtables
+and batching on, switch to ``KPKEYS_CTX_PGTABLES`` once on entry (saving the previous
+POR_EL1 in ``thread.por_el1_lazy_mmu``) and restore it on exit before the deferred
+barriers are emitted.
+"""
+
+from __future__ import annotations
+
+from kpsim.arch.arm64.base import Arm64Base
+from kpsim.arch.arm64.kpkeys import arch_kpkeys_set_context
+from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES, KPKEYS_PKEY_REG_INVAL
+
+
+class LazyMmuMixin(Arm64Base):
+    def arch_enter_lazy_mmu_mode(self) -> None:
+        if self.in_interrupt():
+            return
+        task = self.current()
+        task.lazy_mmu_nesting += 1
+        if task.lazy_mmu_nesting > 1:
+            self.k.counters["lazy_mmu_nested"] += 1
+            return
+        task.tif_lazy_mmu = True
+        self.k.counters["lazy_mmu_sections"] += 1
+        if self.hardened_pgtables and self.batching:
+            task.thread.por_el1_lazy_mmu = arch_kpkeys_set_context(self.cpu, KPKEYS_CTX_PGTABLES)
+            self.k.counters["kpkeys_guard_entries"] += 1
+
+    def arch_leave_lazy_mmu_mode(self) -> None:
+        if self.in_interrupt():
+            return
+        task = self.current()
+        task.lazy_mmu_nesting -= 1
+        if task.lazy_mmu_nesting > 0:
+            return
+        cpu = self.cpu
+        pending = task.tif_pending
+        if self.hardened_pgtables and self.batching:
+            saved = task.thread.por_el1_lazy_mmu
+            task.thread.por_el1_lazy_mmu = KPKEYS_PKEY_REG_INVAL
+            if saved != KPKEYS_PKEY_REG_INVAL:
+                cpu.write_por_el1(saved)
+                if not pending:
+                    cpu.isb()
+        task.tif_lazy_mmu = False
+        task.tif_pending = False
+        if pending:  # emit the deferred kernel-PTE barriers: DSB ISHST + ISB
+            self.system.counters["dsb"] += 1
+            cpu.isb()

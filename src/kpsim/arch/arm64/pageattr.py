@@ -1,0 +1,113 @@
+"""arm64 linear-map attribute changes (``arch/arm64/mm/pageattr.c``).
+
+One engine, ``__change_memory_common(start, size, set_mask, clear_mask)``: split the
+leaves straddling the edges (``split_kernel_leaf_mapping``), rewrite every leaf in the
+range inside a lazy-MMU section (a block lying wholly inside is rewritten in place as
+one entry), then ``flush_tlb_kernel_range`` unless the change only makes invalid
+entries valid. Thin verbs over it: ``set_memory_ro/rw/valid``,
+``set_direct_map_invalid_noflush``, ``set_direct_map_default_noflush`` and
+``set_memory_pkey`` (v5 06/18: 0 without POE; -EINVAL outside the linear map or for a
+pkey >= ``arch_max_pkey()``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kpsim.arch.arm64.lazy_mmu import LazyMmuMixin
+from kpsim.arch.arm64.memory import PAGE_OFFSET
+from kpsim.arch.arm64.mmu import MmuMixin
+from kpsim.arch.arm64.tlbflush import TlbFlushMixin
+from kpsim.hw.arm64 import descriptors as d
+from kpsim.hw.arm64.por import ARCH_MAX_PKEY
+
+EINVAL = -22
+U64 = (1 << 64) - 1
+
+
+class PageattrMixin(MmuMixin, TlbFlushMixin, LazyMmuMixin):
+    def change_memory_common(
+        self, addr: int, numpages: int, set_mask: int, clear_mask: int, *, flush: bool = True
+    ) -> int:
+        start = addr & ~0xFFF
+        size = numpages << 12
+        if not numpages:
+            return 0
+        if not self._kernel_range_mapped(start, start + size):
+            return EINVAL
+        ret = self.split_kernel_leaf_mapping(start, start + size)
+        if ret:
+            return ret
+        self.arch_enter_lazy_mmu_mode()
+        try:
+            self._update_range(start, start + size, set_mask, clear_mask)
+        finally:
+            self.arch_leave_lazy_mmu_mode()
+        only_validating = set_mask == d.VALID and not clear_mask
+        if flush and not only_validating:
+            self.flush_tlb_kernel_range(start, start + size)
+        return 0
+
+    @staticmethod
+    def _kernel_range_mapped(start: int, end: int) -> bool:
+        return start >= PAGE_OFFSET and end <= 1 << 64
+
+    def _update_range(self, start: int, end: int, set_mask: int, clear_mask: int) -> None:
+        """``walk_kernel_page_table_range`` with the pageattr callbacks."""
+        keep = np.uint64(~clear_mask & U64)
+        setm = np.uint64(set_mask)
+        a = start
+        while a < end:
+            ptr = self.pgd_offset_k(a)
+            level = 0
+            v = self.read_entry(ptr)
+            while level < 3 and d.kind(v, level) is d.Kind.TABLE:
+                level += 1
+                ptr = self.next_offset(ptr, a, level)
+                v = self.read_entry(ptr)
+            size = d.level_size(level)
+            if level < 3:
+                if v:
+                    self.pt_store(ptr, (v & ~clear_mask) | set_mask)
+                a = (a | (size - 1)) + 1
+                continue
+            table_pa = self.entry_pa(ptr) & ~0xFFF
+            i0 = (a >> 12) & 0x1FF
+            i1 = min(512, i0 + ((end - a) >> 12))
+            old = self.read_table(table_pa)[i0:i1]
+            vals = np.where(old != 0, (old & keep) | setm, old)
+            self.pt_store_batch(table_pa, slice(i0, i1), vals)
+            a += (i1 - i0) << 12
+
+    # -- thin verbs --------------------------------------------------------------------
+    def set_memory_ro(self, addr: int, numpages: int) -> int:
+        return self.change_memory_common(addr, numpages, d.AP_RDONLY, d.DBM)
+
+    def set_memory_rw(self, addr: int, numpages: int) -> int:
+        return self.change_memory_common(addr, numpages, d.DBM, d.AP_RDONLY)
+
+    def set_memory_valid(self, addr: int, numpages: int, enable: bool) -> int:
+        if enable:
+            return self.change_memory_common(addr, numpages, d.VALID, 0)
+        return self.change_memory_common(addr, numpages, 0, d.VALID)
+
+    def set_direct_map_invalid_noflush(self, pfn: int) -> int:
+        return self.change_memory_common(self.layout.pfn_to_virt(pfn), 1, 0, d.VALID, flush=False)
+
+    def set_direct_map_default_noflush(self, pfn: int) -> int:
+        return self.change_memory_common(
+            self.layout.pfn_to_virt(pfn), 1, d.VALID | d.DBM, d.AP_RDONLY, flush=False
+        )
+
+    def set_memory_pkey(self, addr: int, numpages: int, pkey: int) -> int:
+        """Set the POIndex of ``numpages`` linear-map pages to ``pkey``."""
+        if not self.system_supports_poe():
+            return 0
+        if not self.layout.is_linear(addr) or not 0 <= pkey < ARCH_MAX_PKEY:
+            return EINVAL
+        self.k.counters["set_memory_pkey"] += 1
+        self.k.counters["set_memory_pkey_page"] += numpages
+        return self.change_memory_common(addr, numpages, pkey << d.POINDEX_SHIFT, d.POINDEX_MASK)
+
+    def system_supports_poe(self) -> bool:
+        return all(c.poe for c in self.system.cpus)

@@ -1,0 +1,197 @@
+"""arm64 page-table entry helpers and the (kpkeys-guarded) write helpers.
+
+Models ``arch/arm64/include/asm/pgtable.h`` and ``pgtable-prot.h``: ``*_offset``,
+``*_none``, ``*_leaf``, protection values, and the helpers that write an entry:
+``__set_pte_nosync``/``set_pte``, ``set_pmd``, ``set_pud``, ``set_p4d``, ``set_pgd``,
+``ptep_get_and_clear``, ``ptep_set_wrprotect``, ``ptep_test_and_clear_young``,
+``ptep_set_access_flags``, ``pmdp_establish``. Every write is a store through the
+linear-map alias of the table page, made by the current simulated CPU and checked
+by its MMU. With kpkeys_hardened_pgtables on, each helper enters
+``KPKEYS_CTX_PGTABLES`` around the write only (the ``kpkeys_hardened_pgtables``
+guard), unless the task is in a batched lazy-MMU section and not in interrupt
+context (v5/v6 batching, spec §4.9).
+
+Reads use the physical address directly (a load through the linear map can never
+fault on a table page: pkey 1 is readable in every context).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kpsim.arch.arm64.base import Arm64Base
+from kpsim.arch.arm64.kpkeys import (
+    arch_kpkeys_restore_pkey_reg,
+    arch_kpkeys_set_context,
+)
+from kpsim.hw.arm64 import descriptors as d
+from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES
+
+# pgtable-prot.h (with PTE_WRITE = PTE_DBM and software PTE_DIRTY)
+PROT_DEFAULT = d.AF | d.SH_INNER
+PROT_NORMAL = PROT_DEFAULT | d.PXN | d.UXN | d.DBM | d.SW_DIRTY
+PAGE_KERNEL = PROT_NORMAL | d.TYPE | d.VALID
+PAGE_KERNEL_RO = (PROT_NORMAL & ~d.DBM) | d.AP_RDONLY | d.TYPE | d.VALID
+PAGE_KERNEL_ROX = (PAGE_KERNEL_RO & ~d.PXN & ~d.SW_DIRTY) | d.AP_RDONLY
+PAGE_KERNEL_EXEC = PAGE_KERNEL & ~d.PXN
+PROT_SECT_NORMAL = (PAGE_KERNEL & ~d.TYPE) | d.VALID  # block form of PAGE_KERNEL
+PTE_ADDR_MASK = d.OA_MASK
+
+
+def sect_prot(prot: int) -> int:
+    """Turn a page protection into its block (section) form (``mk_sect_prot``)."""
+    return prot & ~d.TYPE
+
+
+class PgtableMixin(Arm64Base):
+    # -- reads -----------------------------------------------------------------------
+    def entry_pa(self, ptr: int) -> int:
+        return self.layout.virt_to_phys(ptr)
+
+    def read_entry(self, ptr: int) -> int:
+        """``READ_ONCE(*ptep)`` for a linear-map entry pointer."""
+        return self.k.mem.read64(self.layout.virt_to_phys(ptr))
+
+    def table_va(self, table_pa: int) -> int:
+        return self.layout.phys_to_virt(table_pa)
+
+    def pgd_offset_pgd(self, pgd_pa: int, addr: int) -> int:
+        return self.layout.phys_to_virt(pgd_pa) + (((addr >> 39) & 0x1FF) << 3)
+
+    def pgd_offset_k(self, addr: int) -> int:
+        return self.pgd_offset_pgd(self.swapper_pg_dir, addr)
+
+    def next_offset(self, ptr: int, addr: int, level: int) -> int:
+        """``pud_offset``/``pmd_offset``/``pte_offset_kernel``: entry pointer one level down."""
+        table = self.read_entry(ptr) & d.OA_MASK
+        return self.layout.phys_to_virt(table) + (((addr >> d.LEVEL_SHIFT[level]) & 0x1FF) << 3)
+
+    def pud_offset(self, p4dp: int, addr: int) -> int:
+        return self.next_offset(p4dp, addr, 1)
+
+    def pmd_offset(self, pudp: int, addr: int) -> int:
+        return self.next_offset(pudp, addr, 2)
+
+    def pte_offset_kernel(self, pmdp: int, addr: int) -> int:
+        return self.next_offset(pmdp, addr, 3)
+
+    @staticmethod
+    def pxd_none(v: int) -> bool:
+        return v == 0
+
+    @staticmethod
+    def pxd_table(v: int, level: int) -> bool:
+        return d.kind(v, level) is d.Kind.TABLE
+
+    @staticmethod
+    def pxd_leaf(v: int, level: int) -> bool:
+        return d.is_leaf(v, level)
+
+    # -- the guard ---------------------------------------------------------------------
+    def _guard_needed(self) -> bool:
+        """``kpkeys_hardened_pgtables`` guard condition (with v5/v6 batching)."""
+        if not self.hardened_pgtables:
+            return False
+        if not self.batching or self.in_interrupt():
+            return True
+        return not self.current().tif_lazy_mmu
+
+    def pt_store(self, ptr: int, value: int) -> None:
+        """One guarded page-table store (the body of every write helper)."""
+        cpu = self.cpu
+        if self._guard_needed():
+            saved = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES)
+            self.k.counters["kpkeys_guard_entries"] += 1
+            try:
+                cpu.store(ptr, value)
+            finally:
+                arch_kpkeys_restore_pkey_reg(cpu, saved)
+        else:
+            cpu.store(ptr, value)
+        self.k.counters["pte_write"] += 1
+        hook = self.irq_hook
+        if hook is not None:
+            hook()
+
+    def pt_store_batch(self, table_pa: int, index: Any, values: Any) -> int:
+        """Write many entries of one table page (vectorised ``set_ptes``/``clear`` loop).
+
+        Without batching each entry is its own guarded write in Linux: the batch does
+        one real guarded store of the whole page (one permission check, as each
+        entry's check would be identical) and accounts the remaining n-1 switches
+        arithmetically, so the counters match an entry-by-entry loop.
+        """
+        cpu = self.cpu
+        va = self.layout.phys_to_virt(table_pa)
+        if self._guard_needed():
+            saved = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES)
+            try:
+                n = cpu.store_table(va, index, values)
+            finally:
+                arch_kpkeys_restore_pkey_reg(cpu, saved)
+            extra = n - 1
+            cpu.por_writes += 2 * extra
+            cpu.isbs += 2 * extra
+            self.k.counters["kpkeys_guard_entries"] += n
+        else:
+            n = cpu.store_table(va, index, values)
+        self.k.counters["pte_write"] += n
+        hook = self.irq_hook
+        if hook is not None:
+            hook()
+        return n
+
+    # -- write helpers by kernel name -------------------------------------------------------
+    def set_pte(self, ptep: int, pte: int) -> None:
+        self.pt_store(ptep, pte)
+
+    def set_pmd(self, pmdp: int, pmd: int) -> None:
+        self.pt_store(pmdp, pmd)
+
+    def set_pud(self, pudp: int, pud: int) -> None:
+        self.pt_store(pudp, pud)
+
+    def set_p4d(self, p4dp: int, p4d: int) -> None:
+        self.pt_store(p4dp, p4d)
+
+    def set_pgd(self, pgdp: int, pgd: int) -> None:
+        self.pt_store(pgdp, pgd)
+
+    def ptep_get_and_clear(self, ptep: int) -> int:
+        old = self.read_entry(ptep)
+        self.pt_store(ptep, 0)
+        return old
+
+    def ptep_set_wrprotect(self, ptep: int) -> None:
+        """Clear PTE_WRITE (DBM) and set PTE_RDONLY, keeping the dirty state in software."""
+        old = self.read_entry(ptep)
+        new = (old & ~d.DBM) | d.AP_RDONLY
+        if not old & d.AP_RDONLY:
+            new |= d.SW_DIRTY
+        self.pt_store(ptep, new)
+
+    def ptep_test_and_clear_young(self, ptep: int) -> bool:
+        old = self.read_entry(ptep)
+        if old & d.AF:
+            self.pt_store(ptep, old & ~d.AF)
+            return True
+        return False
+
+    def ptep_set_access_flags(self, ptep: int, entry: int) -> bool:
+        """``__ptep_set_access_flags``: early exit if unchanged, otherwise a guarded write."""
+        old = self.read_entry(ptep)
+        if old == entry:
+            return False
+        self.pt_store(ptep, entry)
+        return True
+
+    def pmdp_establish(self, pmdp: int, pmd: int) -> int:
+        old = self.read_entry(pmdp)
+        self.pt_store(pmdp, pmd)
+        return old
+
+    def read_table(self, table_pa: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
+        """All 512 entries of a table (a read-only view of the frame)."""
+        return self.k.mem.frame_ro(table_pa >> 12)

@@ -1,0 +1,73 @@
+"""Machine and kernel configuration, validated (bad values are ``ConfigError``: exit 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kpsim.errors import ConfigError
+from kpsim.hw.arm64.system import MAX_CPUS
+from kpsim.units import SZ_1G, SZ_2M, parse_size
+
+LINEAR_MAP_POLICIES = ("pte", "block")
+ALLOCATORS: tuple[str, ...] = ("minimal",)
+MIN_MEMORY = 256 << 20
+MAX_MEMORY = 1 << 47  # the 48-bit linear map covers 128 TiB
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """What a machine is: memory, DRAM base, CPUs, POE, and kernel options."""
+
+    memory: int = 4 * SZ_1G
+    dram_base: int = 0x4000_0000
+    cpus: int = 2
+    poe: bool = True
+    linear_map: str = "pte"
+    hardened_pgtables: bool = True
+    allocator: str | None = None  # None: minimal on pte maps, pba on block maps
+    batching: bool = True
+    pt_reclaim: bool = True
+    allow_unsafe_split: bool = False
+    seed: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.memory, str):
+            object.__setattr__(self, "memory", parse_size(self.memory, what="memory"))
+        if not MIN_MEMORY <= self.memory <= MAX_MEMORY:
+            raise ConfigError(f"memory must be between 256M and 128T, got {self.memory:#x} bytes")
+        if self.memory % SZ_2M:
+            raise ConfigError(f"memory must be a multiple of 2M, got {self.memory:#x} bytes")
+        if self.dram_base % SZ_2M or self.dram_base < 0:
+            raise ConfigError(f"DRAM base must be 2M-aligned, got {self.dram_base:#x}")
+        if self.dram_base + self.memory > 1 << 48:
+            raise ConfigError("DRAM must lie below 2^48 (48-bit physical addresses)")
+        if not 1 <= self.cpus <= MAX_CPUS:
+            raise ConfigError(f"cpus must be between 1 and {MAX_CPUS}, got {self.cpus}")
+        if self.linear_map not in LINEAR_MAP_POLICIES:
+            raise ConfigError(f"unknown linear map policy {self.linear_map!r} (use pte or block)")
+        if self.allocator is not None and self.allocator not in ALLOCATORS:
+            raise ConfigError(
+                f"unknown allocator {self.allocator!r} (use {' or '.join(ALLOCATORS)})"
+            )
+
+    @property
+    def effective_allocator(self) -> str:
+        if self.allocator is not None:
+            return self.allocator
+        return "pba" if self.linear_map == "block" and "pba" in ALLOCATORS else "minimal"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "memory_bytes": self.memory,
+            "dram_base": f"{self.dram_base:#x}",
+            "cpus": self.cpus,
+            "poe": self.poe,
+            "linear_map": self.linear_map,
+            "hardened_pgtables": self.hardened_pgtables,
+            "allocator": self.effective_allocator,
+            "batching": self.batching,
+            "pt_reclaim": self.pt_reclaim,
+            "allow_unsafe_split": self.allow_unsafe_split,
+            "seed": self.seed,
+        }
