@@ -1,1 +1,1 @@
-"""kpsim.audit (see DESIGN.md, Architecture)."""
+"""Layer 6: observers that check a machine's invariants without changing it."""

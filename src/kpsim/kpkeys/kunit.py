@@ -1,0 +1,150 @@
+"""The kernel's KUnit suite ``kpkeys_hardened_pgtables``
+(``mm/tests/kpkeys_hardened_pgtables_kunit.c``, v7 naming; spec §4.10).
+
+Each case picks one page-table entry, writes its own value back with
+``copy_to_kernel_nofault`` from the default context, and expects ``-EFAULT``: the
+write must be stopped by the overlay because the table page carries pkey 1. Cases
+skip when kpkeys are not supported (no POE). With the feature off every write lands,
+so every case fails: the suite can fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kpsim.hw.arm64 import descriptors as d
+from kpsim.kpkeys.context import kpkeys_enabled
+from kpsim.mm.gfp import GFP_KERNEL
+from kpsim.mm.maccess import EFAULT, copy_to_kernel_nofault
+
+LEVELS = {1: "pud", 2: "pmd", 3: "pte"}
+
+
+@dataclass
+class Check:
+    level: str
+    result: int
+    expected: int = EFAULT
+
+    def as_dict(self) -> dict[str, object]:
+        return {"level": self.level, "result": self.result, "expected": self.expected}
+
+
+@dataclass
+class Case:
+    name: str
+    status: str = "pass"
+    message: str = ""
+    checks: list[Check] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "message": self.message,
+            "checks": [c.as_dict() for c in self.checks],
+        }
+
+
+def _entry_ptrs(arch: Any, addr: int) -> dict[int, int]:
+    """Entry pointers (linear-map VAs) at levels 1-3 covering ``addr`` in swapper."""
+    return _entry_ptrs_from(arch, arch.pgd_offset_k(addr), addr)
+
+
+def _entry_ptrs_from(arch: Any, pgdp: int, addr: int) -> dict[int, int]:
+    out = {}
+    ptr = pgdp
+    for level in (1, 2, 3):
+        if d.kind(arch.read_entry(ptr), level - 1) is not d.Kind.TABLE:
+            break
+        ptr = arch.next_offset(ptr, addr, level)
+        out[level] = ptr
+    return out
+
+
+def _probe(case: Case, arch: Any, ptrs: dict[int, int], levels: tuple[int, ...]) -> None:
+    cpu = arch.cpu
+    for level in levels:
+        if level not in ptrs:
+            case.status = "fail"
+            case.message += f"no {LEVELS[level]} entry; "
+            continue
+        ptr = ptrs[level]
+        ret = copy_to_kernel_nofault(cpu, ptr, arch.read_entry(ptr))
+        case.checks.append(Check(LEVELS[level], ret))
+        if ret != EFAULT:
+            case.status = "fail"
+            case.message += f"write to {LEVELS[level]} entry at {ptr:#x} succeeded; "
+
+
+def write_direct_map_pgtables(m: Any, case: Case) -> None:
+    arch = m.arch
+    pfn = m.k.page_alloc.alloc_pages(GFP_KERNEL, 0)
+    arch.set_direct_map_invalid_noflush(pfn)
+    arch.set_direct_map_default_noflush(pfn)
+    _probe(case, arch, _entry_ptrs(arch, arch.page_to_virt(pfn)), (1, 2, 3))
+    m.k.page_alloc.free_pages(pfn, 0)
+
+
+def write_kernel_image_pud(m: Any, case: Case) -> None:
+    from kpsim.arch.arm64.memory import KIMAGE_VADDR  # noqa: PLC0415 - arch data address
+
+    _probe(case, m.arch, _entry_ptrs(m.arch, KIMAGE_VADDR + (12 << 20)), (1,))
+
+
+def write_kernel_vmalloc_pte(m: Any, case: Case) -> None:
+    from kpsim.mm.vmalloc import vfree, vmalloc
+
+    addr = vmalloc(m.k, 4096)
+    _probe(case, m.arch, _entry_ptrs(m.arch, addr), (3,))
+    vfree(m.k, addr)
+
+
+def write_vmemmap_pmd(m: Any, case: Case) -> None:
+    addr = m.arch.layout.page_to_virt_struct(m.mem.base >> 12)
+    _probe(case, m.arch, _entry_ptrs(m.arch, addr), (2,))
+
+
+def write_user_pmd(m: Any, case: Case) -> None:
+    from kpsim.mm.process import kunit_vm_mmap
+
+    proc, addr = kunit_vm_mmap(m.k, 4096)
+    pgdp = m.arch.pgd_offset_pgd(proc.mm.pgd_pa, addr)
+    _probe(case, m.arch, _entry_ptrs_from(m.arch, pgdp, addr), (2,))
+    proc.exit()
+
+
+CASES: list[tuple[str, Callable[[Any, Case], None]]] = [
+    ("write_direct_map_pgtables", write_direct_map_pgtables),
+    ("write_kernel_image_pud", write_kernel_image_pud),
+    ("write_kernel_vmalloc_pte", write_kernel_vmalloc_pte),
+    ("write_vmemmap_pmd", write_vmemmap_pmd),
+    ("write_user_pmd", write_user_pmd),
+]
+
+
+def run_suite(m: Any) -> dict[str, object]:
+    """Run the five cases on machine ``m``; the result in the ``kpsim kunit --json`` shape."""
+    cases = []
+    for name, fn in CASES:
+        case = Case(name)
+        if not kpkeys_enabled(m.arch):
+            case.status = "skip"
+            case.message = "kpkeys not supported (no POE)"
+        else:
+            try:
+                fn(m, case)
+            except ImportError as exc:
+                case.status = "fail"
+                case.message = f"model piece missing: {exc}"
+        case.message = case.message.rstrip("; ")
+        cases.append(case)
+    return {
+        "suite": "kpkeys_hardened_pgtables",
+        "cases": [c.as_dict() for c in cases],
+        "passed": sum(c.status == "pass" for c in cases),
+        "failed": sum(c.status == "fail" for c in cases),
+        "skipped": sum(c.status == "skip" for c in cases),
+    }
