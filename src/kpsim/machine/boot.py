@@ -129,14 +129,15 @@ class Machine:
 
     # -- views -------------------------------------------------------------------------------
     @property
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> Counters:
+        """Every counter of the machine (missing names read as zero)."""
         out = Counters(self.k.counters)
         for name, v in self.hw.hw_counters().items():
             out[name] += v
         if self.k.page_alloc is not None:
             for name, v in self.k.page_alloc.counters.items():
                 out[f"page_alloc.{name}"] = v
-        return out.snapshot()
+        return Counters(out.snapshot())
 
 
 def boot(config: MachineConfig | None = None, **kwargs: Any) -> Machine:
