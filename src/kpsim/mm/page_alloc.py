@@ -377,6 +377,11 @@ class PageAllocator:
             if owner is not None:
                 self.memmap.page(p).owner = owner
 
+    def free_contig_range(self, pfn: int, nr_pages: int) -> None:
+        """``free_contig_range()``: free ``nr_pages`` order-0 pages (e.g. after split_page)."""
+        for p in range(pfn, pfn + nr_pages):
+            self.free_pages(p, 0)
+
     # -- handing memory over (mem_init) --------------------------------------------------
     def free_range(self, start_pfn: int, end_pfn: int) -> int:
         """``__free_pages_memory()``: hand reserved pages over; returns how many."""
