@@ -25,7 +25,9 @@ import numpy as np
 
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.hw.arm64.fault import Fault
-from kpsim.hw.arm64.mmu import walk
+from kpsim.hw.arm64.mmu import KERNEL_VA_START, walk
+
+Walked = dict[int, tuple[str, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +39,7 @@ class Violation:
         return {"invariant": self.invariant, "detail": self.detail}
 
 
-def table_tree(mem: Any, root_pa: int, *, skip_linear_leaves: bool = False) -> Iterator[tuple[int, int]]:
+def table_tree(mem: Any, root_pa: int) -> Iterator[tuple[int, int]]:
     """Every table page reachable from ``root_pa``: (pfn, level)."""
     stack = [(root_pa, 0)]
     while stack:
@@ -87,7 +89,7 @@ def keyed_pfns(m: Any) -> set[int]:
 def audit(m: Any, *, cached: Iterable[int] = ()) -> list[Violation]:
     """Run every invariant; an empty list means the machine is clean."""
     out: list[Violation] = []
-    walked: dict[int, tuple[str, int]] = {}
+    walked: Walked = {}
     for owner, root in address_spaces(m):
         for pfn, level in table_tree(m.mem, root):
             walked[pfn] = (owner, level)
@@ -101,18 +103,23 @@ def audit(m: Any, *, cached: Iterable[int] = ()) -> list[Violation]:
     return out
 
 
-def _check_tables_keyed(m: Any, walked: dict[int, tuple[str, int]], swapper: int) -> list[Violation]:
+def _check_tables_keyed(m: Any, walked: Walked, swapper: int) -> list[Violation]:
     keyed = keyed_pfns(m)
     out = []
     for pfn, (owner, level) in sorted(walked.items()):
         if pfn == swapper or pfn in keyed:
             continue
-        out.append(Violation("table-keyed", f"{owner} level-{level} table pfn {pfn:#x} has pkey "
-                             f"{linear_pkey(m, pfn)} in the linear map"))
+        out.append(
+            Violation(
+                "table-keyed",
+                f"{owner} level-{level} table pfn {pfn:#x} has pkey "
+                f"{linear_pkey(m, pfn)} in the linear map",
+            )
+        )
     return out
 
 
-def _check_no_stray_keys(m: Any, walked: dict[int, tuple[str, int]], cached: set[int]) -> list[Violation]:
+def _check_no_stray_keys(m: Any, walked: Walked, cached: set[int]) -> list[Violation]:
     out = []
     for pfn in sorted(keyed_pfns(m)):
         if pfn in walked or pfn in cached:
@@ -128,35 +135,44 @@ def _check_contexts(m: Any) -> list[Violation]:
         if not cpu.poe or pc.irq_depth or pc.current.lazy_mmu_nesting:
             continue
         if cpu.por_el1 != m.arch.por_init:
-            out.append(Violation("default-context", f"cpu{cpu.cpu_id} POR_EL1={cpu.por_el1:#x} "
-                                 f"outside any section (expected {m.arch.por_init:#x})"))
+            out.append(
+                Violation(
+                    "default-context",
+                    f"cpu{cpu.cpu_id} POR_EL1={cpu.por_el1:#x} "
+                    f"outside any section (expected {m.arch.por_init:#x})",
+                )
+            )
     return out
 
 
-def _check_metadata(m: Any, walked: dict[int, tuple[str, int]]) -> list[Violation]:
+def _check_metadata(m: Any, walked: Walked) -> list[Violation]:
     out = []
     live = m.k.pgtable.live
     for pfn, (owner, level) in walked.items():
         if pfn not in live:
-            out.append(Violation("registry", f"{owner} level-{level} table {pfn:#x} not registered"))
+            what = f"{owner} level-{level} table {pfn:#x} not registered"
+            out.append(Violation("registry", what))
         elif not m.k.page_alloc.memmap.is_page_table(pfn):
             out.append(Violation("metadata", f"table {pfn:#x} lacks PageTable"))
     for pfn, info in live.items():
         if pfn not in walked and getattr(info, "source", "") != "deposit":
-            out.append(Violation("registry", f"registered table {pfn:#x} ({info.owner}, level "
-                                 f"{info.level}) is not reachable"))
+            out.append(
+                Violation(
+                    "registry",
+                    f"registered table {pfn:#x} ({info.owner}, level "
+                    f"{info.level}) is not reachable",
+                )
+            )
     return out
 
 
 def _check_tlbs(m: Any) -> list[Violation]:
     out = []
     for cpu in m.hw.cpus:
-        for key, e in list(cpu.tlb.entries.items()):
-            kernel = key >= 1 << 52
-            if not kernel and e[5] & d.NG and key >> 36 != cpu.asid:
+        for va, asid, e in cpu.tlb.cached():
+            if asid is not None and asid != cpu.asid:
                 continue  # another address space's entry: checked when it runs
-            va = key << 12 if kernel else (key & ((1 << 36) - 1)) << 12
-            root = cpu.ttbr1 if kernel else cpu.ttbr0
+            root = cpu.ttbr1 if va >= KERNEL_VA_START else cpu.ttbr0
             if root is None:
                 continue
             t = walk(m.mem, root, va)

@@ -123,7 +123,7 @@ class Cpu:
     # -- translation -------------------------------------------------------------
     def translate(self, va: int, *, el: int = 1, write: bool = False) -> TlbEntry | Fault:
         """Look ``va`` up in the TLB, walking and filling on a miss."""
-        key = va >> 12 if va >= KERNEL_VA_START else (self.asid << ASID_SHIFT) | (va >> 12)
+        key = va >> 12 if va >= KERNEL_VA_START else ((self.asid + 1) << ASID_SHIFT) | (va >> 12)
         e = self.tlb.entries.get(key)
         if e is not None:
             self.tlb_hits += 1
@@ -193,7 +193,7 @@ class Cpu:
     # -- the access API ------------------------------------------------------------
     def store(self, va: int, value: int, size: int = 8, el: int = 1) -> None:
         """Store ``size`` bytes (1, 2, 4, 8) little-endian at ``va``; raise AccessFault."""
-        key = va >> 12 if va >= KERNEL_VA_START else (self.asid << ASID_SHIFT) | (va >> 12)
+        key = va >> 12 if va >= KERNEL_VA_START else ((self.asid + 1) << ASID_SHIFT) | (va >> 12)
         hit = self.tlb.entries.get(key)
         if hit is None:
             filled = self._fill(va, key, el, True)

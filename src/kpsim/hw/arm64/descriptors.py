@@ -129,15 +129,17 @@ def set_po_index(value: int, pkey: int) -> int:
 def base_perms(value: int) -> tuple[int, int]:
     """(EL1, EL0) base permissions of a leaf, from AP[2:1], PXN and UXN.
 
-    Arm ARM D8.4.1.2: EL1 can always read; AP[2] removes write at both ELs; AP[1]
-    grants EL0 access. EL1 cannot execute memory that is writable at EL0.
+    Arm ARM D8.4.1.2 (``AArch64.S1DirectBasePermissions``): EL1 can always read;
+    AP[2] removes write at both ELs; AP[1] grants EL0 read (and write). EL0 execute
+    depends on UXN alone (AP[1] = 0 with UXN = 0 is Linux's execute-only
+    ``PAGE_EXECONLY``). EL1 cannot execute memory that is writable at EL0.
     """
     el1 = Perm.R if value & AP_RDONLY else Perm.RW
     el0 = Perm.NONE
     if value & AP_USER:
         el0 = Perm.R if value & AP_RDONLY else Perm.RW
-        if not value & UXN:
-            el0 |= Perm.X
+    if not value & UXN:
+        el0 |= Perm.X
     if not value & PXN and not (value & AP_USER and not value & AP_RDONLY):
         el1 |= Perm.X
     return int(el1), int(el0)
@@ -254,7 +256,11 @@ class Descriptor:
         )
 
     def encode(self) -> int:
-        """Rebuild the raw value from the fields (bits the view does not name are kept)."""
+        """Rebuild the raw value from the fields (bits the view does not name are kept).
+
+        Bits[1:0] follow ``kind``: a page or table is 0b11, a block or reserved
+        encoding 0b01; an invalid descriptor clears bit 0 and keeps bit 1 from ``raw``.
+        """
         if self.kind is Kind.TABLE:
             named = OA_MASK | PXN_TABLE | UXN_TABLE | (3 << 61) | NS_TABLE | TYPE | VALID
             v = (self.output_address & OA_MASK) | TYPE | VALID
@@ -280,8 +286,8 @@ class Descriptor:
             | POINDEX_MASK
             | BLOCK_OA_MASK[self.level or 3]
         )
-        v = self.raw & ~named & ~OA_MASK
-        v |= self.raw & (VALID | TYPE)
+        v = self.raw & ~named
+        v |= _kind_bits(self.kind, self.raw)
         v |= self.output_address & (BLOCK_OA_MASK[self.level] if self.level else OA_MASK)
         v |= (self.attr_index & 7) << ATTRINDX_SHIFT | (self.ap & 3) << AP_SHIFT
         v |= (self.sh & 3) << SH_SHIFT
@@ -308,7 +314,7 @@ class Descriptor:
         return n * CONT_ENTRIES if self.contiguous and self.level in (2, 3) else n
 
     def describe(self) -> dict[str, object]:
-        """Every field in words, for ``kpsim decode``."""
+        """Every field in words, for ``kpsim decode`` (``rows`` lays them out)."""
         name = LEVEL_NAME[self.level]
         out: dict[str, object] = {
             "raw": f"{self.raw:#018x}",
@@ -318,8 +324,11 @@ class Descriptor:
             "valid": bool(self.raw & VALID),
         }
         if self.kind in (Kind.INVALID, Kind.RESERVED):
-            if self.kind is Kind.RESERVED:
-                out["note"] = "reserved encoding at this level: a walk faults (translation fault)"
+            what = "not valid" if self.kind is Kind.INVALID else "reserved encoding at this level"
+            out["note"] = (
+                f"{what}: an access faults (level {self.level} translation fault); "
+                "the MMU ignores the other bits"
+            )
             return out
         out["output_address"] = f"{self.output_address:#x}"
         if self.kind is Kind.TABLE:
@@ -328,6 +337,7 @@ class Descriptor:
                 pxn_table=self.pxn_table,
                 uxn_table=self.uxn_table,
                 ap_table=self.ap_table,
+                ap_table_effect=AP_TABLE_EFFECT[self.ap_table],
                 ns_table=self.ns_table,
             )
             return out
@@ -339,10 +349,11 @@ class Descriptor:
             contiguous_run=_size_word(mapped * CONT_ENTRIES) if self.contiguous else None,
             attr_index=self.attr_index,
             memory_type=_memattr_name(self.attr_index),
+            ns=self.ns,
             ap=self.ap,
             el1_access=perm_str(el1),
             el0_access=perm_str(el0),
-            shareability=("non-shareable", "reserved", "outer", "inner")[self.sh],
+            shareability=_SHAREABILITY[self.sh],
             af=self.af,
             ng=self.ng,
             dbm=self.dbm,
@@ -355,6 +366,87 @@ class Descriptor:
             sw_special=self.sw_special,
         )
         return out
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(bits, field, meaning) for every field, as ``kpsim decode`` prints them."""
+        words = self.describe()
+        out = [("63:0", "raw", str(words["raw"]))]
+        out.append(("1:0", "type", _kind_words(self)))
+        if self.kind in (Kind.INVALID, Kind.RESERVED):
+            return [*out, ("", "note", str(words["note"]))]
+        if self.kind is Kind.TABLE:
+            out.append(
+                ("47:12", "next table", f"{words['output_address']} ({words['next_level']})")
+            )
+            rows = _TABLE_ROWS
+        else:
+            oa_bits = f"47:{LEVEL_SHIFT[self.level]}"
+            out.append((oa_bits, "output address", f"{words['output_address']}"))
+            rows = _LEAF_ROWS
+        for key, bits, field, yes, no in rows:
+            value = words[key]
+            words["value"] = value
+            text = (yes if value or not isinstance(value, bool) else no).format(**words)
+            out.append((bits, field, text))
+        return out
+
+
+# APTable[1:0] (Arm ARM D8.4.1.2): what a table descriptor removes from the leaves below.
+AP_TABLE_EFFECT = (
+    "no effect",
+    "no EL0 data access below",
+    "no write access below",
+    "no write access and no EL0 data access below",
+)
+
+_SHAREABILITY = ("non-shareable", "reserved", "outer shareable", "inner shareable")
+
+# describe() key, bits, field name, words when set (a format of describe()'s words,
+# ``value`` being the key's own), words when clear (booleans only).
+_Row = tuple[str, str, str, str, str]
+_TABLE_ROWS: tuple[_Row, ...] = (
+    ("pxn_table", "59", "PXNTable", "yes: nothing below is executable at EL1", "no"),
+    ("uxn_table", "60", "UXNTable", "yes: nothing below is executable at EL0", "no"),
+    ("ap_table", "62:61", "APTable", "{value:#04b}: {ap_table_effect}", ""),
+    ("ns_table", "63", "NSTable", "yes: next level is non-secure", "no"),
+)
+_LEAF_ROWS: tuple[_Row, ...] = (
+    ("attr_index", "4:2", "AttrIndx", "{value} ({memory_type})", ""),
+    ("ns", "5", "NS", "yes: non-secure output address", "no"),
+    (
+        "ap",
+        "7:6",
+        "AP[2:1]",
+        "{value:#04b}: EL1 {el1_access}, EL0 {el0_access} (base, before the overlay)",
+        "",
+    ),
+    ("shareability", "9:8", "SH", "{value}", ""),
+    ("af", "10", "AF", "yes: accessed", "no: the first access faults (access flag fault)"),
+    ("ng", "11", "nG", "yes: not global, tagged with the ASID", "no: global"),
+    ("gp", "50", "GP", "yes: BTI guarded page", "no"),
+    ("dbm", "51", "DBM", "yes: dirty bit modifier (Linux PTE_WRITE)", "no"),
+    ("contiguous", "52", "Contiguous", "yes: one of 16 entries mapping {contiguous_run}", "no"),
+    ("pxn", "53", "PXN", "yes: not executable at EL1", "no"),
+    ("uxn", "54", "UXN", "yes: not executable at EL0", "no"),
+    ("sw_dirty", "55", "software", "yes: Linux PTE_DIRTY", "no: Linux PTE_DIRTY clear"),
+    ("sw_special", "56", "software", "yes: Linux PTE_SPECIAL", "no: Linux PTE_SPECIAL clear"),
+    ("po_index", "62:60", "POIndex", "{value}: pkey {value}, POR_ELx field {value} applies", ""),
+)
+
+
+def _kind_words(desc: Descriptor) -> str:
+    size = f", maps {_size_word(level_size(desc.level))}" if is_leaf(desc.raw, desc.level) else ""
+    low = desc.raw & 3
+    return f"{low:#04b}: {desc.kind.name.lower()} descriptor at level {desc.level}{size}"
+
+
+def _kind_bits(k: Kind, raw: int) -> int:
+    """Bits[1:0] that make a descriptor of kind ``k`` (see ``kind``)."""
+    if k is Kind.PAGE or k is Kind.TABLE:
+        return VALID | TYPE
+    if k is Kind.INVALID:
+        return raw & TYPE
+    return VALID
 
 
 def _memattr_name(idx: int) -> str:

@@ -83,8 +83,8 @@ def walk(
         if strip_w:
             el1 &= ~d.Perm.W
             el0 &= ~d.Perm.W
-        if strip_el0:
-            el0 = 0
+        if strip_el0:  # APTable[0] removes EL0 data access, not EL0 execute
+            el0 &= d.Perm.X
         if strip_px:
             el1 &= ~d.Perm.X
         if strip_ux:

@@ -92,12 +92,35 @@ def decode_por(value: int) -> list[dict[str, object]]:
         out.append(
             {
                 "pkey": i,
+                "bits": f"{4 * i + 3}:{4 * i}",
                 "field": f,
                 "name": field_name(f),
                 "access": perm_str(f),
+                "meaning": perm_words(f),
                 "reachable": i < ARCH_MAX_PKEY,
             }
         )
+    return out
+
+
+def perm_words(field: int) -> str:
+    """A field's rights in words: ``read, write``, ``no access``..."""
+    rights = effective_overlay(field)
+    words = [
+        w for bit, w in ((POE_R, "read"), (POE_W, "write"), (POE_X, "execute")) if rights & bit
+    ]
+    return ", ".join(words) if words else "no access"
+
+
+def por_rows(value: int) -> list[tuple[str, str, str]]:
+    """(bits, field, meaning) per pkey of a POR_ELx value, for ``kpsim decode``."""
+    out = [("63:0", "raw", f"{value:#018x}")]
+    for row in decode_por(value):
+        where = "" if row["reachable"] else " (unreachable: POIndex is 3 bits)"
+        field = int(row["field"])  # type: ignore[call-overload]
+        name = "bit 3 set" if field & 0x8 else row["name"]
+        text = f"{field:#x} {name}: {row['meaning']}{where}"
+        out.append((str(row["bits"]), f"pkey {row['pkey']}", text))
     return out
 
 

@@ -5,31 +5,55 @@ stale in every TLB that cached it until a TLBI removes it, which is exactly what
 makes a forgotten TLBI observable in the model.
 
 Entries are tuples ``(page_pa, perm_el1, perm_el0, po_index, level, desc, frame)``
-keyed by page number (plus the ASID for non-global entries), so a hit costs one
-dict lookup. A block or contiguous leaf is cached page by page but indexed by its
-span so that a TLBI by any VA inside it drops every page of it, as invalidating the
-one real block entry would.
+keyed by page number, so a hit costs one dict lookup. Kernel-half and global
+entries are keyed by the page number alone (below 2**52); non-global user entries
+carry ``ASID + 1`` above bit 52, so no ASID (0 and 0xffff included) aliases a
+global or kernel entry, and a non-canonical VA never matches a cached page. A
+block or contiguous leaf is cached page by page but indexed by its span so that a
+TLBI by any VA inside it drops every page of it, as invalidating the one real
+block entry would.
 
 Left out: capacity and replacement (entries live until invalidated: the worst case
-for staleness), walk caches, VMIDs, and the TLBI "last level only" variants.
+for staleness), walk caches, VMIDs, the TLBI "last level only" variants, and nG on
+kernel-half entries (no KPTI: the kernel half is treated as global).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+from kpsim.hw.arm64.descriptors import CONT, LEVEL_SHIFT
 from kpsim.hw.arm64.mmu import KERNEL_VA_START
 
-ASID_SHIFT = 36  # user VPNs are below 2**36 with a 48-bit VA
-SPAN_SHIFTS = (16, 21, 25, 30)  # 64K contPTE, 2M block, 32M contPMD, 1G block
+ASID_SHIFT = 52  # above every page number of a 64-bit VA (va >> 12 < 2**52)
+VPN_MASK = (1 << ASID_SHIFT) - 1
+SPAN_SHIFTS = (16, 21, 25, 30, 34)  # 64K contPTE, 2M, 32M contPMD, 1G, 16G contPUD
 
 TlbEntry = tuple[int, int, int, int, int, int, Any]
+
+
+def asid_tag(asid: int) -> int:
+    """The high bits of a non-global entry's key: ASID + 1, above every page number."""
+    return (asid + 1) << ASID_SHIFT
 
 
 def tlb_key(va: int, asid: int, global_: bool) -> int:
     if va >= KERNEL_VA_START or global_:
         return va >> 12
-    return (asid << ASID_SHIFT) | (va >> 12)
+    return asid_tag(asid) | (va >> 12)
+
+
+def page_va(key: int) -> tuple[int, int | None]:
+    """The VA of the page a key caches, and its ASID (None: a global or kernel entry)."""
+    tag = key >> ASID_SHIFT
+    return (key & VPN_MASK) << 12, (tag - 1 if tag else None)
+
+
+def span_pages(entry: TlbEntry) -> int:
+    """4K pages covered by the leaf an entry came from (block or contiguous run)."""
+    shift = LEVEL_SHIFT[entry[4]] + (4 if entry[5] & CONT else 0)
+    return 1 << (shift - 12)
 
 
 class Tlb:
@@ -37,15 +61,21 @@ class Tlb:
 
     def __init__(self) -> None:
         self.entries: dict[int, TlbEntry] = {}
-        self.spans: dict[tuple[int, int], list[int]] = {}
+        self.spans: dict[tuple[int, int], set[int]] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def cached(self) -> Iterator[tuple[int, int | None, TlbEntry]]:
+        """(page VA, ASID or None for global/kernel, entry) for every cached page."""
+        for key, entry in list(self.entries.items()):
+            va, asid = page_va(key)
+            yield va, asid, entry
+
     def insert(self, key: int, entry: TlbEntry, span_shift: int) -> None:
         self.entries[key] = entry
         if span_shift > 12:
-            self.spans.setdefault((span_shift, key >> (span_shift - 12)), []).append(key)
+            self.spans.setdefault((span_shift, key >> (span_shift - 12)), set()).add(key)
 
     def _drop_key(self, key: int) -> None:
         self.entries.pop(key, None)
@@ -62,10 +92,10 @@ class Tlb:
         if va >= KERNEL_VA_START:
             return
         if asid is not None:
-            self._drop_key((asid << ASID_SHIFT) | vpn)
+            self._drop_key(asid_tag(asid) | vpn)
             return
-        for key in [k for k in self.entries if k & ((1 << ASID_SHIFT) - 1) == vpn]:
-            self._drop_key(key)
+        for tag in {k >> ASID_SHIFT for k in self.entries if k > VPN_MASK}:
+            self._drop_key((tag << ASID_SHIFT) | vpn)
 
     def invalidate_range(self, start: int, end: int, asid: int | None) -> None:
         """Invalidate every page in [start, end), looping over whichever is smaller."""
@@ -75,24 +105,24 @@ class Tlb:
                 self.invalidate_va(va, asid)
             return
         lo, hi = start >> 12, (end + 0xFFF) >> 12
-        mask = (1 << ASID_SHIFT) - 1
+        tag = None if asid is None else asid + 1
         victims = []
         for key, e in self.entries.items():
-            if key >= (1 << 52):  # a kernel-half page number
-                if lo <= key < hi:
-                    victims.append(key)
+            k_tag = key >> ASID_SHIFT
+            if k_tag and tag is not None and k_tag != tag:
                 continue
-            vpn = key & mask
-            k_asid = key >> ASID_SHIFT
-            if lo <= vpn < hi and (asid is None or k_asid == asid or e[5] & (1 << 11) == 0):
+            span = span_pages(e)
+            first = (key & VPN_MASK) & ~(span - 1)
+            if first < hi and lo < first + span:
                 victims.append(key)
         for key in victims:
             self._drop_key(key)
 
     def invalidate_asid(self, asid: int) -> None:
         """TLBI ASIDE1: every non-global entry tagged with ``asid``."""
-        for key in [k for k in self.entries if k < (1 << 52) and k >> ASID_SHIFT == asid]:
-            self.entries.pop(key, None)
+        tag = asid + 1
+        for key in [k for k in self.entries if k >> ASID_SHIFT == tag]:
+            self._drop_key(key)
 
     def invalidate_all(self) -> None:
         """TLBI VMALLE1."""

@@ -1,0 +1,142 @@
+"""``kpsim decode WHAT VALUE``: a page-table entry, ESR or POR value in words.
+
+The words come from the hardware model (``Descriptor.describe``/``rows``,
+``decode_esr``/``esr_rows``, ``decode_por``/``por_rows`` in ``kpsim.hw.arm64``);
+this module only parses the arguments and lays the rows out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+
+from kpsim.cli.common import add_json, emit_json
+from kpsim.errors import InputError
+from kpsim.hw.arm64.descriptors import NAME_LEVEL, Descriptor
+from kpsim.hw.arm64.esr import decode_esr, esr_rows
+from kpsim.hw.arm64.por import ARCH_MAX_PKEY, decode_por, por_rows
+from kpsim.units import parse_u64
+
+# p4d is folded into pgd with 4 levels: an arm64 oops prints the same value for both.
+ALIASES = {"p4d": "pgd", "esr_el1": "esr", "por_el1": "por", "por_el0": "por"}
+CHOICES = "pte, pmd, pud, pgd, esr or por"
+DESCRIPTION = """\
+Decode a value from a crash report, a page-table dump or a register read, and
+print every field in words.
+
+WHAT is pte, pmd, pud or pgd (a stage-1 descriptor at level 3, 2, 1 or 0 of arm64's
+4-level tables with 4K pages; p4d is folded into pgd), esr (ESR_EL1), or por
+(POR_EL1 or POR_EL0). VALUE is hex (0x..., or the bare 16 digits an oops prints),
+decimal, or binary (0b...).
+"""
+EPILOG = """\
+examples:
+  kpsim decode pte 0x10e80008ffbbb707   a linear-map PTE mapping a page table: pkey 1
+  kpsim decode esr 0x000000409600004f   a write blocked by the permission overlay
+  kpsim decode por 0x57                 pkey 0 RWX, pkey 1 RW (KPKEYS_CTX_PGTABLES)
+"""
+_BARE_HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
+
+Rows = list[tuple[str, str, str]]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "decode",
+        help="decode a page-table entry, ESR or POR value (e.g. from a crash report)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("what", metavar="WHAT", help=f"what the value is: {CHOICES}")
+    p.add_argument("value", metavar="VALUE", help="the value: 0x..., 16 bare hex digits, decimal")
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    what = register_name(args.what)
+    value = parse_value(args.value, what)
+    if what == "esr":
+        title, rows, doc = _esr(value)
+    elif what == "por":
+        title, rows, doc = _por(value)
+    else:
+        title, rows, doc = _descriptor(what, value)
+    if args.json:
+        emit_json(doc)
+    else:
+        _print(title, rows, str(doc["summary"]))
+    return 0
+
+
+def register_name(text: str) -> str:
+    """``pte``/``pmd``/``pud``/``pgd``/``esr``/``por`` (case-insensitive, ``_el1`` aliases)."""
+    name = text.strip().lower()
+    name = ALIASES.get(name, name)
+    if name not in NAME_LEVEL and name not in ("esr", "por"):
+        raise InputError(f"unknown register {text!r}: use {CHOICES}")
+    return name
+
+
+def parse_value(text: str, what: str) -> int:
+    """A 64-bit value; 16 bare hex digits are hex, as the kernel prints %016llx."""
+    s = text.strip()
+    if _BARE_HEX16.match(s):
+        return int(s, 16)
+    return parse_u64(s, what=f"{what} value")
+
+
+def _descriptor(what: str, value: int) -> tuple[str, Rows, dict[str, object]]:
+    desc = Descriptor.decode(value, NAME_LEVEL[what])
+    words = desc.describe()
+    if "note" in words:
+        summary = str(words["note"])
+    elif words["kind"] == "table":
+        nxt = words["next_level"]
+        summary = f"table descriptor: the next level ({nxt}) is at {words['output_address']}"
+    else:
+        summary = (
+            f"{words['kind']} mapping {words['maps']} at {words['output_address']}; "
+            f"base permissions EL1 {words['el1_access']}, EL0 {words['el0_access']}; "
+            f"pkey {words['pkey']}"
+        )
+    title = f"{what} {value:#018x} (level {desc.level} descriptor)"
+    return title, desc.rows(), {"register": what, **words, "summary": summary}
+
+
+def _esr(value: int) -> tuple[str, Rows, dict[str, object]]:
+    words = decode_esr(value)
+    if "fault" in words:
+        summary = f"{words['exception_class']}: {words['access']}, {words['fault']}"
+        if words["overlay"]:
+            summary += ", ISS2.Overlay set (the permission overlay denied it)"
+    else:
+        summary = f"{words['ec_name']}: {words['exception_class']}"
+    return (
+        f"ESR_EL1 {value:#018x}",
+        esr_rows(value),
+        {"register": "esr", **words, "summary": summary},
+    )
+
+
+def _por(value: int) -> tuple[str, Rows, dict[str, object]]:
+    pkeys = decode_por(value)
+    granted = [
+        f"pkey {r['pkey']} {r['name']}" for r in pkeys if r["access"] != "---" and r["reachable"]
+    ]
+    summary = ", ".join(granted) if granted else f"no access for any of the {ARCH_MAX_PKEY} pkeys"
+    doc: dict[str, object] = {"register": "por", "raw": f"{value:#018x}", "pkeys": pkeys}
+    doc["summary"] = summary
+    return f"POR_ELx {value:#018x}", por_rows(value), doc
+
+
+def _print(title: str, rows: Sequence[tuple[str, str, str]], summary: str) -> None:
+    wbits = max(len("bits"), *(len(r[0]) for r in rows))
+    wfield = max(len("field"), *(len(r[1]) for r in rows))
+    out = [title, f"  {'bits':<{wbits}}  {'field':<{wfield}}  meaning"]
+    out += [f"  {b:<{wbits}}  {f:<{wfield}}  {m}".rstrip() for b, f, m in rows]
+    out.append(f"summary: {summary}")
+    sys.stdout.write("\n".join(out) + "\n")
