@@ -89,7 +89,7 @@ def write_direct_map_pgtables(m: Any, case: Case) -> None:
 
 
 def write_kernel_image_pud(m: Any, case: Case) -> None:
-    from kpsim.arch.arm64.memory import KIMAGE_VADDR  # noqa: PLC0415 - arch data address
+    from kpsim.arch.arm64.memory import KIMAGE_VADDR
 
     _probe(case, m.arch, _entry_ptrs(m.arch, KIMAGE_VADDR + (12 << 20)), (1,))
 

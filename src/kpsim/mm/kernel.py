@@ -22,6 +22,7 @@ class Kernel:
         "options",
         "page_alloc",
         "pgtable",
+        "vmap",
         "warnings",
     )
 
@@ -34,6 +35,7 @@ class Kernel:
         self.page_alloc: Any = None
         self.pgtable: Any = None
         self.arch: Any = None
+        self.vmap: Any = None  # mm/vmalloc.c state, created on first use
 
     def warn(self, function: str, message: str) -> None:
         """``WARN_ON``: recorded as an event and counted, never raised."""

@@ -17,13 +17,15 @@ from kpsim.arch.arm64.kpkeys import (
     por_el1_init,
 )
 from kpsim.arch.arm64.memory import Layout
+from kpsim.arch.arm64.pgtable_user import PgtableUserMixin
 from kpsim.arch.arm64.setup import SetupMixin
+from kpsim.arch.arm64.vmalloc_arch import VmallocArchMixin
 from kpsim.hw.arm64.system import Arm64System
 from kpsim.mm.kernel import Kernel
 from kpsim.mm.sched import Task
 
 
-class Arm64(SetupMixin, EntryMixin):
+class Arm64(SetupMixin, EntryMixin, VmallocArchMixin, PgtableUserMixin):
     name = "arm64"
 
     def __init__(

@@ -1,0 +1,66 @@
+"""Machine options shared by every verb that boots a machine (written once, here).
+
+``--memory SIZE``, ``--cpus N``, ``--no-poe``, ``--linear-map pte|block``, ``--seed N``,
+``--hardened-pgtables/--no-hardened-pgtables``, ``--allocator NAME``,
+``--batching/--no-batching``, ``--allow-unsafe-split``; :func:`boot_from_args` turns
+them into a booted :class:`~kpsim.machine.boot.Machine`. Validation is the
+``MachineConfig``'s: a bad value is a ``ConfigError``, which ``kpsim`` reports on one
+line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from kpsim.cli.common import int_arg
+from kpsim.machine.boot import Machine
+from kpsim.machine.config import MachineConfig
+
+
+def add_machine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("machine")
+    g.add_argument("--memory", default="4G", metavar="SIZE", help="RAM size (default 4G)")
+    g.add_argument("--cpus", type=int_arg, default=2, metavar="N", help="CPUs (default 2)")
+    g.add_argument("--no-poe", dest="poe", action="store_false", help="CPUs without FEAT_S1POE")
+    g.add_argument(
+        "--linear-map", default="pte", metavar="pte|block", help="linear map policy (default pte)"
+    )
+    g.add_argument("--seed", type=int_arg, default=0, metavar="N", help="random seed")
+    g.add_argument(
+        "--hardened-pgtables",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="kpkeys_hardened_pgtables (default on)",
+    )
+    g.add_argument("--allocator", default=None, metavar="NAME", help="kpkeys table allocator")
+    g.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="lazy-MMU batching of guarded writes (default on)",
+    )
+    g.add_argument(
+        "--allow-unsafe-split",
+        action="store_true",
+        help="allow the minimal allocator on a block-mapped linear map",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> MachineConfig:
+    """A validated ``MachineConfig`` (``ConfigError``/``InputError`` on a bad value)."""
+    return MachineConfig(
+        memory=args.memory,
+        cpus=args.cpus,
+        poe=args.poe,
+        linear_map=args.linear_map,
+        hardened_pgtables=args.hardened_pgtables,
+        allocator=args.allocator,
+        batching=args.batching,
+        allow_unsafe_split=args.allow_unsafe_split,
+        seed=args.seed,
+    )
+
+
+def boot_from_args(args: argparse.Namespace) -> Machine:
+    """Boot the machine the options describe."""
+    return Machine.boot(config_from_args(args))

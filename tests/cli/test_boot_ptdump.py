@@ -1,0 +1,114 @@
+"""kpsim boot and kpsim ptdump: JSON keys, text shape, bad configurations exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kpsim.cli.main import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_boot_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    """boot --json: machine, config, linear_map.mappings, page_tables.kernel, counters."""
+    rc, out, _ = _run(capsys, "boot", "--memory", "1G", "--json")
+    doc = json.loads(out)
+    assert rc == 0
+    assert doc["machine"] == {
+        "memory_bytes": 1 << 30,
+        "dram_base": "0x40000000",
+        "cpus": 2,
+        "poe": True,
+    }
+    assert doc["config"]["linear_map"] == "pte"
+    assert list(doc["linear_map"]["mappings"]) == ["1G", "32M", "2M", "64K", "4K"]
+    assert doc["linear_map"]["mappings"]["4K"] == (1 << 30) // 4096
+    assert set(doc["page_tables"]["kernel"]) == {"pgd", "pud", "pmd", "pte"}
+    assert doc["page_tables"]["kernel"]["pte"] == 512 + 8
+    assert "tlbi" in doc["counters"]
+
+
+def test_boot_block_no_poe_text_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    """boot text: one summary per line; block map without POE shows 1G blocks."""
+    rc, out, _ = _run(
+        capsys, "boot", "--memory", "2G", "--linear-map", "block", "--no-poe", "--cpus", "1"
+    )
+    assert rc == 0
+    assert "POE off" in out and "1 CPUs" in out
+    assert "1G 1" in out  # one block kept, one split by mark_rodata_ro
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--memory", "0"],
+        ["--memory", "3000000"],
+        ["--memory", "lots"],
+        ["--cpus", "100000"],
+        ["--linear-map", "huge"],
+        ["--allocator", "nope"],
+    ],
+)
+def test_bad_config_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """A bad machine option is one line on stderr and exit status 2, no traceback."""
+    rc, out, err = _run(capsys, "boot", *argv)
+    assert rc == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("kpsim boot: ")
+
+
+def test_ptdump_kimage_golden(capsys: pytest.CaptureFixture[str]) -> None:
+    """ptdump kimage: the image's three segments, merged, with markers and pkey column."""
+    rc, out, _ = _run(capsys, "ptdump", "kimage", "--memory", "1G")
+    assert rc == 0
+    assert out.splitlines() == [
+        "---[ Kernel Image start ]---",
+        "0xffff800080000000-0xffff800080800000        8M PTE      "
+        "ro x  SHD AF    CON     UXN     MEM/NORMAL  pkey=0",
+        "0xffff800080800000-0xffff800080c00000        4M PTE      "
+        "ro NX SHD AF    CON     UXN     MEM/NORMAL  pkey=0",
+        "0xffff800080c00000-0xffff800081000000        4M PTE      "
+        "RW NX SHD AF    CON     UXN DBM MEM/NORMAL  pkey=0",
+        "---[ Kernel Image end ]---",
+    ]
+
+
+def test_ptdump_linear_shows_keyed_table_pages(capsys: pytest.CaptureFixture[str]) -> None:
+    """ptdump linear with hardening: some linear-map ranges carry pkey=1 (table pages)."""
+    rc, out, _ = _run(capsys, "ptdump", "linear", "--memory", "1G")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0] == "---[ Linear Mapping start ]---"
+    assert lines[-1] == "---[ Linear Mapping end ]---"
+    assert any(line.endswith("pkey=1") for line in lines)
+    _rc, out, _ = _run(capsys, "ptdump", "linear", "--memory", "1G", "--no-hardened-pgtables")
+    assert not any(line.endswith("pkey=1") for line in out.splitlines())
+
+
+def test_ptdump_json_covers_all_regions(capsys: pytest.CaptureFixture[str]) -> None:
+    """ptdump --json: one section per region, entries with range, level, attrs, pkey."""
+    _rc, out, _ = _run(
+        capsys,
+        "ptdump",
+        "--memory",
+        "1G",
+        "--linear-map",
+        "block",
+        "--no-hardened-pgtables",
+        "--json",
+    )
+    doc = json.loads(out)
+    names = [s["name"] for s in doc["sections"]]
+    assert names[0] == "Linear Mapping" and "vmemmap" in names
+    first = doc["sections"][0]["entries"][0]
+    assert set(first) >= {"start", "end", "size", "level", "attrs", "pkey"}
+    total = sum(e["size"] for e in doc["sections"][0]["entries"])
+    assert total == 1 << 30
