@@ -10,6 +10,7 @@ so every case fails: the suite can fail.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,9 +109,9 @@ def write_vmemmap_pmd(m: Any, case: Case) -> None:
 
 
 def write_user_pmd(m: Any, case: Case) -> None:
-    from kpsim.mm.process import kunit_vm_mmap
-
-    proc, addr = kunit_vm_mmap(m.k, 4096)
+    # The user mm lands separately (issue 4); until then this case fails, saying so.
+    process = importlib.import_module("kpsim.mm.process")
+    proc, addr = process.kunit_vm_mmap(m.k, 4096)
     pgdp = m.arch.pgd_offset_pgd(proc.mm.pgd_pa, addr)
     _probe(case, m.arch, _entry_ptrs_from(m.arch, pgdp, addr), (2,))
     proc.exit()

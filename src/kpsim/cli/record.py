@@ -1,0 +1,165 @@
+"""``kpsim record -o FILE -- CMD [ARGS...]``: record a program's memory behaviour.
+
+Also ``kpsim record --check FILE``: parse an existing trace and summarise it.
+Exit status: 0 recorded (whatever the command's own status, which is reported);
+1 perf lost events (the trace is incomplete); 2 bad usage, bad trace, or perf
+missing or not permitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kpsim.cli.common import add_json, emit_json
+from kpsim.errors import InputError
+
+if TYPE_CHECKING:
+    from kpsim.workloads.trace_record import RecordResult
+
+DESCRIPTION = """\
+Run CMD under perf record (fork, exec and exit; mmap, munmap, mremap, brk, mprotect,
+madvise, clone, clone3, vfork, exit_group; user and kernel page faults; children
+followed) and write the perf script text trace to FILE."""
+
+EPILOG = """\
+exit status: 0 recorded (the command's own status is reported); 1 perf lost events,
+the trace is incomplete; 2 bad usage, unreadable trace, perf missing or not permitted.
+
+examples:
+  kpsim record -o ls.trace -- ls -l /
+  kpsim record --vmpte -o build.trace -- make -j2
+  kpsim record --check ls.trace
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "record",
+        help="record a command's memory behaviour with perf into a text trace",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-o", "--output", type=Path, help="the text trace to write")
+    p.add_argument("--check", type=Path, metavar="FILE", help="parse FILE and summarise it")
+    p.add_argument("-m", "--buffer", default="64M", help="perf ring buffer per CPU (default 64M)")
+    p.add_argument(
+        "--vmpte",
+        action="store_true",
+        help="also read each process's VmPTE at exit (ptrace) into FILE.vmpte.json",
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="record even if this kernel lacks some of the tracepoints",
+    )
+    p.add_argument("--keep-data", type=Path, metavar="PATH", help="keep perf.data at PATH")
+    add_json(p)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if args.check is not None:
+        if cmd or args.output is not None:
+            raise InputError("--check FILE takes no -o and no command")
+        return _check(args.check, args.json)
+    if args.output is None or not cmd:
+        raise InputError("usage: kpsim record -o FILE -- CMD [ARGS...]")
+    from kpsim.workloads.trace_record import record
+
+    res = record(
+        cmd,
+        args.output,
+        buffer=args.buffer,
+        allow_missing=args.allow_missing,
+        vmpte=args.vmpte,
+        keep_data=args.keep_data,
+    )
+    summary = _summary(res.trace)
+    if args.json:
+        emit_json(_record_doc(res, summary))
+    else:
+        _print_record(res, summary)
+    return 1 if res.lost_events or res.lost_samples else 0
+
+
+def _record_doc(res: RecordResult, summary: dict[str, Any]) -> dict[str, Any]:
+    def path(p: Path | None) -> str | None:
+        return None if p is None else str(p)
+
+    return {
+        "trace": str(res.trace),
+        "command": list(res.command),
+        "exit_status": res.exit_status,
+        "lines": res.lines,
+        "lost_events": res.lost_events,
+        "lost_chunks": res.lost_chunks,
+        "lost_samples": res.lost_samples,
+        "missing": list(res.missing),
+        "vmpte_file": path(res.vmpte_file),
+        "vmpte": None if res.vmpte is None else {str(k): v for k, v in res.vmpte.items()},
+        "perf_data": path(res.perf_data),
+        "summary": summary,
+    }
+
+
+def _status_text(status: int) -> str:
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+def _print_record(res: RecordResult, summary: dict[str, Any]) -> None:
+    cmd = " ".join(res.command)
+    print(f"kpsim record: {res.trace}: {res.lines} lines, {len(summary['processes'])} processes")
+    print(f"  command {cmd!r} {_status_text(res.exit_status)}")
+    if res.missing:
+        print(f"  WARNING: recorded without missing tracepoints: {', '.join(res.missing)}")
+    if res.lost_events or res.lost_samples:
+        print(
+            f"  WARNING: perf lost {res.lost_events} events in {res.lost_chunks} chunks "
+            f"({res.lost_samples} lost-sample records): the trace is incomplete; "
+            "rerun with a larger --buffer"
+        )
+    else:
+        print("  no events lost")
+    if res.vmpte_file is not None and res.vmpte is not None:
+        print(f"  VmPTE at exit of {len(res.vmpte)} processes: {res.vmpte_file}")
+    if res.perf_data is not None:
+        print(f"  perf data kept at {res.perf_data}")
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    from kpsim.workloads.trace import read_trace, summarize
+
+    s = summarize(read_trace(path), file=str(path))
+    return {
+        "records": s.records,
+        "ops": s.ops,
+        "processes": {str(k): v for k, v in sorted(s.processes.items())},
+        "skipped": s.skipped,
+    }
+
+
+def _check(path: Path, as_json: bool) -> int:
+    summary = _summary(path)
+    if as_json:
+        emit_json({"trace": str(path), **summary})
+        return 0
+    n = sum(summary["records"].values())
+    print(f"kpsim record --check: {path}: {n} records, {len(summary['processes'])} processes")
+    for title in ("records", "ops", "skipped"):
+        items = sorted(summary[title].items(), key=lambda kv: (-kv[1], kv[0]))
+        if items:
+            print(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in items))
+    return 0
