@@ -1,0 +1,489 @@
+"""mmap, munmap, brk, mprotect and mremap: ``mm/mmap.c``, ``mm/vma.c``, ``mm/mprotect.c``,
+``mm/mremap.c``.
+
+- ``mmap``: top-down placement below ``mmap_base`` (2 MiB-aligned for anonymous
+  mappings whose length is a multiple of 2 MiB, as ``thp_get_unmapped_area``),
+  ``MAP_FIXED`` (replaces: the old range is unmapped first), ``MAP_FIXED_NOREPLACE``
+  (``-EEXIST``), ``MAP_NORESERVE``, ``MAP_POPULATE`` (populated a PTE table at a time);
+  no table is allocated by mmap itself. Adjacent compatible VMAs merge.
+- ``munmap``: split, detach, zap, then ``free_pgtables`` with floor = end of the
+  previous VMA and ceiling = start of the next (pt-lifecycle.md rule 3).
+- ``mprotect``: ``change_protection`` a PTE table at a time in a lazy-MMU section;
+  never allocates or frees a table (rule 5).
+- ``mremap``: shrink, grow in place, or move (``move_page_tables``: destination tables
+  allocated per extent as Linux does, whole PTE/PMD tables relinked when aligned;
+  the source is then unmapped by rule 3: rule 6).
+
+Left out: file ``->mmap`` hooks, VM_ACCOUNT/overcommit, stack guard gaps, MREMAP_DONTUNMAP,
+mlock, hugetlb.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+
+from kpsim.mm import memory as m
+from kpsim.mm.mm_types import (
+    ANON,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_SIZE,
+    SPAN_SHIFT,
+    TASK_SIZE,
+    FileRef,
+    MmStruct,
+    SyscallError,
+    Vma,
+    VmFlags,
+)
+
+PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0, 1, 2, 4
+MAP_SHARED, MAP_PRIVATE = 0x01, 0x02
+MAP_FIXED, MAP_ANONYMOUS = 0x10, 0x20
+MAP_NORESERVE, MAP_POPULATE = 0x4000, 0x8000
+MAP_FIXED_NOREPLACE = 0x100000
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+_PROT_FLAGS = VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC
+_NO_MERGE = VmFlags.NONE
+
+
+def page_align(n: int) -> int:
+    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def prot_to_vm(prot: int) -> VmFlags:
+    f = VmFlags.NONE
+    if prot & PROT_READ:
+        f |= VmFlags.READ
+    if prot & PROT_WRITE:
+        f |= VmFlags.WRITE
+    if prot & PROT_EXEC:
+        f |= VmFlags.EXEC
+    return f
+
+
+def _einval(what: str) -> SyscallError:
+    return SyscallError(errno.EINVAL, what)
+
+
+# --------------------------------------------------------------------------- VMAs
+
+
+def split_vma(mm: MmStruct, vma: Vma, addr: int) -> Vma:
+    """``__split_vma``: cut ``vma`` at ``addr``; return the upper part (both stay in mm)."""
+    m.split_huge_pmd_at(mm, addr)  # vma_adjust_trans_huge
+    upper = Vma(
+        addr,
+        vma.end,
+        vma.flags,
+        vma.file,
+        vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT),
+        vma.anon_vma,
+        vma.name,
+    )
+    vma.end = addr
+    mm.insert_vma(upper)
+    return upper
+
+
+def isolate(mm: MmStruct, start: int, end: int) -> list[Vma]:
+    """Split the VMAs at ``start`` and ``end``; return those inside [start, end)."""
+    out = []
+    for vma in mm.overlapping(start, end):
+        if vma.start < start:
+            vma = split_vma(mm, vma, start)
+        if vma.end > end:
+            split_vma(mm, vma, end)
+        out.append(vma)
+    return out
+
+
+def _mergeable(a: Vma, b: Vma) -> bool:
+    """``is_mergeable_vma`` + ``is_mergeable_anon_vma``: a ends where b starts."""
+    if a.end != b.start or a.flags != b.flags or a.name != b.name:
+        return False
+    if (a.file is None) != (b.file is None):
+        return False
+    if a.file is not None and (
+        a.file != b.file or a.pgoff + ((a.end - a.start) >> PAGE_SHIFT) != b.pgoff
+    ):
+        return False
+    return a.anon_vma is None or b.anon_vma is None or a.anon_vma == b.anon_vma
+
+
+def vma_merge(mm: MmStruct, vma: Vma) -> Vma:
+    """Merge ``vma`` with compatible neighbours (``vma_merge_existing_range``)."""
+    i = mm.vma_index(vma)
+    if i + 1 < len(mm.vmas) and _mergeable(vma, mm.vmas[i + 1]):
+        nxt = mm.vmas[i + 1]
+        mm.remove_vma(nxt)
+        vma.end = nxt.end
+        vma.anon_vma = vma.anon_vma or nxt.anon_vma
+    if i > 0 and _mergeable(mm.vmas[i - 1], vma):
+        prev = mm.vmas[i - 1]
+        mm.remove_vma(vma)
+        prev.end = vma.end
+        prev.anon_vma = prev.anon_vma or vma.anon_vma
+        return prev
+    return vma
+
+
+def merge_range(mm: MmStruct, start: int, end: int) -> None:
+    """Merge every compatible pair of adjacent VMAs touching [start, end]."""
+    i = 0
+    while True:
+        vmas = mm.overlapping(max(start - 1, 0), end + 1)
+        if i + 1 >= len(vmas):
+            return
+        if _mergeable(vmas[i], vmas[i + 1]):
+            vma_merge(mm, vmas[i])
+        else:
+            i += 1
+
+
+# --------------------------------------------------------------------------- mmap
+
+
+def get_unmapped_area(mm: MmStruct, length: int, hint: int | None, thp_align: bool) -> int:
+    """Top-down search below ``mmap_base`` (``vm_unmapped_area`` + THP alignment)."""
+    if hint is not None:
+        hint = page_align(hint)
+        if hint + length <= TASK_SIZE and not mm.overlapping(hint, hint + length):
+            return hint
+    want = length + (PMD_SIZE if thp_align else 0)
+    top = mm.mmap_base
+    for vma in reversed(mm.vmas):
+        if vma.start >= top:
+            continue
+        if vma.end <= top - want:
+            break
+        top = min(top, vma.start)
+    if top - want < PAGE_SIZE:
+        if thp_align:
+            return get_unmapped_area(mm, length, None, False)
+        raise SyscallError(errno.ENOMEM, "no room for the mapping")
+    addr = top - length
+    return addr & ~(PMD_SIZE - 1) if thp_align else addr
+
+
+def mmap(
+    mm: MmStruct,
+    addr: int | None,
+    length: int,
+    prot: int,
+    flags: int,
+    file: FileRef | None = None,
+    pgoff: int = 0,
+) -> int:
+    """``do_mmap``: map [addr, addr+length); return the address."""
+    length = page_align(length)
+    if length == 0 or length > TASK_SIZE:
+        raise _einval("mmap: bad length")
+    shared = bool(flags & MAP_SHARED)
+    if not shared and not flags & MAP_PRIVATE:
+        raise _einval("mmap: neither MAP_SHARED nor MAP_PRIVATE")
+    fixed = bool(flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
+    if fixed:
+        if addr is None or addr & (PAGE_SIZE - 1) or addr + length > TASK_SIZE:
+            raise _einval("mmap: bad fixed address")
+        if (
+            flags & MAP_FIXED_NOREPLACE
+            and not flags & MAP_FIXED
+            and mm.overlapping(addr, addr + length)
+        ):
+            raise SyscallError(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
+        munmap(mm, addr, length)
+    else:
+        anon = file is None
+        thp_align = anon and length % PMD_SIZE == 0 and addr is None and mm.ctx.thp != "never"
+        addr = get_unmapped_area(mm, length, addr, thp_align)
+    vm = prot_to_vm(prot) | VmFlags.MAYREAD | VmFlags.MAYWRITE | VmFlags.MAYEXEC
+    if shared:
+        vm |= VmFlags.SHARED | VmFlags.MAYSHARE
+        if file is None:  # shared anonymous memory is shmem: a file of its own
+            file = mm.ctx.new_file(length)
+    if file is None:
+        vm |= VmFlags.ANON
+    if flags & MAP_NORESERVE:
+        vm |= VmFlags.NORESERVE
+    vma_merge(mm, _insert(mm, Vma(addr, addr + length, vm, file, pgoff)))
+    if flags & MAP_POPULATE:
+        populate_range(mm, addr, addr + length, write=bool(prot & PROT_WRITE) and not shared)
+    return addr
+
+
+def _insert(mm: MmStruct, vma: Vma) -> Vma:
+    mm.insert_vma(vma)
+    return vma
+
+
+def populate_range(mm: MmStruct, start: int, end: int, *, write: bool) -> None:
+    """``__mm_populate``: fault in [start, end), a PTE table at a time.
+
+    Each missing entry is what one GUP fault would install (rule 1: the same tables);
+    the entries of one table are written with one batch. THP-eligible slots and file
+    mappings fault page by page through :func:`~kpsim.mm.memory.handle_mm_fault`.
+    """
+    for vma in mm.overlapping(start, end):
+        s, e = max(start, vma.start), min(end, vma.end)
+        while s < e:
+            nxt = min((s | (PMD_SIZE - 1)) + 1, e)
+            if (
+                vma.file is None
+                and not vma.shared
+                and not m.thp_eligible(mm.ctx, vma, s)
+                and (s >> 21) not in mm.thp
+            ):
+                m.populate_pte_range(mm, vma, s, nxt, write)
+            else:
+                for addr in range(s, nxt, PAGE_SIZE):
+                    m.handle_mm_fault(mm, addr, write)
+            s = nxt
+
+
+# --------------------------------------------------------------------------- munmap
+
+
+def munmap(mm: MmStruct, start: int, length: int) -> None:
+    """``do_vmi_munmap``: detach the VMAs, zap them, free tables by rule 3."""
+    if start & (PAGE_SIZE - 1) or start >= TASK_SIZE:
+        raise _einval("munmap: unaligned address")
+    end = start + page_align(length)
+    if end == start or end > TASK_SIZE:
+        raise _einval("munmap: bad length")
+    victims = isolate(mm, start, end)
+    if not victims:
+        return
+    for vma in victims:
+        mm.remove_vma(vma)
+    prev, nxt = mm.neighbours(victims[0].start, victims[-1].end)
+    m.unmap_vmas(mm, victims)
+    m.free_pgtables(
+        mm, victims[0].start, victims[-1].end, prev.end if prev else 0, nxt.start if nxt else None
+    )
+
+
+def brk(mm: MmStruct, new: int) -> int:
+    """``sys_brk``: grow or shrink the heap; return the new (or unchanged) break."""
+    if new < mm.start_brk:
+        return mm.brk
+    old_end, new_end = page_align(mm.brk), page_align(new)
+    if new_end < old_end:
+        munmap(mm, new_end, old_end - new_end)
+    elif new_end > old_end:
+        if mm.overlapping(old_end, new_end):
+            return mm.brk
+        vm = (
+            VmFlags.READ
+            | VmFlags.WRITE
+            | VmFlags.MAYREAD
+            | VmFlags.MAYWRITE
+            | VmFlags.MAYEXEC
+            | VmFlags.ANON
+        )
+        vma_merge(mm, _insert(mm, Vma(old_end, new_end, vm, name="[heap]")))
+    mm.brk = new
+    return new
+
+
+# --------------------------------------------------------------------------- mprotect
+
+
+def mprotect(mm: MmStruct, start: int, length: int, prot: int) -> None:
+    """``do_mprotect_pkey``: new VMA flags, then ``change_protection`` (rule 5)."""
+    if start & (PAGE_SIZE - 1):
+        raise _einval("mprotect: unaligned address")
+    end = start + page_align(length)
+    if end == start:
+        return
+    covered = sum(min(v.end, end) - max(v.start, start) for v in mm.overlapping(start, end))
+    if covered != end - start:
+        raise SyscallError(errno.ENOMEM, "mprotect: range not fully mapped")
+    newbits = prot_to_vm(prot)
+    for vma in isolate(mm, start, end):
+        vma.flags = (vma.flags & ~_PROT_FLAGS) | newbits
+        change_protection(mm, vma, vma.start, vma.end)
+    merge_range(mm, start, end)
+
+
+def change_protection(mm: MmStruct, vma: Vma, start: int, end: int) -> int:
+    """Rewrite every entry in [start, end) with the VMA's new protection."""
+    arch = mm.ctx.arch
+    prot = vma.page_prot(arch)
+    pages = 0
+    for slot in m.slots_in(mm.thp, start >> 21, (end - 1) >> 21):
+        ptr = m.entry_ptr(mm, m.table_pa(mm, 2, slot << 21) or 0, 2, slot << 21)
+        v = m.read_entry(mm, m.table_pa(mm, 2, slot << 21) or 0, 2, slot << 21)
+        arch.pt_store(ptr, arch.pte_modify(v, prot) & ~2)  # change_huge_pmd (stays a block)
+        pages += 512
+    for slot in m.slots_in(mm.tables[3], start >> 21, (end - 1) >> 21):
+        pages += change_pte_range(mm, vma, slot, start, end, prot)
+    arch.flush_tlb_range(mm.asid, start, end)
+    return pages
+
+
+def change_pte_range(mm: MmStruct, vma: Vma, slot: int, start: int, end: int, prot: int) -> int:
+    ctx, arch = mm.ctx, mm.ctx.arch
+    tpa = mm.tables[3][slot] << PAGE_SHIFT
+    base = slot << 21
+    a = max(start - base, 0) >> PAGE_SHIFT
+    b = min(end - base, PMD_SIZE) >> PAGE_SHIFT
+    arr = arch.read_table(tpa)[a:b]
+    nz = np.flatnonzero(arr)
+    if nz.size == 0:
+        return 0
+    new = arch.ptes_modify(arr[nz], prot)
+    if vma.flags & VmFlags.WRITE and not vma.shared:  # MM_CP_TRY_CHANGE_WRITABLE
+        idx = arch.ptes_pfn(new) - ctx.base_pfn
+        excl = (ctx.kind[idx] == ANON) & (ctx.mapcount[idx] == 1) & arch.ptes_present(new)
+        if excl.any():
+            new = np.where(excl, arch.ptes_mkwrite(new), new)
+    arch.arch_enter_lazy_mmu_mode()
+    try:
+        arch.pt_store_batch(tpa, nz + a, new)
+    finally:
+        arch.arch_leave_lazy_mmu_mode()
+    return int(nz.size)
+
+
+# --------------------------------------------------------------------------- mremap
+
+
+def mremap(
+    mm: MmStruct,
+    old: int,
+    old_len: int,
+    new_len: int,
+    flags: int = MREMAP_MAYMOVE,
+    new_addr: int | None = None,
+) -> int:
+    """``sys_mremap``: shrink, grow in place, or move; return the new address."""
+    if old & (PAGE_SIZE - 1):
+        raise _einval("mremap: unaligned address")
+    old_len, new_len = page_align(old_len), page_align(new_len)
+    if new_len == 0 or (flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE):
+        raise _einval("mremap: bad arguments")
+    if flags & MREMAP_FIXED:
+        assert new_addr is not None
+        if new_addr & (PAGE_SIZE - 1) or (new_addr < old + old_len and old < new_addr + new_len):
+            raise _einval("mremap: bad new address")
+        munmap(mm, new_addr, new_len)
+    vma = mm.find_vma(old)
+    if vma is None or vma.start > old or old + old_len > vma.end:
+        raise SyscallError(errno.EFAULT, "mremap: old range is not one mapping")
+    if not flags & MREMAP_FIXED:
+        if new_len <= old_len:
+            if new_len < old_len:
+                munmap(mm, old + new_len, old_len - new_len)
+            return old
+        if (
+            old + old_len == vma.end
+            and not mm.overlapping(vma.end, old + new_len)
+            and old + new_len <= TASK_SIZE
+        ):
+            vma.end = old + new_len  # vma_expand
+            vma_merge(mm, vma)
+            return old
+        if not flags & MREMAP_MAYMOVE:
+            raise SyscallError(errno.ENOMEM, "mremap: cannot grow in place")
+        new_addr = get_unmapped_area(mm, new_len, None, False)
+    assert new_addr is not None
+    return move_vma(mm, vma, old, old_len, new_len, new_addr)
+
+
+def move_vma(mm: MmStruct, vma: Vma, old: int, old_len: int, new_len: int, new: int) -> int:
+    """``move_vma``: new VMA, ``move_page_tables``, then unmap the old range (rule 3)."""
+    moved = min(old_len, new_len)
+    src = isolate(mm, old, old + old_len)[0]
+    dst = Vma(new, new + new_len, src.flags, src.file, src.pgoff, src.anon_vma, src.name)
+    mm.insert_vma(dst)
+    move_page_tables(mm, old, new, moved)
+    if new_len < old_len:
+        pass  # the tail is unmapped with the rest of the old range below
+    munmap(mm, old, old_len)
+    vma_merge(mm, dst)
+    return new
+
+
+def _extent(old: int, old_end: int, new: int, shift: int) -> int:
+    """``get_extent``: the largest step that crosses no ``1 << shift`` boundary."""
+    size = 1 << shift
+    ext = min(((old + size) & ~(size - 1)) - old, old_end - old)
+    return min(ext, ((new + size) & ~(size - 1)) - new)
+
+
+def move_page_tables(mm: MmStruct, old: int, new: int, length: int) -> None:
+    """Move the entries of [old, old+length) to ``new`` (``move_page_tables``)."""
+    old_end = old + length
+    while old < old_end:
+        if (old >> 30) not in mm.tables[2]:  # get_old_pud: no PMD table, skip its slot
+            step = min(((old >> 30) + 1 << 30) - old, old_end - old)
+            old, new = old + step, new + step
+            continue
+        ext = _extent(old, old_end, new, 30)
+        m.pxd_alloc(mm, 1, new)  # alloc_new_pud
+        if ext == 1 << 30 and _move_pgt_entry(mm, 2, old, new):
+            old, new = old + ext, new + ext
+            continue
+        ext = _extent(old, old_end, new, 21)
+        slot = old >> 21
+        if slot in mm.thp or slot in mm.tables[3]:
+            m.pxd_alloc(mm, 2, new)  # alloc_new_pmd
+            if slot in mm.thp and (ext != PMD_SIZE or not _move_pgt_entry(mm, 3, old, new)):
+                m.__split_huge_pmd(mm, slot)
+            elif ext == PMD_SIZE and _move_pgt_entry(mm, 3, old, new):
+                pass
+            if slot in mm.tables[3]:
+                move_ptes(mm, old, new, ext)
+        old, new = old + ext, new + ext
+
+
+def _move_pgt_entry(mm: MmStruct, level: int, old: int, new: int) -> bool:
+    """``move_normal_pmd``/``move_normal_pud``/``move_huge_pmd``: relink a whole table
+    (or THP) of ``level`` from ``old`` to ``new`` if the destination entry is empty."""
+    arch = mm.ctx.arch
+    dst_parent = m.table_pa(mm, level - 1, new)
+    src_parent = m.table_pa(mm, level - 1, old)
+    assert dst_parent is not None and src_parent is not None
+    if m.read_entry(mm, dst_parent, level - 1, new):
+        return False
+    v = m.read_entry(mm, src_parent, level - 1, old)
+    sh = SPAN_SHIFT[level]
+    so, sn = old >> sh, new >> sh
+    arch.pt_store(m.entry_ptr(mm, src_parent, level - 1, old), 0)
+    arch.flush_tlb_range(mm.asid, so << sh, (so + 1) << sh)
+    arch.pt_store(m.entry_ptr(mm, dst_parent, level - 1, new), v)
+    if level == 3 and so in mm.thp:
+        mm.thp[sn] = mm.thp.pop(so)
+        return True
+    mm.tables[level][sn] = mm.tables[level].pop(so)
+    if level == 2:  # the PTE tables and THPs below move with the PMD table
+        for idx in (mm.tables[3], mm.thp):
+            for s in [s for s in idx if s >> 9 == so]:
+                idx[(sn << 9) | (s & 0x1FF)] = idx.pop(s)
+    mm.ctx.k.counters["mremap_relink"] += 1
+    return True
+
+
+def move_ptes(mm: MmStruct, old: int, new: int, ext: int) -> None:
+    """Move the entries of one extent (within one source and one destination table)."""
+    arch = mm.ctx.arch
+    src = mm.tables[3][old >> 21] << PAGE_SHIFT
+    dst = m.pxd_alloc(mm, 3, new)  # pte_alloc
+    a = (old >> PAGE_SHIFT) & 0x1FF
+    n = ext >> PAGE_SHIFT
+    arr = arch.read_table(src)[a : a + n]
+    nz = np.flatnonzero(arr)
+    if nz.size == 0:
+        return
+    vals = arr[nz].copy()
+    d0 = (new >> PAGE_SHIFT) & 0x1FF
+    arch.arch_enter_lazy_mmu_mode()
+    try:
+        arch.pt_store_batch(src, nz + a, np.uint64(0))
+        arch.pt_store_batch(dst, nz + d0, vals)
+    finally:
+        arch.arch_leave_lazy_mmu_mode()
+    arch.flush_tlb_range(mm.asid, old, old + ext)
