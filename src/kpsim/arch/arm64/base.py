@@ -55,5 +55,8 @@ class Arm64Base:
     def arch_leave_lazy_mmu_mode(self) -> None:
         raise NotImplementedError
 
+    def system_supports_poe(self) -> bool:
+        return all(c.poe for c in self.system.cpus)
+
     def in_interrupt(self) -> bool:
         return self.percpu[self.cpu_id].irq_depth > 0

@@ -70,6 +70,3 @@ class EntryMixin(Arm64Base):
         """``copy_thread``: the child's saved POR_EL1 is the parent's current value."""
         live = self.system.cpus[self.cpu_id].por_el1 if self.current() is parent else 0
         return ThreadStruct(por_el1=live or parent.thread.por_el1)
-
-    def system_supports_poe(self) -> bool:
-        return all(c.poe for c in self.system.cpus)

@@ -21,7 +21,6 @@ import numpy as np
 import numpy.typing as npt
 
 from kpsim.arch.arm64.pgtable import PgtableMixin, sect_prot
-from kpsim.errors import OutOfMemory
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.mm.gfp import GFP_PGTABLE_KERNEL, Gfp
 
@@ -195,12 +194,6 @@ class MmuMixin(PgtableMixin):
         self.pt_store(ptr, d.table_desc(child_pa))
         self.k.counters[SPLIT_COUNTER[level]] += 1
         return 0
-
-    def early_alloc_or_die(self, alloc: Callable[[], int], what: str) -> int:
-        pa = alloc()
-        if not pa:
-            raise OutOfMemory(f"early page-table allocation failed: {what}")
-        return pa
 
 
 def _set_cont(vals: NDArr, va: int, pa: int, shift: int, cont_size: int) -> NDArr:

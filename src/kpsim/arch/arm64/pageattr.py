@@ -108,6 +108,3 @@ class PageattrMixin(MmuMixin, TlbFlushMixin, LazyMmuMixin):
         self.k.counters["set_memory_pkey"] += 1
         self.k.counters["set_memory_pkey_page"] += numpages
         return self.change_memory_common(addr, numpages, pkey << d.POINDEX_SHIFT, d.POINDEX_MASK)
-
-    def system_supports_poe(self) -> bool:
-        return all(c.poe for c in self.system.cpus)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kpsim.arch.arm64.memory import KIMAGE_VADDR, PAGE_OFFSET, STRUCT_PAGE_SIZE
+from kpsim.arch.arm64.memory import KIMAGE_VADDR
 from kpsim.arch.arm64.mmu import NO_BLOCK_MAPPINGS, EarlyAlloc
 from kpsim.arch.arm64.pageattr import PageattrMixin
 from kpsim.arch.arm64.pgtable import PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_ROX
@@ -101,12 +101,3 @@ class SetupMixin(PageattrMixin):
                 self.swapper_pg_dir, buf, start, end - start, PAGE_KERNEL, early_alloc, 0
             )
             self.vmemmap_range = (start, end, buf)
-
-    def linear_alias(self, pa: int) -> int:
-        return self.layout.phys_to_virt(pa)
-
-    def struct_page_bytes(self, npages: int) -> int:
-        return npages * STRUCT_PAGE_SIZE
-
-
-assert PAGE_OFFSET  # the linear map starts the kernel half
