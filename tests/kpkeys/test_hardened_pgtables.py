@@ -113,8 +113,9 @@ def test_interrupt_freeing_table_inside_batched_section():
     assert not audit(m)
 
 
-def test_without_exception_reset_the_handler_would_run_privileged():
-    """Negative control: without the entry reset, a handler inherits the PGTABLES context."""
+def test_lazy_section_enters_and_leaves_the_pgtables_context():
+    """A batched section holds the PGTABLES context (so an IRQ entry must reset it; see
+    test_irq_in_batched_section.py for the negative controls)."""
     m = boot(memory="512M", batching=True)
     m.arch.arch_enter_lazy_mmu_mode()
     assert m.hw.cpus[0].por_el1 == 0x57
@@ -125,12 +126,16 @@ def test_without_exception_reset_the_handler_would_run_privileged():
 def test_minimal_allocator_refuses_block_linear_map():
     """Boot refuses the seed allocator on a block-mapped linear map unless told otherwise."""
     with pytest.raises(ConfigError, match="PTE-mapped"):
-        boot(memory="1G", linear_map="block")
+        boot(memory="1G", linear_map="block", allocator="minimal")
 
 
 def test_unsafe_split_leaves_unprotected_table_that_audit_reports():
     """With --allow-unsafe-split the recursion is detected, WARNed and reported by the audit."""
-    m = boot(MachineConfig(memory=1 << 30, linear_map="block", allow_unsafe_split=True))
+    m = boot(
+        MachineConfig(
+            memory=1 << 30, linear_map="block", allocator="minimal", allow_unsafe_split=True
+        )
+    )
     assert any(w.function == "kpkeys_pgtable_alloc" for w in m.k.warnings)
     problems = audit(m)
     assert any(v.invariant == "table-keyed" for v in problems)

@@ -212,3 +212,63 @@ def test_error_line_tracks_inserted_blank_and_comment_lines(blanks, cpus):
     with pytest.raises(InputError) as exc:
         parse_scenario(text, "p.toml")
     assert exc.value.line == len(blanks) + 2
+
+
+def test_machine_config_takes_scenario_values_and_overrides():
+    """machine_config builds the MachineConfig; command-line overrides win field by field."""
+    from kpsim.machine.scenario import machine_config
+
+    s = parse_scenario(GOOD, "good.toml")
+    cfg = machine_config(s)
+    assert (cfg.memory, cfg.cpus, cfg.batching, cfg.seed) == (4 << 30, 4, False, 7)
+    cfg = machine_config(s, {"cpus": 1, "seed": 9})
+    assert (cfg.memory, cfg.cpus, cfg.seed) == (4 << 30, 1, 9)
+
+
+def test_machine_config_blames_the_scenario_line_of_a_refused_value(monkeypatch):
+    """A value MachineConfig refuses is reported at its own line in the scenario."""
+    from kpsim.machine import config
+    from kpsim.machine.scenario import machine_config
+
+    monkeypatch.setattr(config, "ALLOCATORS", ("minimal",))  # as before "pba" was modelled
+    text = '[machine]\ncpus = 2\n\n[kernel]\nlinear_map = "block"\nallocator = "pba"\n' + WL
+    s = parse_scenario(text, "s.toml")
+    with pytest.raises(ConfigError) as exc:
+        machine_config(s)
+    assert str(exc.value).startswith("s.toml:6: [kernel] allocator: unknown allocator 'pba'")
+    # the same value given on the command line keeps the configuration's own message
+    with pytest.raises(ConfigError) as exc:
+        machine_config(parse_scenario(WL, "s.toml"), {"allocator": "pba"})
+    assert exc.value.file is None
+
+
+def test_lines_of_machine_and_kernel_fields_are_recorded():
+    """Scenario.lines maps "section.field" to its line; Scenario.error uses it."""
+    s = parse_scenario(GOOD, "good.toml")
+    assert s.lines["machine.cpus"] == 6 and s.lines["kernel.batching"] == 13
+    assert s.lines["seed"] == 2 and s.lines["kernel"] == 9
+    err = s.error("batching", "no")
+    assert (err.file, err.line, str(err)) == (
+        "good.toml",
+        13,
+        "good.toml:13: [kernel] batching: no",
+    )
+
+
+def test_workload_name_errors_point_at_the_name_line():
+    """WorkloadSpec.error("name", ...) points at the `name =` line, not the table header."""
+    s = parse_scenario('seed = 1\n\n[[workload]]\n# which one\nname = " kernbench "\n')
+    w = s.workloads[0]
+    assert w.name == "kernbench" and w.line == 3 and w.name_line == 5
+    assert w.error("name", "unknown workload").line == 5
+
+
+def test_allow_unsafe_split_is_a_kernel_field():
+    """[kernel] allow_unsafe_split reaches the MachineConfig (the --allow-unsafe-split option)."""
+    from kpsim.machine.scenario import machine_config
+
+    s = parse_scenario('[kernel]\nlinear_map = "block"\nallow_unsafe_split = true\n' + WL)
+    assert s.kernel["allow_unsafe_split"] is True
+    assert machine_config(s).allow_unsafe_split is True
+    with pytest.raises(InputError, match=r"^s.toml:2: \[kernel\] allow_unsafe_split: must be true"):
+        parse_scenario("[kernel]\nallow_unsafe_split = 1\n" + WL, "s.toml")

@@ -60,7 +60,7 @@ def test_unnamed_counter_costs_nothing():
 def test_estimate_is_counts_times_costs_broken_down_largest_first():
     """The total is the sum of count x cost, and the breakdown lists events by cycles."""
     costs = default_costs()
-    counts = {"pte_write": 10, "isb": 2, "page_fault": 1}
+    counts = {"pte_write": 10, "isb": 2, "pgfault": 1}
     est = estimate(counts, costs)
     parts = {k: n * costs[k] for k, n in counts.items()}
     assert est.total == pytest.approx(sum(parts.values()))

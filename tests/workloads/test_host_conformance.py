@@ -5,7 +5,7 @@ import pytest
 from kpsim.workloads.host import HostTarget, kernel_option, measure_vmpte, thp_mode, vmpte_pages
 from kpsim.workloads.steps import load_steps, parse_steps, run_steps
 
-from .host_support import EXAMPLES, expectations, needs_host
+from .host_support import EXAMPLES, deltas_and_notes, needs_host
 
 pytestmark = needs_host
 
@@ -223,18 +223,13 @@ advice = "dontneed"
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.stem)
 def test_shipped_example_matches_its_expect_notes(path):
     """Every shipped steps file gives, on the host, the deltas its '# expect' notes derive."""
-    expected = expectations(path)
     if path.stem == "thp" and thp_mode() == "never" and kernel_option("PT_RECLAIM") != "y":
         pytest.skip("THP is off and PT_RECLAIM is not known to be on")
     if "dontneed" in path.read_text() and kernel_option("PT_RECLAIM") == "n":
         pytest.skip("the '# expect' notes assume CONFIG_PT_RECLAIM=y; this kernel has it off")
     with HostTarget() as target:
         results = run_steps(load_steps(path), target)
-    got = [(r.delta, r.child_delta) for r in results]
-    want = [
-        (g if d is None else d, c)
-        for (d, c), g in zip(expected, (r.delta for r in results), strict=True)
-    ]
+    got, want = deltas_and_notes(path, results)
     assert got == want
 
 

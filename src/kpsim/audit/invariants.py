@@ -12,20 +12,37 @@ With the feature on (spec §4.1):
    found by walking every tree;
 5. no TLB entry disagrees with the tables.
 
-The audit reads memory and registers; it never writes.
+The audit reads memory and registers; it never writes. Address spaces are found from
+the page-table registry (every registered level-0 table other than ``swapper_pg_dir``
+is a user PGD), so the audit needs no list of processes. A PTE table deposited for a
+PMD-mapped THP is registered but not reachable from the tree: the audit accepts, per
+address space, exactly as many unreachable PTE tables as it finds THP block entries
+(one deposit per huge PMD, as ``pgtable_trans_huge_deposit`` keeps), and checks that
+they are keyed too.
+
+Protected caches: an allocator that keeps freed table pages keyed (the PBA) makes them
+legitimately carry pkey 1 while no tree uses them. It tells the audit which pages by
+implementing :class:`ProtectedCache` (``kpkeys_cached_pfns()``) on the object behind
+``m.kpkeys`` or behind the ``k.pgtable.kpkeys_alloc`` hook; those pages are exempt
+from the stray-key check, and must themselves be keyed (a cached page at pkey 0 would
+be handed out as an unprotected table).
+
+The companion :mod:`kpsim.audit.freewatch` checks, while a workload runs, that no page
+reaches the buddy allocator keyed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.hw.arm64.fault import Fault
 from kpsim.hw.arm64.mmu import KERNEL_VA_START, walk
+from kpsim.mm.page import PageFlags
 
 Walked = dict[int, tuple[str, int]]
 
@@ -53,12 +70,48 @@ def table_tree(mem: Any, root_pa: int) -> Iterator[tuple[int, int]]:
             stack.append((v & d.OA_MASK, level + 1))
 
 
+@runtime_checkable
+class ProtectedCache(Protocol):
+    """What a kpkeys table allocator with a cache of keyed free pages implements."""
+
+    def kpkeys_cached_pfns(self) -> Iterable[int]: ...
+
+
+def protected_cache_pfns(m: Any) -> set[int]:
+    """Pages that a registered protected allocator holds keyed, outside every tree."""
+    out: set[int] = set()
+    hook = getattr(m.k.pgtable, "kpkeys_alloc", None)
+    seen: list[object] = []
+    for obj in (getattr(m, "kpkeys", None), getattr(hook, "__self__", None)):
+        if obj is None or any(obj is s for s in seen):
+            continue
+        seen.append(obj)
+        if isinstance(obj, ProtectedCache):
+            out.update(int(p) for p in obj.kpkeys_cached_pfns())
+    return out
+
+
 def address_spaces(m: Any) -> list[tuple[str, int]]:
-    """(owner, top-level table pa) for the kernel and every live mm."""
-    roots = [("kernel", m.arch.swapper_pg_dir)]
-    for mm in getattr(m.k, "mm_list", lambda: [])():
-        roots.append((f"mm:{mm.id}", mm.pgd_pa))
+    """(owner, top-level table pa) for the kernel and every live mm (from the registry)."""
+    swapper = m.arch.swapper_pg_dir
+    roots = [("kernel", swapper)]
+    for pfn, info in sorted(m.k.pgtable.live.items()):
+        if info.level == 0 and (pfn << 12) != swapper:
+            roots.append((info.owner, pfn << 12))
     return roots
+
+
+def thp_blocks(m: Any, walked: Walked) -> dict[str, int]:
+    """Per user address space, how many PMD entries map a block (a THP)."""
+    out: dict[str, int] = {}
+    for pfn, (owner, level) in walked.items():
+        if level != 2 or owner == "kernel":
+            continue
+        t = m.mem.frame_ro(pfn)
+        n = int(np.count_nonzero((t & np.uint64(3)) == np.uint64(1)))
+        if n:
+            out[owner] = out.get(owner, 0) + n
+    return out
 
 
 def linear_pkey(m: Any, pfn: int) -> int | None:
@@ -86,43 +139,72 @@ def keyed_pfns(m: Any) -> set[int]:
     return out
 
 
-def audit(m: Any, *, cached: Iterable[int] = ()) -> list[Violation]:
-    """Run every invariant; an empty list means the machine is clean."""
-    out: list[Violation] = []
+def walk_all(m: Any) -> Walked:
+    """Every table page reachable from every address space: pfn -> (owner, level)."""
     walked: Walked = {}
     for owner, root in address_spaces(m):
         for pfn, level in table_tree(m.mem, root):
             walked[pfn] = (owner, level)
+    return walked
+
+
+def deposited_tables(m: Any, walked: Walked) -> dict[int, str]:
+    """Registered user PTE tables outside every tree (THP deposits): pfn -> owner."""
+    return {
+        pfn: info.owner
+        for pfn, info in m.k.pgtable.live.items()
+        if pfn not in walked and info.owner != "kernel" and info.level == 3
+    }
+
+
+def audit(m: Any, *, cached: Iterable[int] = ()) -> list[Violation]:
+    """Run every invariant; an empty list means the machine is clean."""
+    out: list[Violation] = []
+    walked = walk_all(m)
+    deposits = deposited_tables(m, walked)
     swapper = m.arch.swapper_pg_dir >> 12
     if m.arch.hardened_pgtables:
-        out += _check_tables_keyed(m, walked, swapper)
-        out += _check_no_stray_keys(m, walked, set(cached))
+        keyed = keyed_pfns(m)
+        cache = set(cached) | protected_cache_pfns(m)
+        out += _check_tables_keyed(m, walked, deposits, cache, keyed, swapper)
+        out += _check_no_stray_keys(m, walked, deposits, cache, keyed)
     out += _check_contexts(m)
-    out += _check_metadata(m, walked)
+    out += _check_metadata(m, walked, deposits)
     out += _check_tlbs(m)
     return out
 
 
-def _check_tables_keyed(m: Any, walked: Walked, swapper: int) -> list[Violation]:
-    keyed = keyed_pfns(m)
+def _check_tables_keyed(
+    m: Any,
+    walked: Walked,
+    deposits: dict[int, str],
+    cache: set[int],
+    keyed: set[int],
+    swapper: int,
+) -> list[Violation]:
     out = []
-    for pfn, (owner, level) in sorted(walked.items()):
+    tables = [(pfn, owner, f"level-{level} table") for pfn, (owner, level) in walked.items()]
+    tables += [(pfn, owner, "deposited PTE table") for pfn, owner in deposits.items()]
+    tables += [(pfn, "allocator", "cached table page") for pfn in cache]
+    for pfn, owner, what in sorted(tables):
         if pfn == swapper or pfn in keyed:
             continue
         out.append(
             Violation(
                 "table-keyed",
-                f"{owner} level-{level} table pfn {pfn:#x} has pkey "
-                f"{linear_pkey(m, pfn)} in the linear map",
+                f"{owner} {what} pfn {pfn:#x} has pkey {linear_pkey(m, pfn)} in the linear map",
             )
         )
     return out
 
 
-def _check_no_stray_keys(m: Any, walked: Walked, cached: set[int]) -> list[Violation]:
+def _check_no_stray_keys(
+    m: Any, walked: Walked, deposits: dict[int, str], cache: set[int], keyed: set[int]
+) -> list[Violation]:
     out = []
-    for pfn in sorted(keyed_pfns(m)):
-        if pfn in walked or pfn in cached:
+    live = m.k.pgtable.live  # a registered table outside every tree is a registry problem
+    for pfn in sorted(keyed):
+        if pfn in walked or pfn in deposits or pfn in cache or pfn in live:
             continue
         state = "free" if m.k.page_alloc.is_free(pfn) else "in use, not a table"
         out.append(Violation("stray-key", f"pfn {pfn:#x} ({state}) carries a non-zero pkey"))
@@ -130,9 +212,13 @@ def _check_no_stray_keys(m: Any, walked: Walked, cached: set[int]) -> list[Viola
 
 
 def _check_contexts(m: Any) -> list[Violation]:
+    """Every CPU at rest is in the default context, and no lazy-MMU save is left over."""
     out = []
     for cpu, pc in zip(m.hw.cpus, m.arch.percpu, strict=True):
-        if not cpu.poe or pc.irq_depth or pc.current.lazy_mmu_nesting:
+        if not cpu.poe or pc.irq_depth:
+            continue
+        task = pc.current
+        if task.lazy_mmu_nesting:
             continue
         if cpu.por_el1 != m.arch.por_init:
             out.append(
@@ -142,20 +228,56 @@ def _check_contexts(m: Any) -> list[Violation]:
                     f"outside any section (expected {m.arch.por_init:#x})",
                 )
             )
+        saved = getattr(task.thread, "por_el1_lazy_mmu", 0)
+        if saved:
+            out.append(
+                Violation(
+                    "default-context",
+                    f"cpu{cpu.cpu_id} task {task.pid} keeps a lazy-MMU saved POR_EL1 "
+                    f"({saved:#x}) outside any section",
+                )
+            )
     return out
 
 
-def _check_metadata(m: Any, walked: Walked) -> list[Violation]:
+def _check_metadata(m: Any, walked: Walked, deposits: dict[int, str]) -> list[Violation]:
     out = []
     live = m.k.pgtable.live
+    memmap = m.k.page_alloc.memmap
     for pfn, (owner, level) in walked.items():
         if pfn not in live:
             what = f"{owner} level-{level} table {pfn:#x} not registered"
             out.append(Violation("registry", what))
-        elif not m.k.page_alloc.memmap.is_page_table(pfn):
+        elif live[pfn].level != level or live[pfn].owner != owner:
+            info = live[pfn]
+            out.append(
+                Violation(
+                    "registry",
+                    f"table {pfn:#x} is a level-{level} table of {owner} but registered "
+                    f"as level {info.level} of {info.owner}",
+                )
+            )
+    for pfn in live:
+        if not memmap.is_page_table(pfn):
             out.append(Violation("metadata", f"table {pfn:#x} lacks PageTable"))
+    for pfn in memmap.pfns_with(PageFlags.TABLE):
+        if pfn not in live:
+            out.append(Violation("metadata", f"pfn {pfn:#x} has PageTable but is no table"))
+    blocks = thp_blocks(m, walked)
+    per_owner: dict[str, int] = {}
+    for owner in deposits.values():
+        per_owner[owner] = per_owner.get(owner, 0) + 1
+    for owner in sorted(set(blocks) | set(per_owner)):
+        if blocks.get(owner, 0) != per_owner.get(owner, 0):
+            out.append(
+                Violation(
+                    "registry",
+                    f"{owner}: {per_owner.get(owner, 0)} registered PTE tables outside the "
+                    f"tree, but {blocks.get(owner, 0)} THP PMDs to deposit them for",
+                )
+            )
     for pfn, info in live.items():
-        if pfn not in walked and getattr(info, "source", "") != "deposit":
+        if pfn not in walked and pfn not in deposits:
             out.append(
                 Violation(
                     "registry",
@@ -178,4 +300,43 @@ def _check_tlbs(m: Any) -> list[Violation]:
             t = walk(m.mem, root, va)
             if isinstance(t, Fault) or (t.page_pa, t.perm_el1, t.perm_el0, t.po_index) != e[:4]:
                 out.append(Violation("tlb", f"cpu{cpu.cpu_id} caches a stale entry for {va:#x}"))
+    return out
+
+
+def check_interrupts(m: Any, records: Iterable[Any]) -> list[Violation]:
+    """Each injected interrupt (an object with ``cpu``, ``por_before``,
+    ``por_in_handler``, ``por_after_return`` and ``por_at_section_end``, as the mixed
+    workload records them) ran its handler in the default context, gave the
+    interrupted code its own value back, and the section ended in the default context.
+    """
+    out: list[Violation] = []
+    if not m.arch.system_supports_poe():
+        return out
+    init = m.arch.por_init
+    for i, r in enumerate(records):
+        where = f"interrupt {i} on cpu{r.cpu}"
+        if r.por_in_handler != init:
+            out.append(
+                Violation(
+                    "irq-context",
+                    f"{where}: handler ran with POR_EL1={r.por_in_handler:#x} "
+                    f"(expected the default {init:#x})",
+                )
+            )
+        if r.por_after_return != r.por_before:
+            out.append(
+                Violation(
+                    "irq-context",
+                    f"{where}: POR_EL1={r.por_after_return:#x} after return, "
+                    f"{r.por_before:#x} before the interrupt",
+                )
+            )
+        if r.por_at_section_end != init:
+            out.append(
+                Violation(
+                    "irq-context",
+                    f"{where}: the interrupted section ended with "
+                    f"POR_EL1={r.por_at_section_end:#x} (expected {init:#x})",
+                )
+            )
     return out

@@ -2,7 +2,9 @@
 
 Prints, per step, both sides' page-table pages (``VmPTE/4``) and deltas and whether
 the deltas agree; exit status 1 on any mismatch, 2 on a bad steps file or when a
-side that was asked for cannot run.
+side that was asked for cannot run. The model takes the host's THP mode and
+CONFIG_PT_RECLAIM (``--thp``, ``--pt-reclaim``) and, unless ``--fresh-model``, starts
+from a snapshot of the host child's address space taken before step 1.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from rich.progress import Progress
 from rich.table import Table
 
 from kpsim.cli.common import add_json, console, emit_json
-from kpsim.workloads.host import HostError, HostTarget, HostUnavailable, thp_mode
+from kpsim.cli.host_verbs import EXIT_FOUND, EXIT_OK, fail
+from kpsim.workloads.host import (
+    HostError,
+    HostTarget,
+    HostUnavailable,
+    kernel_option,
+    thp_mode,
+    thp_use_zero_page,
+)
+from kpsim.workloads.snapshot import take_snapshot
 from kpsim.workloads.steps import (
     ConformRow,
     StepResult,
@@ -29,8 +40,6 @@ from kpsim.workloads.steps import (
     load_steps,
     run_steps,
 )
-
-EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -48,13 +57,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default="host",
         help="THP mode for the model (default: the host's)",
     )
+    p.add_argument(
+        "--pt-reclaim",
+        choices=("host", "on", "off"),
+        default="host",
+        help="CONFIG_PT_RECLAIM for the model (default: the host's, else on)",
+    )
+    p.add_argument(
+        "--fresh-model",
+        action="store_true",
+        help="start the model from an empty process, not from a copy of the host "
+        "child's address space (kernel-placed mappings then land elsewhere)",
+    )
     add_json(p)
     p.set_defaults(func=run)
 
 
 def _fail(line: str) -> int:
-    sys.stderr.write(f"kpsim conform: {line}\n")
-    return EXIT_USAGE
+    return fail("conform", line)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,10 +87,9 @@ def run(args: argparse.Namespace) -> int:
             if args.sim_only:
                 return _fail(f"the model side is not available: {why}")
             notes.append(f"model side not available ({why}): sim fields are null")
-    if args.thp == "host":
-        args.thp = thp_mode() or "madvise"
+    _host_defaults(args)
     try:
-        host = None if args.sim_only else _run_host(steps, notes, required=args.host_only)
+        host = None if args.sim_only else _run_host(steps, notes, args)
         if sim_module is None and host is None:
             return _fail("neither the model nor the host side can run")
         sim = None
@@ -89,14 +108,36 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FOUND if doc["mismatches"] else EXIT_OK
 
 
-def _run_host(steps: StepsFile, notes: list[str], *, required: bool) -> list[StepResult] | None:
+def _host_defaults(args: argparse.Namespace) -> None:
+    """The model follows the host where pt-lifecycle.md says behaviour depends on it:
+    the THP mode (and its huge zero page) and CONFIG_PT_RECLAIM."""
+    if args.thp == "host":
+        args.thp = thp_mode() or "madvise"
+        args.thp_use_zero_page = thp_use_zero_page()
+    if args.pt_reclaim == "host":
+        args.pt_reclaim = kernel_option("PT_RECLAIM") != "n"  # unknown: on, as mainline
+    else:
+        args.pt_reclaim = args.pt_reclaim == "on"
+
+
+def _run_host(
+    steps: StepsFile, notes: list[str], args: argparse.Namespace
+) -> list[StepResult] | None:
+    """Run the steps on the host; unless ``--fresh-model``, first snapshot the host
+    child (``args.seed``) so that the model starts from the same address space."""
     try:
         target = HostTarget()
     except HostUnavailable as err:
-        if required:
+        if args.host_only:
             raise
         notes.append(f"host side not available ({err}): host fields are null")
         return None
+    if not args.fresh_model and not args.host_only:
+        try:
+            args.seed = take_snapshot(target.pid)
+        except BaseException:
+            target.close()
+            raise
     d = target.description
     reclaim = d["pt_reclaim"] or "?"
     notes.insert(

@@ -14,7 +14,7 @@ import argparse
 
 from kpsim.cli.common import int_arg
 from kpsim.machine.boot import Machine
-from kpsim.machine.config import MachineConfig
+from kpsim.machine.config import ALLOCATORS, MachineConfig
 
 
 def add_machine_options(p: argparse.ArgumentParser) -> None:
@@ -32,7 +32,12 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
         default=True,
         help="kpkeys_hardened_pgtables (default on)",
     )
-    g.add_argument("--allocator", default=None, metavar="NAME", help="kpkeys table allocator")
+    g.add_argument(
+        "--allocator",
+        default=None,
+        metavar="|".join(ALLOCATORS),
+        help="kpkeys table allocator (default: minimal on pte maps, pba on block maps)",
+    )
     g.add_argument(
         "--batching",
         action=argparse.BooleanOptionalAction,
@@ -42,7 +47,7 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--allow-unsafe-split",
         action="store_true",
-        help="allow the minimal allocator on a block-mapped linear map",
+        help="allow the minimal or grouped allocator on a block-mapped linear map",
     )
 
 

@@ -1,71 +1,719 @@
-"""``kpsim run``: the main job. For now: boot the default machine (4 GiB, 2 CPUs, POE,
-kpkeys_hardened_pgtables on, PTE-mapped linear map), run the KUnit suite and the
-audit, and print the machine's table counts and event counters. Scenario files,
-workloads and the cost model join it as they land (issue 7)."""
+"""``kpsim run [SCENARIO]``: the main job (issue 7, item 5).
+
+Reads a scenario (``kpsim.machine.scenario``; with no argument the built-in
+:data:`DEFAULT_SCENARIO`, shipped as ``examples/scenarios/default.toml``), then:
+
+1. boots the scenario's machine before ``mark_rodata_ro`` and runs the KUnit suite
+   ``kpkeys_hardened_pgtables`` on it, marks rodata read-only and audits it;
+2. runs every ``[[workload]]`` twice, each time on a freshly booted machine: with
+   ``kpkeys_hardened_pgtables`` on and with it off (same machine, same seed), keeps the
+   counter delta of each run and audits each machine afterwards;
+3. prices both runs with the cost model (``report/cost.py``; ``--costs FILE``
+   overrides entries): the overhead is the estimate on against off, decomposed into
+   the events that differ;
+4. records the linear map's composition at boot and after each feature-on run;
+5. runs the ``[attack]`` campaign (``kpsim.attack``) on a fresh feature-on machine
+   and, as its negative control, on a feature-off one.
+
+It prints one screen, or with ``--json`` one document; ``--out DIR`` also writes
+``run.json``, ``run.txt`` and the ``scenario.toml`` used. Machine options override the
+scenario's ``[machine]``/``[kernel]`` fields. Exit status 1 if a KUnit case fails or
+the audit finds a violation, or an in-threat-model attack write lands with the
+feature on; 2 on bad input (checked before anything runs).
+
+A scenario whose ``[kernel]`` turns ``hardened_pgtables`` off runs each workload once,
+feature off, and reports no overhead (there is nothing to compare).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from kpsim.cli.common import add_json, console, emit_json
+from kpsim.cli.machine_opts import add_machine_options
+from kpsim.errors import ConfigError, InputError, OutOfMemory
+from kpsim.machine.boot import Machine
+from kpsim.machine.config import MachineConfig
+from kpsim.machine.scenario import Scenario, WorkloadSpec, machine_config, parse_scenario
+
+__all__ = ["DEFAULT_SCENARIO", "DEFAULT_SCENARIO_NAME", "execute", "register", "render", "run"]
+
+DEFAULT_SCENARIO_NAME = "<built-in default scenario>"
+
+#: The scenario ``kpsim run`` runs with no argument (``examples/scenarios/default.toml``
+#: holds the same text). micromm maps 128 MiB instead of the series' 1 GiB so that the
+#: whole run takes seconds; its costs grow linearly with the size on both sides, so the
+#: overhead (a ratio) barely moves (see docs/fidelity.md).
+DEFAULT_SCENARIO = """\
+# kpsim's built-in default scenario: what `kpsim run` runs with no argument.
+# A small arm64 machine with POE, kpkeys_hardened_pgtables on (PTE-mapped linear map,
+# minimal allocator, batching on), running the series' benchmarks (RFC v5 cover letter)
+# at reduced sizes. Each workload runs with the feature on and off on fresh machines.
+seed = 0
+
+[machine]
+memory = "1G"
+cpus = 2
+poe = true
+
+[kernel]
+linear_map = "pte"
+hardened_pgtables = true
+batching = true
+pt_reclaim = true
+
+[[workload]]
+name = "kernbench"
+processes = 24
+
+[[workload]]
+name = "micromm.fork"
+size = "128M"
+h = 0
+
+[[workload]]
+name = "micromm.fork"
+size = "128M"
+h = 1
+
+[[workload]]
+name = "micromm.munmap"
+size = "128M"
+h = 0
+
+[[workload]]
+name = "micromm.munmap"
+size = "128M"
+h = 1
+
+[[workload]]
+name = "vmalloc.fix_size_alloc"
+pages = 1
+
+[[workload]]
+name = "vmalloc.fix_size_alloc"
+pages = 256
+
+[[workload]]
+name = "vmalloc.random_size_alloc"
+
+[[workload]]
+name = "vmalloc.vm_map_ram"
+pages = 16
+"""
+
+# Machine options whose value was not given on the command line stay None, so that
+# only explicit options override the scenario.
+_OPTION_FIELDS = (
+    "memory",
+    "cpus",
+    "poe",
+    "linear_map",
+    "seed",
+    "hardened_pgtables",
+    "allocator",
+    "batching",
+    "allow_unsafe_split",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("run", help="the main job: boot, KUnit suite, audit, counters")
+    p = sub.add_parser(
+        "run",
+        help="the main job: KUnit, audit, workloads with the feature on and off, overhead",
+        description=(
+            "Run a scenario (default: the built-in one): KUnit suite, audit, every workload "
+            "with kpkeys_hardened_pgtables on and off, the estimated overhead and the events "
+            "behind it, the linear-map composition. Machine options given on the command "
+            "line override the scenario's fields (their defaults do not apply here)."
+        ),
+    )
+    p.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario TOML file")
+    p.add_argument("--out", metavar="DIR", help="also write run.json, run.txt, scenario.toml")
+    p.add_argument("--costs", metavar="FILE", help="TOML [costs] table overriding event costs")
+    p.add_argument(
+        "--list-workloads",
+        action="store_true",
+        help="list the built-in workloads and their parameters, then exit",
+    )
+    add_machine_options(p)
+    p.set_defaults(**dict.fromkeys(_OPTION_FIELDS))
     add_json(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+# --------------------------------------------------------------------------- inputs
+
+
+def _load(args: argparse.Namespace) -> tuple[Scenario, str]:
+    if args.scenario is None:
+        return parse_scenario(DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME), DEFAULT_SCENARIO
+    path = Path(args.scenario)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"cannot read scenario: {err.strerror or err}", file=str(path)) from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"scenario is not UTF-8 text ({err.reason})", file=str(path)) from None
+    return parse_scenario(text, str(path)), text
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in _OPTION_FIELDS if getattr(args, k, None) is not None}
+
+
+def _validate_workloads(scenario: Scenario) -> list[dict[str, Any]]:
+    """Each workload's parameters, checked by the registry (defaults filled in)."""
+    from kpsim.workloads.registry import WORKLOADS, validate_params
+
+    out = []
+    for spec in scenario.workloads:
+        if spec.name not in WORKLOADS:
+            known = ", ".join(sorted(WORKLOADS))
+            raise spec.error("name", f"unknown workload {spec.name!r} (known: {known})")
+        out.append(validate_params(spec.name, spec.params, spec=spec))
+    return out
+
+
+def _boot(
+    cfg: MachineConfig, scenario: Scenario, overrides: Mapping[str, Any], **kw: Any
+) -> Machine:
+    """Boot ``cfg``; a configuration refused at boot is blamed on the scenario's line."""
+    try:
+        return Machine.boot(cfg, **kw)
+    except ConfigError as err:
+        for key in ("allocator", "linear_map", "hardened_pgtables", "poe"):
+            if key in overrides:
+                raise
+            if scenario.section(key) is not None:
+                raise scenario.error(key, err.problem, config=True) from None
+        raise
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A rich progress bar on a terminal (stdout a tty, not --json); no-op otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description:<44}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=False),
+            transient=True,
+        )
+        self._task = self._bar.add_task("booting", total=total)
+
+    @contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        if self._bar is not None:
+            self._bar.update(self._task, description=label)
+        yield
+        if self._bar is not None:
+            self._bar.advance(self._task)
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _attack_config(scenario: Scenario, cfg: MachineConfig) -> Any:
+    """The validated ``[attack]`` campaign (``None`` without one); bad input is exit 2."""
+    if scenario.attack is None:
+        return None
+    from kpsim.attack import validate_attack
+
+    config = validate_attack(scenario.attack)
+    if not 0 <= config.cpu < cfg.cpus:
+        problem = f"attacker cpu {config.cpu}: the machine has {cfg.cpus} CPU(s)"
+        raise scenario.attack.error("cpu", problem)
+    return config
+
+
+def _label(spec: WorkloadSpec) -> str:
+    shown = " ".join(f"{k}={_short(v)}" for k, v in spec.params.items())
+    return f"{spec.name} {shown}".strip()
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, list):
+        return ",".join(_short(v) for v in value)
+    return str(value)
+
+
+def execute(
+    scenario: Scenario,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    costs_path: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run ``scenario``; the whole result as one JSON-able document."""
     from kpsim.audit.invariants import audit
     from kpsim.kpkeys.kunit import run_suite
-    from kpsim.machine import MachineConfig, boot
+    from kpsim.report.cost import (
+        ZeroBaselineError,
+        estimate,
+        load_costs,
+        overhead_breakdown,
+    )
+    from kpsim.report.linear_map import linear_map_report
+    from kpsim.workloads.registry import run_workload
 
-    m = boot(MachineConfig(), rodata_ro=False)
-    kunit = run_suite(m)
-    m.mark_rodata_ro()
-    violations = audit(m)
-    doc = {
-        "machine": m.config.as_dict(),
-        "page_tables": {"kernel": m.k.pgtable.count("kernel")},
+    over = dict(overrides or {})
+    costs = load_costs(costs_path)
+    cfg = machine_config(scenario, over)
+    params = _validate_workloads(scenario)
+    feature = cfg.hardened_pgtables
+    variants: list[tuple[str, MachineConfig]] = [("on", cfg)] if feature else []
+    variants.append(("off", dataclasses.replace(cfg, hardened_pgtables=False)))
+    attack_cfg = _attack_config(scenario, cfg)
+    steps = 1 + len(scenario.workloads) * len(variants)
+    steps += len(variants) if attack_cfg is not None else 0
+
+    violations: list[dict[str, Any]] = []
+    audited = 0
+
+    def check(m: Machine, where: str) -> None:
+        nonlocal audited
+        audited += 1
+        for v in audit(m):
+            violations.append({"machine": where, **v.as_dict()})
+
+    workloads: list[dict[str, Any]] = []
+    after: dict[str, Any] = {}
+    attack: dict[str, Any] | None = None
+    with _Progress(steps, progress) as bar:
+        with bar.step("boot, KUnit kpkeys_hardened_pgtables, audit"):
+            m = _boot(cfg, scenario, over, rodata_ro=False)
+            if feature:
+                kunit: dict[str, Any] = dict(run_suite(m))
+            else:
+                kunit = {"suite": "kpkeys_hardened_pgtables", "run": False,
+                         "reason": "kpkeys_hardened_pgtables is off in this scenario",
+                         "cases": [], "passed": 0, "failed": 0, "skipped": 0}  # fmt: skip
+            m.mark_rodata_ro()
+            check(m, "boot")
+            at_boot = linear_map_report(m)
+            del m
+        for i, (spec, values) in enumerate(zip(scenario.workloads, params, strict=True)):
+            entry: dict[str, Any] = {
+                "index": i + 1,
+                "name": spec.name,
+                "label": _label(spec),
+                "params": values,
+                "line": spec.line,
+            }
+            for variant, vcfg in variants:
+                with bar.step(f"{_label(spec)} (feature {variant})"):
+                    m = _boot(vcfg, scenario, over)
+                    try:
+                        counts = dict(run_workload(m, spec.name, values, seed=cfg.seed))
+                    except OutOfMemory as err:
+                        problem = (
+                            f"the simulated machine ran out of memory ({err}); "
+                            "use smaller sizes or more [machine] memory"
+                        )
+                        raise spec.error(None, problem) from None
+                    check(m, f"#{i + 1} {spec.name} (feature {variant})")
+                    if variant == "on":
+                        lm = linear_map_report(m)
+                        if lm["mappings"] != at_boot["mappings"]:
+                            after[f"#{i + 1} {spec.name}"] = lm
+                    del m
+                e = estimate(counts, costs)
+                entry[variant] = {
+                    "counters": dict(sorted(counts.items())),
+                    "cycles": e.total,
+                    "breakdown": dict(e.breakdown),
+                }
+            if feature:
+                try:
+                    ov = overhead_breakdown(
+                        entry["on"]["counters"], entry["off"]["counters"], costs
+                    )
+                    entry["overhead"] = {
+                        "percent": ov.percent,
+                        "contributions": dict(ov.contributions),
+                    }
+                except ZeroBaselineError:
+                    entry["overhead"] = None
+            else:
+                entry["overhead"] = None
+            workloads.append(entry)
+        if attack_cfg is not None:
+            from kpsim.attack import run_attack
+
+            attack = {}
+            for variant, vcfg in variants:
+                with bar.step(f"attack campaign (feature {variant})"):
+                    m = _boot(vcfg, scenario, over)
+                    attack[variant] = run_attack(m, attack_cfg).as_json()
+                    check(m, f"attack (feature {variant})")
+                    del m
+
+    status = 1 if kunit.get("failed") or violations or _attack_succeeded(attack) else 0
+    return {
+        "scenario": {
+            "path": scenario.path,
+            "seed": scenario.seed,
+            "workloads": [{"name": s.name, "params": s.params} for s in scenario.workloads],
+            "attack": scenario.attack.params if scenario.attack is not None else None,
+        },
+        "machine": cfg.as_dict(),
         "kunit": kunit,
-        "audit": {"violations": [v.as_dict() for v in violations]},
-        "counters": dict(m.counters),
+        "audit": {"machines": audited, "violations": violations},
+        "workloads": workloads,
+        "linear_map": {"at_boot": at_boot, "after": after},
+        "attack": attack,
+        "costs": {"source": costs_path or "built-in", "cycles": costs.as_dict()},
+        "status": status,
     }
-    status = 1 if kunit["failed"] or violations else 0
+
+
+def _attack_succeeded(attack: Mapping[str, Any] | None) -> bool:
+    """An in-threat-model write landed with the feature on."""
+    return bool(attack and attack.get("on", {}).get("exit_status"))
+
+
+# --------------------------------------------------------------------------- the screen
+
+
+def _n(x: float) -> str:
+    """A count or cycle figure to 3 significant digits: 950, 12.3k, 4.12M, 546M."""
+    x = float(x)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            v = x / scale
+            digits = 2 if abs(v) < 10 else 1 if abs(v) < 100 else 0
+            return f"{v:.{digits}f}{unit}"
+    return f"{x:.0f}"
+
+
+def _pp(v: float) -> str:
+    return f"{v:+.1f}" if abs(v) >= 0.1 else f"{v:+.2f}"
+
+
+def _machine_line(cfg: Mapping[str, Any]) -> str:
+    from kpsim.units import format_size
+
+    feature = "on" if cfg["hardened_pgtables"] else "off"
+    return (
+        f"arm64, {format_size(int(cfg['memory_bytes']))} RAM, {cfg['cpus']} CPUs, "
+        f"POE {'on' if cfg['poe'] else 'off'}; linear map {cfg['linear_map']}; "
+        f"kpkeys_hardened_pgtables {feature} ({cfg['allocator']} allocator, batching "
+        f"{'on' if cfg['batching'] else 'off'}, pt_reclaim {'on' if cfg['pt_reclaim'] else 'off'})"
+    )
+
+
+def _kunit_line(k: Mapping[str, Any]) -> Text:
+    if k.get("run") is False:
+        return Text(f"not run: {k['reason']}", style="yellow")
+    total = k["passed"] + k["failed"] + k["skipped"]
+    text = f"{k['suite']}: {k['passed']}/{total} passed"
+    if k["skipped"]:
+        text += f", {k['skipped']} skipped"
+    if k["failed"]:
+        failed = [c["name"] for c in k["cases"] if c["status"] == "fail"]
+        return Text(f"{text}, {k['failed']} FAILED: {', '.join(failed)}", style="bold red")
+    if k["skipped"] == total:
+        reason = k["cases"][0]["message"] if k["cases"] else ""
+        return Text(f"{text} ({reason})", style="yellow")
+    return Text(text, style="green")
+
+
+def _audit_lines(a: Mapping[str, Any]) -> list[Text]:
+    v = a["violations"]
+    where = f"{a['machines']} machines (after boot and after every run)"
+    if not v:
+        return [Text(f"clean: 0 violations on {where}", style="green")]
+    out = [Text(f"{len(v)} VIOLATION(S) on {where}", style="bold red")]
+    for x in v[:5]:
+        out.append(Text(f"  {x['machine']}: {x['invariant']}: {x['detail']}", style="red"))
+    if len(v) > 5:
+        out.append(Text(f"  ... {len(v) - 5} more (--json lists them all)", style="red"))
+    return out
+
+
+def _overhead_table(doc: Mapping[str, Any]) -> Table:
+    feature = doc["machine"]["hardened_pgtables"]
+    t = Table(
+        title="estimated overhead of kpkeys_hardened_pgtables (counted events x cycles, on vs off)"
+        if feature
+        else "estimated cost (kpkeys_hardened_pgtables off: no overhead to compare)",
+        title_justify="left",
+        title_style="bold",
+        box=None,
+        pad_edge=False,
+        header_style="bold",
+    )
+    t.add_column("#", justify="right")
+    t.add_column("workload")
+    t.add_column("cycles off", justify="right")
+    if feature:
+        t.add_column("cycles on", justify="right")
+        t.add_column("overhead", justify="right")
+        t.add_column("top contributing events (percentage points)")
+    for w in doc["workloads"]:
+        row = [str(w["index"]), w["label"], _n(w["off"]["cycles"])]
+        if feature:
+            ov = w["overhead"]
+            row.append(_n(w["on"]["cycles"]))
+            if ov is None:
+                row += ["n/a", "the feature-off run costs 0 cycles"]
+            else:
+                top = list(ov["contributions"].items())[:3]
+                row.append(f"{ov['percent']:+.2f}%")
+                row.append(", ".join(f"{k} {_pp(v)}" for k, v in top) or "none")
+        t.add_row(*row)
+    return t
+
+
+_EVENT_ROWS = 14
+
+
+def _events_table(doc: Mapping[str, Any]) -> Table:
+    feature = doc["machine"]["hardened_pgtables"]
+    cost = doc["costs"]["cycles"]
+    ws = doc["workloads"]
+    names: set[str] = set()
+    for w in ws:
+        for variant in ("on", "off"):
+            if variant in w:
+                names |= {k for k, v in w[variant]["counters"].items() if v}
+    unpriced = sorted(n for n in names if not cost.get(n))
+    names -= set(unpriced)
+
+    def weight(name: str) -> tuple[float, float, str]:
+        """Largest cycle difference on-off, then largest cycles, over the workloads."""
+        c = float(cost.get(name, 0.0))
+        diff = total = 0.0
+        for w in ws:
+            on = w.get("on", w["off"])["counters"].get(name, 0)
+            off = w["off"]["counters"].get(name, 0)
+            diff = max(diff, abs(on - off) * c)
+            total = max(total, on * c)
+        return (-diff, -total, name)
+
+    order = sorted(names, key=weight)
+    hidden = order[_EVENT_ROWS:]
+    order = order[:_EVENT_ROWS]
+    t = Table(
+        title="events counted per workload with the feature on, +N: more than with it off"
+        if feature
+        else "priced events counted per workload",
+        title_justify="left",
+        title_style="bold",
+        box=None,
+        pad_edge=False,
+        header_style="bold",
+    )
+    t.add_column("event", no_wrap=True)
+    for w in ws:
+        t.add_column(f"#{w['index']}", justify="right")
+    for name in order:
+        cells = []
+        for w in ws:
+            off = w["off"]["counters"].get(name, 0)
+            on = w["on"]["counters"].get(name, 0) if feature else off
+            cells.append(
+                _n(on) if on == off else f"{_n(on)} {'+' if on > off else '-'}{_n(abs(on - off))}"
+            )
+        t.add_row(name, *cells)
+    if unpriced or hidden:
+        more = f"{len(hidden)} smaller priced counters and " if hidden else ""
+        t.caption = f"{more}{len(unpriced)} counters that cost 0 cycles: see --json"
+        t.caption_justify = "left"
+        t.caption_style = "dim"
+    return t
+
+
+def _composition(lm: Mapping[str, Any]) -> str:
+    from kpsim.units import format_size
+
+    parts = [f"{k} x{v:,}" for k, v in lm["mappings"].items() if v]
+    tables = ", ".join(f"{v} {k}" for k, v in lm["tables"].items() if v)
+    return f"{format_size(lm['mapped_bytes'])} as {' + '.join(parts)} ({tables} tables)"
+
+
+def _linear_map_lines(doc: Mapping[str, Any]) -> list[str]:
+    lm = doc["linear_map"]
+    out = [f"at boot ({lm['at_boot']['policy']}): {_composition(lm['at_boot'])}"]
+    if not lm["after"]:
+        out.append("after every feature-on workload run: unchanged")
+    for where, rep in lm["after"].items():
+        out.append(f"after {where}: {_composition(rep)}")
+    return out
+
+
+def _attack_side(r: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """(landed, attempts) inside the threat model, then outside it."""
+    inside = r["targets"]
+    outside = r["outside_threat_model"]
+    return (
+        sum(c["landed"] for c in inside),
+        sum(c["attempts"] for c in inside),
+        sum(c["landed"] for c in outside),
+        sum(c["attempts"] for c in outside),
+    )
+
+
+def _attack_lines(a: Mapping[str, Any] | None) -> list[Text]:
+    if a is None:
+        return []
+    out: list[Text] = []
+    for variant in ("on", "off"):
+        if variant not in a:
+            continue
+        li, ni, lo, no = _attack_side(a[variant])
+        text = (
+            f"feature {variant}: {li}/{ni} in-threat-model writes landed"
+            + (f", {lo}/{no} outside the threat model" if no else "")
+            + (f", {len(a[variant]['skipped'])} skipped" if a[variant]["skipped"] else "")
+        )
+        if variant == "on":
+            style = "bold red" if li else "green"
+        else:
+            style = "dim"
+            text += " (negative control: the same campaign, feature off)"
+        out.append(Text(f"{'attack' if not out else '':<11}") + Text(text, style=style))
+    return out
+
+
+_DEFAULT_COSTS = "report/data/costs.toml (defaults)"
+
+
+def render(doc: Mapping[str, Any]) -> RenderableType:
+    """The one screen ``kpsim run`` prints, built from the JSON document only."""
+    sc = doc["scenario"]
+    head = Text.assemble(
+        ("kpsim run", "bold"),
+        f"  {sc['path']}, seed {sc['seed']}, {len(doc['workloads'])} "
+        "workload(s), each on fresh machines"
+        + (" with the feature on and off" if doc["machine"]["hardened_pgtables"] else ""),
+    )
+    parts: list[RenderableType] = [
+        head,
+        Text("machine    ") + Text(_machine_line(doc["machine"])),
+        Text("KUnit      ") + _kunit_line(doc["kunit"]),
+    ]
+    audit_lines = _audit_lines(doc["audit"])
+    parts.append(Text("audit      ") + audit_lines[0])
+    parts += audit_lines[1:]
+    parts += _attack_lines(doc["attack"])
+    parts += [Text(""), _overhead_table(doc), Text(""), _events_table(doc), Text("")]
+    lines = _linear_map_lines(doc)
+    parts.append(Text("linear map ") + Text(lines[0]))
+    parts += [Text("           " + x) for x in lines[1:]]
+    src = doc["costs"]["source"]
+    parts.append(
+        Text(
+            f"cycles per event: {_DEFAULT_COSTS if src == 'built-in' else src}; "
+            "`kpsim reproduce --write-costs F` fits them to the published tables, "
+            "`kpsim run --costs F` uses them. --json has every counter of every run.",
+            style="dim",
+        )
+    )
+    return Group(*parts)
+
+
+def _text(doc: Mapping[str, Any]) -> str:
+    buf = io.StringIO()
+    Console(file=buf, width=160, color_system=None, highlight=False, soft_wrap=True).print(
+        render(doc)
+    )
+    return buf.getvalue()
+
+
+def _write_out(out: str, doc: Mapping[str, Any], scenario_text: str) -> None:
+    d = Path(out)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "run.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        (d / "run.txt").write_text(_text(doc), encoding="utf-8")
+        (d / "scenario.toml").write_text(scenario_text, encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"--out: cannot write: {err.strerror or err}", file=out) from None
+
+
+def _list_workloads(as_json: bool) -> int:
+    from kpsim.workloads.registry import WORKLOADS
+
+    doc: dict[str, dict[str, Any]] = {
+        name: {
+            "doc": wd.doc,
+            "params": [
+                {"name": p.name, "kind": p.kind, "default": p.default, "choices": p.choices,
+                 "min": p.min, "max": p.max, "doc": p.doc}
+                for p in wd.params
+            ],
+        }
+        for name, wd in WORKLOADS.items()
+    }  # fmt: skip
+    if as_json:
+        emit_json(doc)
+        return 0
+    c = console()
+    for name, wd in doc.items():
+        c.print(f"[bold]{name}[/bold]: {wd['doc']}", markup=True)
+        for p in wd["params"]:
+            allowed = f" one of {', '.join(map(str, p['choices']))}" if p["choices"] else ""
+            c.print(f"  {p['name']} ({p['kind']}{allowed}, default {p['default']}): {p['doc']}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_workloads:
+        return _list_workloads(args.json)
+    scenario, text = _load(args)
+    tty = sys.stdout.isatty() and not args.json
+    doc = execute(scenario, overrides=_overrides(args), costs_path=args.costs, progress=tty)
+    if args.out:
+        _write_out(args.out, doc, text)
     if args.json:
         emit_json(doc)
-        return status
-    c = console()
-    cfg = m.config
-    c.print(
-        f"[bold]kpsim[/bold]: arm64, {cfg.memory >> 30} GiB, {cfg.cpus} CPUs, POE "
-        f"{'on' if cfg.poe else 'off'}, linear map {cfg.linear_map}, "
-        f"kpkeys_hardened_pgtables {'on' if cfg.hardened_pgtables else 'off'} "
-        f"({cfg.effective_allocator} allocator, batching {'on' if cfg.batching else 'off'})"
-    )
-    c.print(f"kernel page tables: {doc['page_tables']['kernel']}")
-    c.print(
-        f"KUnit kpkeys_hardened_pgtables: {kunit['passed']} passed, {kunit['failed']} failed, "
-        f"{kunit['skipped']} skipped"
-    )
-    for case in kunit["cases"]:  # type: ignore[attr-defined]
-        c.print(f"  {case['status']:4}  {case['name']}  {case['message']}")
-    c.print(f"audit: {len(violations)} violation(s)")
-    for v in violations[:10]:
-        c.print(f"  {v.invariant}: {v.detail}")
-    keys = (
-        "pgtable_alloc",
-        "pgtable_free",
-        "set_memory_pkey",
-        "set_memory_pkey_page",
-        "por_write",
-        "isb",
-        "kpkeys_guard_entries",
-        "lazy_mmu_sections",
-        "pte_write",
-        "tlbi",
-        "warnings",
-    )
-    c.print("counters: " + ", ".join(f"{k}={m.counters[k]}" for k in keys))
-    return status
+    else:
+        c = console()
+        if not c.is_terminal:
+            c.width = 130  # piped: wide enough for the tables (a terminal keeps its width)
+        c.print(render(doc))
+    return int(doc["status"])

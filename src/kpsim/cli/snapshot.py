@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from kpsim.cli.common import add_json, emit_json
+from kpsim.cli.host_verbs import EXIT_FOUND, EXIT_OK, fail
 from kpsim.errors import InputError
 from kpsim.workloads.host import HostError, HostUnavailable, check_host
 from kpsim.workloads.snapshot import (
@@ -24,8 +25,6 @@ from kpsim.workloads.snapshot import (
     take_snapshot,
 )
 from kpsim.workloads.steps import load_simtarget
-
-EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,8 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _fail(line: str) -> int:
-    sys.stderr.write(f"kpsim snapshot: {line}\n")
-    return EXIT_USAGE
+    return fail("snapshot", line)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,15 +10,16 @@ so every case fails: the suite can fail.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kpsim.errors import KpsimError
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.kpkeys.context import kpkeys_enabled
 from kpsim.mm.gfp import GFP_KERNEL
 from kpsim.mm.maccess import EFAULT, copy_to_kernel_nofault
+from kpsim.mm.process import kunit_vm_mmap
 
 LEVELS = {1: "pud", 2: "pmd", 3: "pte"}
 
@@ -109,9 +110,8 @@ def write_vmemmap_pmd(m: Any, case: Case) -> None:
 
 
 def write_user_pmd(m: Any, case: Case) -> None:
-    # The user mm lands separately (issue 4); until then this case fails, saying so.
-    process = importlib.import_module("kpsim.mm.process")
-    proc, addr = process.kunit_vm_mmap(m.k, 4096)
+    """A populated anonymous user mapping (``kunit_vm_mmap``): its PMD entry."""
+    proc, addr = kunit_vm_mmap(m.k, 4096)
     pgdp = m.arch.pgd_offset_pgd(proc.mm.pgd_pa, addr)
     _probe(case, m.arch, _entry_ptrs_from(m.arch, pgdp, addr), (2,))
     proc.exit()
@@ -137,9 +137,9 @@ def run_suite(m: Any) -> dict[str, object]:
         else:
             try:
                 fn(m, case)
-            except ImportError as exc:
+            except KpsimError as exc:  # a crashing case fails, as in KUnit
                 case.status = "fail"
-                case.message = f"model piece missing: {exc}"
+                case.message += f"{type(exc).__name__}: {exc}"
         case.message = case.message.rstrip("; ")
         cases.append(case)
     return {

@@ -9,7 +9,12 @@ Boot follows arm64 Linux in order (``start_kernel`` -> ``setup_arch`` ->
    kpkeys' PPA when the feature is early-enabled);
 3. every CPU enables POE with ``POR_EL1_INIT`` and loads TTBR1;
 4. ``mem_init``: memblock hands the remaining memory to the buddy allocator, then
-   ``kpkeys_hardened_pgtables_init()`` switches the feature on;
+   ``kpkeys_hardened_pgtables_init()`` switches the feature on with the configured
+   table allocator (:func:`make_allocator`: the seed's "minimal", v6's "pba", or the
+   "grouped"/"reserve" comparison policies); for the v6-style allocators the arch's
+   ``kpkeys_hardened_pgtables_init_late()`` follows at once (early region, PPA and
+   static tables keyed). ``Machine.timeline`` samples the linear map's composition on
+   every allocator event;
 5. optionally ``mark_rodata_ro``: ``swapper_pg_dir`` becomes read-only.
 """
 
@@ -18,18 +23,49 @@ from __future__ import annotations
 from typing import Any
 
 from kpsim.arch.arm64.arch import Arm64
+from kpsim.arch.arm64.linear_map_stats import linear_map_mappings, linear_map_tables
 from kpsim.arch.arm64.setup import KIMAGE_SIZE
 from kpsim.errors import ConfigError, OutOfMemory
 from kpsim.events import Counters
 from kpsim.hw.arm64.system import Arm64System
 from kpsim.hw.physmem import PhysicalMemory
+from kpsim.kpkeys.grouped import GroupedPages
 from kpsim.kpkeys.hardened_pgtables import HardenedPgtables
+from kpsim.kpkeys.pba import PkeysBlockAllocator
 from kpsim.kpkeys.ppa import PhysmemAllocator
+from kpsim.kpkeys.reserve import SplitReserve
+from kpsim.kpkeys.timeline import Timeline
 from kpsim.machine.config import MachineConfig
 from kpsim.mm.kernel import Kernel
 from kpsim.mm.memblock import Memblock
 from kpsim.mm.page_alloc import PageAllocator
 from kpsim.mm.pgtable import PgtableAllocator
+
+
+def make_allocator(
+    name: str, k: Kernel, arch: Arm64, ppa: PhysmemAllocator | None
+) -> HardenedPgtables:
+    """The kpkeys table allocator named by the configuration."""
+    classes: dict[str, type[HardenedPgtables]] = {
+        "minimal": HardenedPgtables,
+        "pba": PkeysBlockAllocator,
+        "grouped": GroupedPages,
+        "reserve": SplitReserve,
+    }
+    return classes[name](k, arch, ppa)
+
+
+#: the counters issue 5 names, present in every ``Machine.counters`` (and --json output)
+KPKEYS_COUNTERS = (
+    "pgtable_alloc",
+    "pgtable_free",
+    "set_memory_pkey",
+    "por_writes",
+    "isb",
+    "kpkeys_guard_entries",
+    "lazy_mmu_sections",
+    "warnings",
+)
 
 
 class Machine:
@@ -50,6 +86,12 @@ class Machine:
         )
         self.ppa: PhysmemAllocator | None = None
         self.kpkeys: HardenedPgtables | None = None
+        mem, arch = self.mem, self.arch
+        self.timeline = Timeline(
+            self.k,
+            lambda: linear_map_mappings(mem, arch.swapper_pg_dir),
+            lambda: linear_map_tables(mem, arch.swapper_pg_dir),
+        )
         self.booted = False
 
     @classmethod
@@ -67,13 +109,14 @@ class Machine:
             cfg.hardened_pgtables
             and cfg.poe
             and cfg.linear_map == "block"
-            and cfg.effective_allocator == "minimal"
+            and cfg.effective_allocator in ("minimal", "grouped")
             and not cfg.allow_unsafe_split
         ):
             raise ConfigError(
-                "the minimal allocator needs a PTE-mapped linear map: keying one page of a "
-                "block mapping splits it, and the split's new table page must be keyed too "
-                "(recursion); use --linear-map pte, or --allow-unsafe-split to see it happen"
+                f"the {cfg.effective_allocator} allocator needs a PTE-mapped linear map: keying "
+                "a block mapping splits it, and the split's new table page must be keyed too "
+                "(recursion); use --linear-map pte, --allocator pba, or --allow-unsafe-split "
+                "to see it happen"
             )
         mb = Memblock()
         mb.memblock_add(cfg.dram_base, cfg.memory)
@@ -119,8 +162,16 @@ class Machine:
         for pfn in self.k.pgtable.live:
             self.k.page_alloc.memmap.set_page_table(pfn)
         if self.config.hardened_pgtables:
-            self.kpkeys = HardenedPgtables(self.k, self.arch, self.ppa)
+            self.kpkeys = make_allocator(
+                self.config.effective_allocator, self.k, self.arch, self.ppa
+            )
+            self.timeline.allocator = self.kpkeys
+            if isinstance(self.kpkeys, PkeysBlockAllocator):
+                self.kpkeys.sample_hook = self.timeline.sample
             self.kpkeys.kpkeys_hardened_pgtables_init()
+            if isinstance(self.kpkeys, PkeysBlockAllocator):
+                # v6: arch code calls this as soon as linear-map pkeys may change.
+                self.kpkeys.kpkeys_hardened_pgtables_init_late()
 
     def mark_rodata_ro(self) -> None:
         """``mark_rodata_ro``: ``swapper_pg_dir`` read-only through its base permission."""
@@ -137,6 +188,9 @@ class Machine:
         if self.k.page_alloc is not None:
             for name, v in self.k.page_alloc.counters.items():
                 out[f"page_alloc.{name}"] = v
+        out["por_writes"] = out["por_write"]  # issue 5's name for the hw count
+        for name in KPKEYS_COUNTERS:  # always present, even at zero
+            out[name] += 0
         return Counters(out.snapshot())
 
 

@@ -9,7 +9,7 @@ from kpsim.hw.arm64.system import MAX_CPUS
 from kpsim.units import SZ_1G, SZ_2M, parse_size
 
 LINEAR_MAP_POLICIES = ("pte", "block")
-ALLOCATORS: tuple[str, ...] = ("minimal",)
+ALLOCATORS: tuple[str, ...] = ("minimal", "pba", "grouped", "reserve")
 MIN_MEMORY = 256 << 20
 MAX_MEMORY = 1 << 47  # the 48-bit linear map covers 128 TiB
 
@@ -47,15 +47,13 @@ class MachineConfig:
         if self.linear_map not in LINEAR_MAP_POLICIES:
             raise ConfigError(f"unknown linear map policy {self.linear_map!r} (use pte or block)")
         if self.allocator is not None and self.allocator not in ALLOCATORS:
-            raise ConfigError(
-                f"unknown allocator {self.allocator!r} (use {' or '.join(ALLOCATORS)})"
-            )
+            raise ConfigError(f"unknown allocator {self.allocator!r} (use {', '.join(ALLOCATORS)})")
 
     @property
     def effective_allocator(self) -> str:
         if self.allocator is not None:
             return self.allocator
-        return "pba" if self.linear_map == "block" and "pba" in ALLOCATORS else "minimal"
+        return "pba" if self.linear_map == "block" else "minimal"
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -5,7 +5,8 @@ a TOML file::
 
     seed = 1
     [machine]          # memory (size), cpus (1..256), poe (bool)
-    [kernel]           # linear_map, hardened_pgtables, allocator, batching, pt_reclaim
+    [kernel]           # linear_map, hardened_pgtables, allocator, batching, pt_reclaim,
+                       # allow_unsafe_split
     [[workload]]       # name = "...", then the workload's own parameters
     [attack]           # optional; validated by kpsim.attack
 
@@ -34,7 +35,13 @@ from typing import Any
 
 from kpsim.errors import ConfigError, InputError
 from kpsim.hw.arm64.system import MAX_CPUS
-from kpsim.machine.config import MAX_MEMORY, MIN_MEMORY
+from kpsim.machine.config import (
+    ALLOCATORS,
+    LINEAR_MAP_POLICIES,
+    MAX_MEMORY,
+    MIN_MEMORY,
+    MachineConfig,
+)
 from kpsim.units import SZ_2M, format_size, parse_size
 
 __all__ = [
@@ -45,16 +52,23 @@ __all__ = [
     "TomlDoc",
     "WorkloadSpec",
     "load_scenario",
+    "machine_config",
     "parse_scenario",
     "parse_toml",
 ]
 
 KeyPath = tuple[str | int, ...]
 
-LINEAR_MAPS = ("pte", "block")
-ALLOCATORS = ("minimal", "pba", "grouped", "reserve")
+LINEAR_MAPS = LINEAR_MAP_POLICIES
 MACHINE_FIELDS = ("memory", "cpus", "poe")
-KERNEL_FIELDS = ("linear_map", "hardened_pgtables", "allocator", "batching", "pt_reclaim")
+KERNEL_FIELDS = (
+    "linear_map",
+    "hardened_pgtables",
+    "allocator",
+    "batching",
+    "pt_reclaim",
+    "allow_unsafe_split",
+)
 _TOP_FIELDS = ("seed", "machine", "kernel", "workload", "attack")
 
 
@@ -296,10 +310,15 @@ class WorkloadSpec:
     line: int | None
     param_lines: dict[str, int] = field(default_factory=dict)
     file: str = "<scenario>"
+    name_line: int | None = None
 
     def error(self, param: str | None, problem: str) -> InputError:
-        """An ``InputError`` at the line of ``param`` (or of the table if ``None``)."""
-        line = self.param_lines.get(param, self.line) if param is not None else self.line
+        """An ``InputError`` at the line of ``param`` (or of the table if ``None``);
+        ``param="name"`` points at the ``name =`` line."""
+        if param == "name" and self.name_line is not None:
+            line: int | None = self.name_line
+        else:
+            line = self.param_lines.get(param, self.line) if param is not None else self.line
         where = f"[[workload]] {self.name}" + (f" {param}" if param is not None else "")
         return InputError(f"{where}: {problem}", file=self.file, line=line)
 
@@ -322,7 +341,11 @@ class AttackSpec:
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    """A validated scenario; ``machine``/``kernel`` hold the fields the file sets."""
+    """A validated scenario; ``machine``/``kernel`` hold the fields the file sets.
+
+    ``lines`` maps ``"machine.memory"``, ``"kernel.allocator"``, ``"seed"``... (and the
+    table names ``"machine"``/``"kernel"``) to their lines, for errors found later.
+    """
 
     machine: dict[str, Any]
     kernel: dict[str, Any]
@@ -330,6 +353,52 @@ class Scenario:
     attack: AttackSpec | None
     seed: int
     path: str
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def section(self, key: str) -> str | None:
+        """``"machine"`` or ``"kernel"`` if the file sets ``key`` there, else ``None``."""
+        if key in self.machine:
+            return "machine"
+        if key in self.kernel:
+            return "kernel"
+        return None
+
+    def error(self, key: str, problem: str, *, config: bool = False) -> InputError:
+        """An error about the machine/kernel field ``key``, at its line in the file."""
+        sec = self.section(key)
+        name = f"[{sec}] {key}" if sec is not None else key
+        line = self.lines.get(f"{sec}.{key}") if sec is not None else self.lines.get(key)
+        cls = ConfigError if config else InputError
+        return cls(f"{name}: {problem}", file=self.path, line=line)
+
+
+def machine_config(s: Scenario, overrides: Mapping[str, Any] | None = None) -> MachineConfig:
+    """The ``MachineConfig`` the scenario describes, with ``overrides`` (command-line
+    options) taking precedence. A value ``MachineConfig`` rejects becomes a
+    ``ConfigError`` at the line of the scenario field responsible; a rejected override
+    keeps the configuration's own message (it came from the command line)."""
+    over = dict(overrides or {})
+    fields: dict[str, Any] = {**s.machine, **s.kernel, "seed": s.seed}
+    fields.update(over)
+    try:
+        return MachineConfig(**fields)
+    except ConfigError as err:
+        culprit = _culprit(fields)
+        if culprit is None or culprit in over or s.section(culprit) is None:
+            raise
+        raise s.error(culprit, err.problem, config=True) from None
+
+
+def _culprit(fields: Mapping[str, Any]) -> str | None:
+    """The first field (in order) whose addition makes ``MachineConfig`` reject them."""
+    partial: dict[str, Any] = {}
+    for key, value in fields.items():
+        partial[key] = value
+        try:
+            MachineConfig(**partial)
+        except ConfigError:
+            return key
+    return None  # pragma: no cover - the whole set was rejected, so some prefix is
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -356,7 +425,16 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
         attack=_attack(doc),
         seed=_seed(doc, data.get("seed", 0)),
         path=path,
+        lines=_field_lines(doc),
     )
+
+
+def _field_lines(doc: TomlDoc) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for path, line in doc.lines.items():
+        if path and path[0] in ("machine", "kernel", "seed") and len(path) <= 2:
+            out[".".join(str(p) for p in path)] = line
+    return out
 
 
 def _reject_unknown(
@@ -477,7 +555,8 @@ def _workload(doc: TomlDoc, index: int, item: Any) -> WorkloadSpec:
         )
     params = {k: v for k, v in item.items() if k != "name"}
     lines = _key_lines(doc, path, params)
-    return WorkloadSpec(name, params, doc.line(path), lines, doc.file)
+    name_line = doc.lines.get((*path, "name"))
+    return WorkloadSpec(name.strip(), params, doc.line(path), lines, doc.file, name_line)
 
 
 def _key_lines(doc: TomlDoc, path: KeyPath, params: Mapping[str, Any]) -> dict[str, int]:

@@ -9,7 +9,10 @@ are old. A PMD-mapped THP is copied as a PMD plus a new deposited PTE table in t
 child (``copy_huge_pmd``). Each PTE table is copied in one lazy-MMU section with
 whole-table numpy operations. The parent's TLB is flushed once at the end.
 
-Left out: VM_WIPEONFORK, userfaultfd, PFN maps, the anon_vma chain (the child's VMA
+VM_DONTCOPY VMAs are left out of the child; VM_WIPEONFORK ones are copied without
+tables or anon_vma (``dup_mmap``).
+
+Left out: userfaultfd, PFN maps, the anon_vma chain (the child's VMA
 gets a fresh anon_vma identity), KSM, the mm's exe file and other non-VMA state.
 """
 
@@ -32,9 +35,10 @@ def dup_mm(parent: MmStruct) -> MmStruct:
     for vma in parent.vmas:
         if vma.flags & VmFlags.DONTCOPY:
             continue
-        anon = parent.ctx.new_anon_vma() if vma.anon_vma is not None else None
+        wipe = bool(vma.flags & VmFlags.WIPEONFORK)  # a clean slate: no anon_vma, no copy
+        anon = parent.ctx.new_anon_vma() if vma.anon_vma is not None and not wipe else None
         child.insert_vma(Vma(vma.start, vma.end, vma.flags, vma.file, vma.pgoff, anon, vma.name))
-        if vma_needs_copy(vma):
+        if vma_needs_copy(vma) and not wipe:
             copy_page_range(child, parent, vma)
     parent.ctx.arch.flush_tlb_mm(parent.asid)
     return child

@@ -1,4 +1,5 @@
-"""madvise: ``MADV_DONTNEED`` (with PT_RECLAIM), ``MADV_HUGEPAGE``, ``MADV_NOHUGEPAGE``
+"""madvise: ``MADV_DONTNEED`` (with PT_RECLAIM), ``MADV_HUGEPAGE``/``MADV_NOHUGEPAGE``,
+``MADV_DONTFORK``/``MADV_DOFORK``, ``MADV_WIPEONFORK``/``MADV_KEEPONFORK``
 (``mm/madvise.c``, ``mm/pt_reclaim.c``).
 
 ``MADV_DONTNEED`` zaps each VMA's part of the range separately
@@ -6,7 +7,8 @@
 from the machine's ``pt_reclaim`` option) the PTE table of every 2 MiB slot lying
 wholly inside that part is freed; PMD and PUD tables never are (pt-lifecycle.md
 rule 4). THPs wholly inside go with their deposited table (rule 2) either way.
-``MADV_HUGEPAGE``/``MADV_NOHUGEPAGE`` set VMA flags (splitting and merging VMAs).
+The other advice sets or clears VMA flags (splitting and merging VMAs); fork reads
+``VM_DONTCOPY`` and ``VM_WIPEONFORK``.
 
 Left out: every other advice, the PT_RECLAIM trylock race with concurrent faults.
 """
@@ -20,9 +22,28 @@ from kpsim.mm.mm_types import PAGE_SIZE, MmStruct, SyscallError, VmFlags
 from kpsim.mm.mmap import isolate, merge_range, page_align
 
 MADV_DONTNEED = 4
+MADV_DONTFORK, MADV_DOFORK = 10, 11
 MADV_HUGEPAGE = 14
 MADV_NOHUGEPAGE = 15
-ADVICE = {"dontneed": MADV_DONTNEED, "hugepage": MADV_HUGEPAGE, "nohugepage": MADV_NOHUGEPAGE}
+MADV_WIPEONFORK, MADV_KEEPONFORK = 18, 19
+ADVICE = {
+    "dontneed": MADV_DONTNEED,
+    "hugepage": MADV_HUGEPAGE,
+    "nohugepage": MADV_NOHUGEPAGE,
+    "dontfork": MADV_DONTFORK,
+    "dofork": MADV_DOFORK,
+    "wipeonfork": MADV_WIPEONFORK,
+    "keeponfork": MADV_KEEPONFORK,
+}
+#: advice that sets (first) or clears (second) VMA flags (``madvise_vma_behavior``)
+_FLAG_ADVICE = {
+    MADV_HUGEPAGE: (VmFlags.HUGEPAGE, VmFlags.NOHUGEPAGE),
+    MADV_NOHUGEPAGE: (VmFlags.NOHUGEPAGE, VmFlags.HUGEPAGE),
+    MADV_DONTFORK: (VmFlags.DONTCOPY, VmFlags.NONE),
+    MADV_DOFORK: (VmFlags.NONE, VmFlags.DONTCOPY),
+    MADV_WIPEONFORK: (VmFlags.WIPEONFORK, VmFlags.NONE),
+    MADV_KEEPONFORK: (VmFlags.NONE, VmFlags.WIPEONFORK),
+}
 
 
 def madvise(mm: MmStruct, start: int, length: int, advice: int) -> None:
@@ -37,8 +58,10 @@ def madvise(mm: MmStruct, start: int, length: int, advice: int) -> None:
     if advice == MADV_DONTNEED:
         for vma in vmas:
             madvise_dontneed(mm, max(start, vma.start), min(end, vma.end))
-    elif advice in (MADV_HUGEPAGE, MADV_NOHUGEPAGE):
-        on, off = (VmFlags.HUGEPAGE, VmFlags.NOHUGEPAGE)[:: 1 if advice == MADV_HUGEPAGE else -1]
+    elif advice in _FLAG_ADVICE:
+        on, off = _FLAG_ADVICE[advice]
+        if advice == MADV_WIPEONFORK and any(v.file is not None or v.shared for v in vmas):
+            raise SyscallError(errno.EINVAL, "madvise: MADV_WIPEONFORK needs private anonymous")
         for vma in isolate(mm, start, end):
             vma.flags = (vma.flags & ~off) | on
         merge_range(mm, start, end)

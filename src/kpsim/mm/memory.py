@@ -45,6 +45,8 @@ from kpsim.mm.mm_types import (
 )
 
 _IDX = np.arange(512, dtype=np.int64)
+_GFP_USER_ZERO = GFP_HIGHUSER_MOVABLE | Gfp.ZERO
+_VM_READ, _VM_WRITE = int(VmFlags.READ), int(VmFlags.WRITE)
 
 
 # --------------------------------------------------------------------------- tables
@@ -136,9 +138,8 @@ def put_pages(ctx: MmContext, pfns: Any) -> None:
     idx = np.asarray(pfns, dtype=np.int64) - ctx.base_pfn
     np.subtract.at(ctx.mapcount, idx, 1)
     dead = np.unique(idx[ctx.mapcount[idx] == 0])
-    free = ctx.k.page_alloc.free_pages
-    for i in dead.tolist():
-        free(ctx.base_pfn + i, 0)
+    if dead.size:  # ascending, as the one-by-one loop freed them
+        ctx.k.page_alloc.free_pages_bulk((dead + ctx.base_pfn).tolist())
 
 
 def rss_delta(mm: MmStruct, pfns: Any, sign: int) -> None:
@@ -148,7 +149,7 @@ def rss_delta(mm: MmStruct, pfns: Any, sign: int) -> None:
 
 
 def alloc_user_page(ctx: MmContext, *, zero: bool = True, order: int = 0) -> int | None:
-    gfp = GFP_HIGHUSER_MOVABLE | (Gfp.ZERO if zero else Gfp(0))
+    gfp = _GFP_USER_ZERO if zero else GFP_HIGHUSER_MOVABLE
     pfn = ctx.k.page_alloc.alloc_pages(gfp, order)
     if pfn is None:
         return None
@@ -167,9 +168,36 @@ def copy_user_pages(ctx: MmContext, dst: int, src: int, n: int = 1) -> None:
             mem.frame(dst + i)[:] = mem.frames[src + i]
 
 
-def anon_vma_prepare(ctx: MmContext, vma: Vma) -> None:
-    if vma.anon_vma is None:
-        vma.anon_vma = ctx.new_anon_vma()
+_ACCESS = VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC
+
+
+def _anon_vma_compatible(a: Vma, b: Vma) -> bool:
+    """``anon_vma_compatible``: ``a`` ends where ``b`` starts, same file, flags equal but
+    for the access bits, and file offsets that continue."""
+    return (
+        a.end == b.start
+        and a.file == b.file
+        and not (a.flags ^ b.flags) & ~_ACCESS
+        and b.pgoff == a.pgoff + ((a.end - a.start) >> PAGE_SHIFT)
+    )
+
+
+def anon_vma_prepare(ctx: MmContext, vma: Vma, mm: MmStruct | None = None) -> None:
+    """``__anon_vma_prepare``: with ``mm``, first reuse a compatible neighbour's anon_vma
+    (``find_mergeable_anon_vma``: the next VMA, then the previous), so that the two can
+    merge later; otherwise a new one. (Linux reuses it only if the neighbour's chain is
+    singular, i.e. not inherited by fork: not tracked, reused regardless.)"""
+    if vma.anon_vma is not None:
+        return
+    if mm is not None:
+        i = mm.vma_index(vma)
+        if i + 1 < len(mm.vmas) and _anon_vma_compatible(vma, mm.vmas[i + 1]):
+            vma.anon_vma = mm.vmas[i + 1].anon_vma
+        if vma.anon_vma is None and i > 0 and _anon_vma_compatible(mm.vmas[i - 1], vma):
+            vma.anon_vma = mm.vmas[i - 1].anon_vma
+        if vma.anon_vma is not None:
+            return
+    vma.anon_vma = ctx.new_anon_vma()
 
 
 # --------------------------------------------------------------------------- faults
@@ -180,8 +208,8 @@ def handle_mm_fault(mm: MmStruct, addr: int, write: bool) -> None:
     vma = mm.find_vma(addr)
     if vma is None or addr < vma.start:
         raise SegmentationFault(f"{mm.owner}: no VMA at {addr:#x}")
-    need = VmFlags.WRITE if write else VmFlags.READ | VmFlags.WRITE
-    if not vma.flags & need:
+    need = _VM_WRITE if write else _VM_READ | _VM_WRITE
+    if not int(vma.flags) & need:
         raise SegmentationFault(f"{mm.owner}: {'write' if write else 'read'} at {addr:#x}")
     mm.ctx.k.counters["pgfault"] += 1
     slot = addr >> 21
@@ -229,21 +257,26 @@ def do_pte_missing(mm: MmStruct, vma: Vma, addr: int, write: bool, ptr: int) -> 
         if not write:
             arch.pt_store(ptr, arch.pfn_pte(ctx.zero_pfn, prot))
             return
-        anon_vma_prepare(ctx, vma)
+        anon_vma_prepare(ctx, vma, mm)
         pfn = alloc_user_page(ctx)
     else:
         pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
         page = ctx.find_get_page(vma.file, pgoff)
         pfn = page  # do_read_fault / do_shared_fault
         if write and not vma.shared:  # do_cow_fault
-            anon_vma_prepare(ctx, vma)
+            anon_vma_prepare(ctx, vma, mm)
             pfn = alloc_user_page(ctx, zero=False)
             if pfn is not None:
                 copy_user_pages(ctx, pfn, page)
     if pfn is None:
         raise OutOfMemory(f"user page for {mm.owner}")
-    get_pages(ctx, [pfn])
-    rss_delta(mm, [pfn], 1)
+    i = pfn - ctx.base_pfn  # get_pages + rss_delta for one page
+    ctx.mapcount[i] += 1
+    kind = ctx.kind[i]
+    if kind == ANON:
+        mm.rss_anon += 1
+    elif kind == FILE:
+        mm.rss_file += 1
     entry = arch.pfn_pte(pfn, prot)
     if write:
         entry = arch.pte_mkwrite(arch.pte_mkdirty(entry))
@@ -259,7 +292,7 @@ def do_wp_page(mm: MmStruct, vma: Vma, addr: int, ptr: int, v: int) -> None:
         arch.pt_store(ptr, arch.pte_mkwrite(arch.pte_mkdirty(arch.pte_mkyoung(v))))
         arch.flush_tlb_page(mm.asid, addr)
         return
-    anon_vma_prepare(ctx, vma)  # wp_page_copy
+    anon_vma_prepare(ctx, vma, mm)  # wp_page_copy
     pfn = alloc_user_page(ctx, zero=ctx.kind[i] == ZERO)
     if pfn is None:
         raise OutOfMemory(f"COW page for {mm.owner}")
@@ -281,7 +314,7 @@ def do_wp_page(mm: MmStruct, vma: Vma, addr: int, ptr: int, v: int) -> None:
 def do_huge_pmd_anonymous_page(mm: MmStruct, vma: Vma, addr: int, write: bool) -> bool:
     """Map a 2 MiB THP (or the huge zero page on a read) and deposit a PTE table."""
     ctx, arch = mm.ctx, mm.ctx.arch
-    anon_vma_prepare(ctx, vma)  # vmf_anon_prepare comes first, reads included
+    anon_vma_prepare(ctx, vma, mm)  # vmf_anon_prepare comes first, reads included
     prot = vma.page_prot(arch)
     if not write and ctx.thp_use_zero_page:
         pmd_pa = pxd_alloc(mm, 2, addr)
@@ -411,15 +444,21 @@ def zap_page_range(mm: MmStruct, start: int, end: int, *, reclaim_pt: bool = Fal
     return cleared
 
 
-def zap_pte_range(mm: MmStruct, slot: int, start: int, end: int) -> int:
-    """Clear one PTE table's entries in [start, end) in one lazy-MMU section."""
-    ctx, arch = mm.ctx, mm.ctx.arch
+def pte_table_slice(mm: MmStruct, slot: int, start: int, end: int) -> tuple[int, int, Any, Any]:
+    """The PTE table of ``slot`` clipped to [start, end): (table pa, first index, the
+    entries, the positions of the non-empty ones), as the per-table walkers start."""
     tpa = mm.tables[3][slot] << PAGE_SHIFT
     base = slot << 21
     a = max(start - base, 0) >> PAGE_SHIFT
     b = min(end - base, PMD_SIZE) >> PAGE_SHIFT
-    arr = arch.read_table(tpa)[a:b]
-    nz = np.flatnonzero(arr)
+    arr = mm.ctx.arch.read_table(tpa)[a:b]
+    return tpa, a, arr, np.flatnonzero(arr)
+
+
+def zap_pte_range(mm: MmStruct, slot: int, start: int, end: int) -> int:
+    """Clear one PTE table's entries in [start, end) in one lazy-MMU section."""
+    ctx, arch = mm.ctx, mm.ctx.arch
+    tpa, a, arr, nz = pte_table_slice(mm, slot, start, end)
     if nz.size == 0:
         return 0
     vals = arr[nz]
@@ -496,7 +535,7 @@ def populate_pte_range(mm: MmStruct, vma: Vma, start: int, end: int, write: bool
         return
     prot = vma.page_prot(arch)
     if write and vma.flags & VmFlags.WRITE:
-        anon_vma_prepare(ctx, vma)
+        anon_vma_prepare(ctx, vma, mm)
         got = [alloc_user_page(ctx) for _ in range(missing.size)]
         if any(p is None for p in got):
             raise OutOfMemory(f"populate for {mm.owner}")

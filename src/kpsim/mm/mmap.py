@@ -46,6 +46,15 @@ MAP_NORESERVE, MAP_POPULATE = 0x4000, 0x8000
 MAP_FIXED_NOREPLACE = 0x100000
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 _PROT_FLAGS = VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC
+#: ``VM_DATA_DEFAULT_FLAGS`` of an anonymous read-write area (heap, stack)
+VM_DATA_DEFAULT = (
+    VmFlags.READ
+    | VmFlags.WRITE
+    | VmFlags.MAYREAD
+    | VmFlags.MAYWRITE
+    | VmFlags.MAYEXEC
+    | VmFlags.ANON
+)
 _NO_MERGE = VmFlags.NONE
 
 
@@ -102,13 +111,9 @@ def isolate(mm: MmStruct, start: int, end: int) -> list[Vma]:
 
 def _mergeable(a: Vma, b: Vma) -> bool:
     """``is_mergeable_vma`` + ``is_mergeable_anon_vma``: a ends where b starts."""
-    if a.end != b.start or a.flags != b.flags or a.name != b.name:
+    if a.end != b.start or a.flags != b.flags or a.name != b.name or a.file != b.file:
         return False
-    if (a.file is None) != (b.file is None):
-        return False
-    if a.file is not None and (
-        a.file != b.file or a.pgoff + ((a.end - a.start) >> PAGE_SHIFT) != b.pgoff
-    ):
+    if a.pgoff + ((a.end - a.start) >> PAGE_SHIFT) != b.pgoff:  # anonymous VMAs too
         return False
     return a.anon_vma is None or b.anon_vma is None or a.anon_vma == b.anon_vma
 
@@ -168,6 +173,14 @@ def get_unmapped_area(mm: MmStruct, length: int, hint: int | None, thp_align: bo
     return addr & ~(PMD_SIZE - 1) if thp_align else addr
 
 
+def _thp_align(file: FileRef | None, shared: bool, length: int) -> bool:
+    """``__get_unmapped_area``: a private anonymous request without a hint whose length
+    is a multiple of 2 MiB is placed THP-aligned (``thp_get_unmapped_area_vmflags``),
+    whatever the THP mode; shared anonymous memory goes to shmem's placement, which
+    aligns only when shmem THPs are on (kpsim: never). mremap's moves ask the same way."""
+    return file is None and not shared and length % PMD_SIZE == 0
+
+
 def mmap(
     mm: MmStruct,
     addr: int | None,
@@ -196,8 +209,7 @@ def mmap(
             raise SyscallError(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
         munmap(mm, addr, length)
     else:
-        anon = file is None
-        thp_align = anon and length % PMD_SIZE == 0 and addr is None and mm.ctx.thp != "never"
+        thp_align = addr is None and _thp_align(file, shared, length)
         addr = get_unmapped_area(mm, length, addr, thp_align)
     vm = prot_to_vm(prot) | VmFlags.MAYREAD | VmFlags.MAYWRITE | VmFlags.MAYEXEC
     if shared:
@@ -206,8 +218,11 @@ def mmap(
             file = mm.ctx.new_file(length)
     if file is None:
         vm |= VmFlags.ANON
+        pgoff = addr >> PAGE_SHIFT  # do_mmap: a private anonymous VMA's pgoff is its address
     if flags & MAP_NORESERVE:
         vm |= VmFlags.NORESERVE
+    if vm & (VmFlags.NORESERVE | VmFlags.SHARED | VmFlags.WRITE) == VmFlags.WRITE:
+        vm |= VmFlags.ACCOUNT  # accountable_mapping: merging compares it
     vma_merge(mm, _insert(mm, Vma(addr, addr + length, vm, file, pgoff)))
     if flags & MAP_POPULATE:
         populate_range(mm, addr, addr + length, write=bool(prot & PROT_WRITE) and not shared)
@@ -225,8 +240,12 @@ def populate_range(mm: MmStruct, start: int, end: int, *, write: bool) -> None:
     Each missing entry is what one GUP fault would install (rule 1: the same tables);
     the entries of one table are written with one batch. THP-eligible slots and file
     mappings fault page by page through :func:`~kpsim.mm.memory.handle_mm_fault`.
+    Inaccessible (``PROT_NONE``) VMAs are skipped: GUP without ``FOLL_FORCE`` fails on
+    them and ``__mm_populate`` ignores the error, so they get no table.
     """
     for vma in mm.overlapping(start, end):
+        if not vma.flags & _PROT_FLAGS:  # populate_vma_page_range: PROT_NONE is skipped
+            continue
         s, e = max(start, vma.start), min(end, vma.end)
         while s < e:
             nxt = min((s | (PMD_SIZE - 1)) + 1, e)
@@ -273,17 +292,11 @@ def brk(mm: MmStruct, new: int) -> int:
     if new_end < old_end:
         munmap(mm, new_end, old_end - new_end)
     elif new_end > old_end:
-        if mm.overlapping(old_end, new_end):
+        if mm.overlapping(old_end, new_end + PAGE_SIZE):  # a page's gap below the next VMA
             return mm.brk
-        vm = (
-            VmFlags.READ
-            | VmFlags.WRITE
-            | VmFlags.MAYREAD
-            | VmFlags.MAYWRITE
-            | VmFlags.MAYEXEC
-            | VmFlags.ANON
-        )
-        vma_merge(mm, _insert(mm, Vma(old_end, new_end, vm, name="[heap]")))
+        vm = VM_DATA_DEFAULT | VmFlags.ACCOUNT  # do_brk_flags
+        heap = Vma(old_end, new_end, vm, pgoff=old_end >> PAGE_SHIFT, name="[heap]")
+        vma_merge(mm, _insert(mm, heap))
     mm.brk = new
     return new
 
@@ -303,9 +316,24 @@ def mprotect(mm: MmStruct, start: int, length: int, prot: int) -> None:
         raise SyscallError(errno.ENOMEM, "mprotect: range not fully mapped")
     newbits = prot_to_vm(prot)
     for vma in isolate(mm, start, end):
-        vma.flags = (vma.flags & ~_PROT_FLAGS) | newbits
+        vma.flags = _mprotect_flags(vma, newbits)
         change_protection(mm, vma, vma.start, vma.end)
     merge_range(mm, start, end)
+
+
+def _mprotect_flags(vma: Vma, newbits: VmFlags) -> VmFlags:
+    """``mprotect_fixup``'s new ``vm_flags``: a private mapping made writable is charged
+    (``VM_ACCOUNT``); an anonymous one made read-only before any page was created
+    (no ``anon_vma``) is uncharged. ``VM_ACCOUNT`` decides merges, hence which VMAs
+    ``MADV_DONTNEED``'s PT_RECLAIM and fork see."""
+    old = vma.flags
+    new = (old & ~_PROT_FLAGS) | newbits
+    if new & VmFlags.WRITE:
+        if not old & (VmFlags.ACCOUNT | VmFlags.WRITE | VmFlags.SHARED | VmFlags.NORESERVE):
+            new |= VmFlags.ACCOUNT
+    elif old & VmFlags.ACCOUNT and vma.file is None and vma.anon_vma is None:
+        new &= ~VmFlags.ACCOUNT
+    return new
 
 
 def change_protection(mm: MmStruct, vma: Vma, start: int, end: int) -> int:
@@ -326,12 +354,7 @@ def change_protection(mm: MmStruct, vma: Vma, start: int, end: int) -> int:
 
 def change_pte_range(mm: MmStruct, vma: Vma, slot: int, start: int, end: int, prot: int) -> int:
     ctx, arch = mm.ctx, mm.ctx.arch
-    tpa = mm.tables[3][slot] << PAGE_SHIFT
-    base = slot << 21
-    a = max(start - base, 0) >> PAGE_SHIFT
-    b = min(end - base, PMD_SIZE) >> PAGE_SHIFT
-    arr = arch.read_table(tpa)[a:b]
-    nz = np.flatnonzero(arr)
+    tpa, a, arr, nz = m.pte_table_slice(mm, slot, start, end)
     if nz.size == 0:
         return 0
     new = arch.ptes_modify(arr[nz], prot)
@@ -388,7 +411,7 @@ def mremap(
             return old
         if not flags & MREMAP_MAYMOVE:
             raise SyscallError(errno.ENOMEM, "mremap: cannot grow in place")
-        new_addr = get_unmapped_area(mm, new_len, None, False)
+        new_addr = get_unmapped_area(mm, new_len, None, _thp_align(vma.file, vma.shared, new_len))
     assert new_addr is not None
     return move_vma(mm, vma, old, old_len, new_len, new_addr)
 

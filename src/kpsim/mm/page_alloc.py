@@ -377,6 +377,126 @@ class PageAllocator:
             if owner is not None:
                 self.memmap.page(p).owner = owner
 
+    # -- bulk order-0 paths (alloc_pages_bulk, free_pages_bulk) ---------------------------
+    def plan_bulk(self, n: int) -> list[tuple[int, int, int]]:
+        """The blocks ``n`` successive ``alloc_pages(gfp, 0)`` calls would be served
+        from, without allocating: ``(order, pfn, pages taken)`` in order.
+
+        With no reclaim, each call takes the head of the smallest non-empty list and
+        ``expand()`` leaves only that block's upper parts on the lower lists (which
+        were empty), so the calls take every order-0 block in list order, then every
+        order-1 block, and so on, each block's pages in ascending order. Fewer than
+        ``n`` pages when the free lists run dry (the next call would go slow path).
+        """
+        out: list[tuple[int, int, int]] = []
+        nxt, runs = self._next, self._runs
+        left = n
+        for o in range(NR_PAGE_ORDERS):
+            if left <= 0:
+                break
+            s = -1 - o
+            pfn = nxt[s]
+            while pfn >= 0 and left > 0:
+                size = (runs[pfn] - pfn) if o == MAX_PAGE_ORDER and pfn in runs else 1 << o
+                take = min(size, left)
+                out.append((o, pfn, take))
+                left -= take
+                pfn = nxt[pfn]
+        return out
+
+    def alloc_pages_bulk(
+        self,
+        gfp: Gfp | int,
+        plan: list[tuple[int, int, int]],
+        clear_pages: Callable[[list[int]], None] | None = None,
+    ) -> list[int]:
+        """``alloc_pages_bulk``: the order-0 pages of ``plan`` (from :meth:`plan_bulk`,
+        with no allocator call in between), leaving the allocator, its counters and
+        the pages exactly as the same number of ``alloc_pages(gfp, 0)`` calls would.
+        ``clear_pages`` zeroes many pages as ``clear_page`` on each would."""
+        g = int(gfp)
+        pfns: list[int] = []
+        for o, pfn, take in plan:
+            self._take_block(o, pfn, take)
+            pfns.extend(range(pfn, pfn + take))
+        n = len(pfns)
+        self._alloc.update(dict.fromkeys(pfns, 0))
+        self.nr_free -= n
+        c = self.counters
+        c["alloc"] += n
+        c[_ALLOC_KEYS[0]] += n
+        if g & _ZERO and n:
+            if clear_pages is not None:
+                clear_pages(pfns)
+            else:
+                for p in pfns:
+                    self.clear_page(p)
+            c["clear_page"] += n
+        return pfns
+
+    def _take_block(self, o: int, pfn: int, take: int) -> None:
+        """Remove the free block (or run) at ``pfn`` of order ``o`` after ``take`` of its
+        pages went one at a time: the rest stays as ``expand()`` left it."""
+        if o == MAX_PAGE_ORDER and pfn in self._runs:
+            whole, part = divmod(take, MAX_ORDER_NR_PAGES)
+            for _ in range(whole + (1 if part else 0)):
+                self._carve_run(pfn)
+                pfn += MAX_ORDER_NR_PAGES
+            if not part:
+                return
+            pfn -= MAX_ORDER_NR_PAGES
+            take = part
+        else:
+            nxt, prv = self._next, self._prev
+            n = nxt.pop(pfn)
+            p = prv.pop(pfn)
+            nxt[p] = n
+            prv[n] = p
+            del self._order[pfn]
+        off, end = take, 1 << o
+        while off < end:  # the upper parts left on the (empty) lower lists
+            j = (off & -off).bit_length() - 1
+            self._add_to_free_list(pfn + off, j, False)
+            off += 1 << j
+
+    def free_pages_bulk(self, pfns: list[int]) -> None:
+        """``free_pages(p, 0)`` for each of ``pfns`` (ascending, order-0 allocations).
+
+        Freeing every page of an aligned block in ascending order leaves the lists as
+        one free of the whole block would (the partial merges in between are unlinked
+        again, and the last free makes the same merges and head/tail choice), so each
+        maximal aligned block of consecutive pfns is freed at once.
+        """
+        alloc, meta = self._alloc, self.memmap.pages
+
+        def plain(p: int) -> bool:  # an order-0 allocation with no stored metadata
+            return alloc.get(p, -1) == 0 and p not in meta
+
+        i, n = 0, len(pfns)
+        while i < n:
+            pfn = pfns[i]
+            if not plain(pfn):
+                self.free_pages(pfn, 0)  # the one-by-one path checks and reports
+                i += 1
+                continue
+            order = 0
+            while order < MAX_PAGE_ORDER and not pfn & ((2 << order) - 1):
+                size = 2 << order
+                if i + size > n or pfns[i + size - 1] != pfn + size - 1:
+                    break
+                if not all(plain(p) for p in range(pfn + (size >> 1), pfn + size)):
+                    break
+                order += 1
+            size = 1 << order
+            for p in range(pfn, pfn + size):
+                del alloc[p]
+            self._free_one_page(pfn, order, False)
+            self.nr_free += size
+            c = self.counters
+            c["free"] += size
+            c[_FREE_KEYS[0]] += size
+            i += size
+
     def free_contig_range(self, pfn: int, nr_pages: int) -> None:
         """``free_contig_range()``: free ``nr_pages`` order-0 pages (e.g. after split_page)."""
         for p in range(pfn, pfn + nr_pages):

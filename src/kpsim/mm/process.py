@@ -21,6 +21,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from kpsim.mm import fault_batch
 from kpsim.mm import fork as fork_mod
 from kpsim.mm import madvise as madvise_mod
 from kpsim.mm import memory as m
@@ -114,17 +115,10 @@ class Process:
         return p
 
     def _setup_stack(self) -> None:
-        vm = (
-            VmFlags.READ
-            | VmFlags.WRITE
-            | VmFlags.MAYREAD
-            | VmFlags.MAYWRITE
-            | VmFlags.MAYEXEC
-            | VmFlags.GROWSDOWN
-            | VmFlags.ANON
-        )
+        vm = mmap_mod.VM_DATA_DEFAULT | VmFlags.GROWSDOWN | VmFlags.ACCOUNT
         with self.kernel():
-            self.mm.insert_vma(Vma(STACK_TOP - STACK_SIZE, STACK_TOP, vm, name="[stack]"))
+            base = STACK_TOP - STACK_SIZE
+            self.mm.insert_vma(Vma(base, STACK_TOP, vm, pgoff=base >> 12, name="[stack]"))
         self.touch(STACK_TOP - PAGE_SIZE, write=True)
 
     @contextlib.contextmanager
@@ -179,6 +173,10 @@ class Process:
     # -- user access --------------------------------------------------------------------
     def touch(self, addr: int, write: bool = False, value: int = 0xA5) -> None:
         """One user byte access at EL0; faults are handled and the access retried."""
+        arch = self.ctx.arch
+        if self.alive and getattr(arch, "cpu_id", None) == self.cpu and arch.current() is self.task:
+            self._access(addr, write, value)  # already running here: what kernel() sets up
+            return
         with self.kernel():
             self._access(addr, write, value)
 
@@ -186,8 +184,7 @@ class Process:
         self, addr: int, length: int, stride: int = PAGE_SIZE, write: bool = False
     ) -> None:
         with self.kernel():
-            for a in range(addr, addr + length, stride):
-                self._access(a, write, 0xA5)
+            fault_batch.touch_range(self.mm, addr, length, stride, write, 0xA5, self._access)
 
     def _access(self, addr: int, write: bool, value: int) -> None:
         arch = self.ctx.arch

@@ -45,12 +45,14 @@ __all__ = [
 
 Counts = Mapping[str, float]
 
-#: The machine's counter names (the model's contract with kpsim.machine).
+#: The counter names the cost model prices (the machine's, plus those the workloads add).
 EVENTS: Final[tuple[str, ...]] = (
-    "por_write", "isb", "tlbi_va", "tlbi_asid", "tlbi_all", "pte_write",
+    "por_write", "isb", "dsb", "tlbi_va", "tlbi_asid", "tlbi_all", "pte_write",
     "pgtable_alloc", "pgtable_free", "set_memory_pkey", "set_memory_pkey_page",
-    "split_pud", "split_pmd", "split_cont", "page_fault", "fork_pte_copy", "zap_pte",
-    "vmalloc_page", "page_alloc", "page_free", "lazy_mmu_sections", "kpkeys_guard_entries",
+    "split_pud", "split_pmd", "split_cont", "pgfault", "fork_pte_copy", "fork_folio",
+    "zap_pte", "zap_folio", "page_alloc.alloc", "page_alloc.free", "page_alloc.clear_page",
+    "vmalloc", "vmalloc_page", "vfree", "vm_map_ram", "vm_unmap_ram", "vmap_lazy_purge",
+    "syscall", "context_switches", "lazy_mmu_sections", "kpkeys_guard_entries", "other_cycles",
 )  # fmt: skip
 STATUSES: Final[tuple[str, ...]] = ("unknown", "definition", "override", "fitted")
 _DEFAULTS_NAME: Final = "kpsim/report/data/costs.toml"

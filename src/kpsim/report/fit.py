@@ -10,10 +10,11 @@ their default proportions and scale together; the parameter is the group's summe
 cost in cycles. Parameters are fitted in log space (so they stay positive, bounded
 to [1e-3, 1e8] cycles) by Levenberg-Marquardt least squares on
 (modelled - published) percentage points over the fitted (row, mode) points, from
-several starts. A parameter whose events the fitted rows never count is not fitted:
-it keeps its base cost and is reported. Overheads are ratios, so they fix costs only
-relative to the costs that are not fitted: at least one counted cost must stay fixed
-to anchor the scale.
+several starts; each residual is weighted by 1 / (|published| + 5 pp), i.e. relative
+error with a noise floor (see ``_weights``). A parameter whose events the fitted rows
+never count is not fitted: it keeps its base cost and is reported. Overheads are
+ratios, so they fix costs only relative to the costs that are not fitted: at least one
+counted cost must stay fixed to anchor the scale.
 
 Published figures enter only as the fit target and the "published" column; modelled
 figures come only from counts times costs.
@@ -70,7 +71,8 @@ CountsProvider = Callable[[PublishedRow, Mode], Mapping[str, Counts] | None]
 Array = npt.NDArray[np.float64]
 
 DEFAULT_FIT_ROWS: Final = "fork,vmalloc"
-DEFAULT_PARAMS: Final = "por_write+isb,set_memory_pkey,pte_write,page_fault"
+DEFAULT_PARAMS: Final = "por_write+isb,set_memory_pkey,fork_pte_copy+zap_pte"
+NOISE_FLOOR_PP: Final = 5.0
 MIN_CYCLES: Final = 1e-3
 MAX_CYCLES: Final = 1e8
 _MAX_ITER: Final = 200
@@ -278,6 +280,7 @@ class _Problem:
     target: Array
     base: Array
     members: list[tuple[npt.NDArray[np.intp], Array]]
+    weight: Array
 
     def costs(self, u: Array) -> Array:
         c = self.base.copy()
@@ -289,8 +292,9 @@ class _Problem:
         """Residuals (pp) at ``u`` and their Jacobian with respect to ``u``."""
         c = self.costs(u)
         a, b = self.on @ c, self.off @ c
-        r = 100.0 * (a / b - 1.0) - self.target
+        r = (100.0 * (a / b - 1.0) - self.target) * self.weight
         dm_dc = 100.0 * (self.on * b[:, None] - self.off * a[:, None]) / (b * b)[:, None]
+        dm_dc *= self.weight[:, None]
         jac = np.empty((len(r), len(self.members)))
         for k, (idx, _) in enumerate(self.members):
             jac[:, k] = dm_dc[:, idx] @ c[idx]
@@ -410,13 +414,25 @@ def _problem(
             off[i, col[e]] = n
     members = [(np.array([col[e] for e in p.events], dtype=np.intp), np.array(p.shares))
                for p in params]  # fmt: skip
-    problem = _Problem(on, off, np.array([pt.row.figure(pt.mode).percent for pt in fitted]),
-                       np.array([base[e] for e in events]), members)  # fmt: skip
+    target = np.array([pt.row.figure(pt.mode).percent for pt in fitted])
+    problem = _Problem(on, off, target, np.array([base[e] for e in events]), members,
+                       _weights(target))  # fmt: skip
     start = problem.costs(np.array([math.log(p.initial) for p in params]))
     for pt, b in zip(fitted, off @ start, strict=True):
         if b <= 0:
             raise CountsError(f"row {pt.row.key} ({pt.mode}): the feature-off run costs 0 cycles")
     return problem, events
+
+
+def _weights(target: Array) -> Array:
+    """Relative residuals with a noise floor: weight 1 / (|published| + NOISE_FLOOR_PP).
+
+    The series' figures span -2 % to 283 %; their run-to-run noise grows with their size
+    (a relative error), and a figure near zero is within noise. Plain absolute residuals
+    would let the few 200 % rows decide every cost; these weights give each row a
+    comparable say, the near-zero ones no more than a 5 pp figure.
+    """
+    return 1.0 / (np.abs(target) + NOISE_FLOOR_PP)
 
 
 def _model_row(pt: _Point, costs: CostTable) -> ReproRow:

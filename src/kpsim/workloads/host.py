@@ -10,7 +10,8 @@ showing ``read`` for 3 polls 20 ms apart) or stopped with ``SIGSTOP``; ``VmPTE``
 read before and after and the sample is kept only if both agree.
 
 Also here, for ``kpsim.workloads.snapshot``: the ``/proc`` readers and the
-quiescence guard. Left out: threads in the child, file-backed mappings, hugetlbfs,
+quiescence guard. File-backed steps map a fresh memfd (shmem). Left out: threads in
+the child, files on disk (their large folios may be PMD-mapped), hugetlbfs,
 and architectures whose ``mmap`` flag values differ from the generic ones.
 """
 
@@ -41,7 +42,15 @@ MAP_FLAG_BITS = {
     "noreserve": 0x4000,
     "populate": 0x8000,
 }
-MADV_BITS = {"dontneed": 4, "hugepage": 14, "nohugepage": 15}
+MADV_BITS = {
+    "dontneed": 4,
+    "dontfork": 10,
+    "dofork": 11,
+    "hugepage": 14,
+    "nohugepage": 15,
+    "wipeonfork": 18,
+    "keeponfork": 19,
+}
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 #: ``read``'s syscall number, as ``/proc/PID/syscall`` shows it (pt-lifecycle.md §5).
 READ_SYSCALL = {"x86_64": 0, "aarch64": 63, "riscv64": 63}
@@ -88,6 +97,14 @@ def thp_mode() -> str | None:
         if word.startswith("[") and word.endswith("]"):
             return word[1:-1]
     return None
+
+
+def thp_use_zero_page() -> bool | None:
+    """``transparent_hugepage/use_zero_page``: THP read faults map the huge zero page."""
+    try:
+        return THP_ENABLED.with_name("use_zero_page").read_text().strip() == "1"
+    except OSError:
+        return None
 
 
 def kernel_option(name: str) -> str | None:
@@ -313,7 +330,11 @@ class HostTarget:
         return f"{how}{': ' + err.splitlines()[-1] if err else ''}"
 
     def mmap(self, addr: int | None, length: int, prot: str, flags: frozenset[str]) -> int:
-        return self._call(f"mmap {addr or 0} {length} {_prot_bits(prot)} {_map_bits(flags)}")
+        bits = _map_bits(flags)
+        op = "mmap"
+        if "file" in flags:
+            op, bits = "mmapf", bits & ~MAP_ANONYMOUS
+        return self._call(f"{op} {addr or 0} {length} {_prot_bits(prot)} {bits}")
 
     def touch(self, addr: int, length: int, stride: int, write: bool) -> None:
         self._call(f"touch {addr} {length} {stride} {int(write)}")
@@ -330,6 +351,9 @@ class HostTarget:
     def mremap(self, old_addr: int, old_len: int, new_len: int, new_addr: int | None) -> int:
         flags = MREMAP_MAYMOVE | (0 if new_addr is None else MREMAP_FIXED)
         return self._call(f"mremap {old_addr} {old_len} {new_len} {flags} {new_addr or 0}")
+
+    def brk(self, delta: int) -> int:
+        return self._call(f"brk {delta}")
 
     def fork(self) -> int:
         child = self._call("fork")
@@ -364,7 +388,7 @@ class HostTarget:
 class _Child:
     """The child's side: performs commands with libc; keeps forked children parked."""
 
-    __slots__ = ("libc", "parked", "pipes")
+    __slots__ = ("brk_end", "libc", "parked", "pipes")
 
     def __init__(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -376,11 +400,23 @@ class _Child:
         for name, extra in (("munmap", []), ("mprotect", [i]), ("madvise", [i])):
             getattr(libc, name).argtypes = [vp, sz, *extra]
             getattr(libc, name).restype = i
+        libc.sbrk.argtypes = [ctypes.c_ssize_t]
+        libc.sbrk.restype = vp
+        libc.mallopt.argtypes = [i, i]
+        libc.malloc.argtypes = [sz]
+        libc.malloc.restype = vp
+        libc.free.argtypes = [vp]
+        # M_TOP_PAD 64 MiB: malloc's heap keeps that much room at its top, so it does
+        # not move the break again while brk steps do; a malloc of more than the top
+        # chunk (below the mmap threshold) makes it take effect now.
+        libc.mallopt(-2, 64 << 20)
+        libc.free(libc.malloc(120 << 10))
         libc.prctl.argtypes = [i, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the parent
         self.libc = libc
         self.pipes: list[int] = []
         self.parked: list[int] = []
+        self.brk_end: int | None = None
 
     @staticmethod
     def _check(result: int | None, failed: int) -> int:
@@ -396,6 +432,13 @@ class _Child:
             return os.getpid()
         if op == "mmap":
             return self._check(libc.mmap(a[0] or None, a[1], a[2], a[3], -1, 0), (1 << 64) - 1)
+        if op == "mmapf":  # a fresh memfd of the mapping's length, closed once mapped
+            fd = os.memfd_create("kpsim-conform", 0)
+            try:
+                os.ftruncate(fd, a[1])
+                return self._check(libc.mmap(a[0] or None, a[1], a[2], a[3], fd, 0), (1 << 64) - 1)
+            finally:
+                os.close(fd)
         if op == "mremap":
             return self._check(libc.mremap(a[0], a[1], a[2], a[3], a[4] or None), (1 << 64) - 1)
         if op in ("munmap", "mprotect", "madvise"):
@@ -403,6 +446,8 @@ class _Child:
         if op == "touch":
             self.touch(*a)
             return 0
+        if op == "brk":
+            return self.brk(a[0])
         if op == "fork":
             return self.fork()
         raise OSError(22, f"unknown command {op!r}")
@@ -418,6 +463,18 @@ class _Child:
                 ctypes.memset(at, 1, 1)
             else:
                 ctypes.string_at(at, 1)
+
+    def brk(self, delta: int) -> int:
+        """Move the break with libc's ``sbrk`` (which keeps malloc's idea of it); return
+        the old break. Shrinking is refused unless the break is still where the last
+        ``brk`` step left it (malloc did not extend the heap in between)."""
+        libc = self.libc
+        cur = libc.sbrk(0) or 0
+        if self.brk_end is not None and cur != self.brk_end:
+            raise OSError(16, "the heap moved under the steps")  # EBUSY
+        old = self._check(libc.sbrk(delta), (1 << 64) - 1)
+        self.brk_end = old + delta
+        return old
 
     def fork(self) -> int:
         """Fork a child that blocks reading a pipe until this process closes it."""

@@ -74,6 +74,9 @@ class Snapshot:
     present: tuple[Range, ...]
     method: str
     quiescence: str
+    #: per VMA (same order as ``vmas``): its ``/proc/PID/smaps`` ``VmFlags`` mnemonics
+    #: and ``Anonymous`` kB, or empty when smaps was not read
+    smaps: tuple[tuple[str, int], ...] = ()
 
 
 # ------------------------------------------------------------------ bounds
@@ -220,6 +223,33 @@ def scan_present(
 # ---------------------------------------------------------------- snapshot
 
 
+def parse_smaps(text: str) -> dict[int, tuple[str, int]]:
+    """``/proc/PID/smaps``: VMA start -> (``VmFlags`` mnemonics, ``Anonymous`` kB)."""
+    out: dict[int, tuple[str, int]] = {}
+    start: int | None = None
+    anon = 0
+    for line in text.splitlines():
+        head = line.split(maxsplit=1)[0] if line else ""
+        if "-" in head and not head.endswith(":"):
+            start, anon = int(head.split("-")[0], 16), 0
+        elif head == "Anonymous:":
+            anon = int(line.split()[1])
+        elif head == "VmFlags:" and start is not None:
+            out[start] = (" ".join(line.split()[1:]), anon)
+    return out
+
+
+def read_smaps(pid: int, vmas: Sequence[Vma]) -> tuple[tuple[str, int], ...]:
+    """Per VMA of ``vmas``: its smaps ``VmFlags`` and ``Anonymous`` kB (empty if unreadable)."""
+    try:
+        found = parse_smaps(Path(f"/proc/{pid}/smaps").read_text())
+    except OSError:
+        return ()
+    if any(v.start not in found for v in vmas):
+        return ()
+    return tuple(found[v.start] for v in vmas)
+
+
 def _read_maps(pid: int) -> list[Vma]:
     try:
         return parse_maps(Path(f"/proc/{pid}/maps").read_text())
@@ -245,9 +275,10 @@ def take_snapshot(pid: int, *, may_stop: bool = True, attempts: int = 3) -> Snap
             before = vmpte_pages(pid)
             vmas = user_vmas(_read_maps(pid), machine)
             present, method = scan_present(pid, vmas, machine)
+            smaps = read_smaps(pid, vmas)
             after = vmpte_pages(pid)
         if before == after:
-            return Snapshot(pid, machine, after, tuple(vmas), tuple(present), method, how)
+            return Snapshot(pid, machine, after, tuple(vmas), tuple(present), method, how, smaps)
     raise HostError(f"VmPTE of process {pid} changed during every walk: it is not quiescent")
 
 
@@ -284,12 +315,18 @@ def check_snapshot(snap: Snapshot, model: Any | None) -> Check:
     """Compare the live count with the model's for the same present pages.
 
     ``model`` is the ``kpsim.workloads.simtarget`` module (its
-    ``model_pt_pages_for_present(ranges)``), or None: then the lower bound stands in.
+    ``model_pt_pages_for_snapshot(snap)``: a simulated process with the same VMAs and
+    present pages, or else ``model_pt_pages_for_present(ranges)``), or None: then
+    the lower bound stands in.
     """
     bounds = pt_bounds(snap.vmas, snap.present)
     if model is None:
         return Check(snap.pid, snap.vmpte_pages, bounds.lower, bounds, False)
-    count = int(model.model_pt_pages_for_present(list(snap.present)))
+    build = getattr(model, "model_pt_pages_for_snapshot", None)
+    if build is not None:
+        count = int(build(snap))
+    else:
+        count = int(model.model_pt_pages_for_present(list(snap.present)))
     return Check(snap.pid, snap.vmpte_pages, count, bounds, True)
 
 
@@ -316,6 +353,7 @@ def snapshot_to_json(snap: Snapshot) -> dict[str, Any]:
             for v in snap.vmas
         ],
         "present": [[hex(s), hex(e)] for s, e in snap.present],
+        "smaps": [[flags, anon] for flags, anon in snap.smaps],
     }
 
 
@@ -329,6 +367,7 @@ def snapshot_from_json(doc: Any, *, file: str | None = None) -> Snapshot:
             for m in doc["maps"]
         )
         present = tuple((int(s, 16), int(e, 16)) for s, e in doc["present"])
+        smaps = tuple((str(f), int(a)) for f, a in doc.get("smaps", ()))
         return Snapshot(
             int(doc["pid"]),
             str(doc["machine"]),
@@ -337,6 +376,7 @@ def snapshot_from_json(doc: Any, *, file: str | None = None) -> Snapshot:
             present,
             str(doc["method"]),
             str(doc["quiescence"]),
+            smaps,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"not a kpsim snapshot: {err}", file=file) from None

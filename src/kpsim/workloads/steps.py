@@ -11,9 +11,10 @@ The same steps run against any :class:`StepTarget`: the host kernel
 built elsewhere). :func:`run_steps` records the target's page-table page count
 (``VmPTE/4``) after every step; :func:`compare_results` lines two runs up.
 
-Left out: file-backed mappings, ``brk``, ``exec`` and threads (no step op names
-them). ``tomllib`` reports no positions, so the lines of steps and fields come from
-a small scanner of the file text (:func:`_scan_positions`).
+File-backed mappings are memfds (shmem: the host's page cache plays no part).
+Left out: ``brk``, ``exec`` and threads (no step op names them). ``tomllib``
+reports no positions, so the lines of steps and fields come from a small scanner of
+the file text (:func:`_scan_positions`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,19 @@ from typing import Any, ClassVar, Protocol, TypeAlias
 from kpsim.errors import InputError
 from kpsim.units import PAGE_SIZE, parse_size
 
-OPS = ("mmap", "touch", "munmap", "mprotect", "madvise", "mremap", "fork")
-#: ``mmap`` flags a step may ask for (``shared`` selects MAP_SHARED over MAP_PRIVATE).
-MMAP_FLAGS = frozenset({"fixed", "fixed_noreplace", "noreserve", "populate", "shared"})
-ADVICE = ("dontneed", "hugepage", "nohugepage")
+OPS = ("mmap", "touch", "munmap", "mprotect", "madvise", "mremap", "fork", "brk")
+#: ``mmap`` flags a step may ask for (``shared`` selects MAP_SHARED over MAP_PRIVATE;
+#: ``file`` maps a fresh memfd of the mapping's length instead of anonymous memory).
+MMAP_FLAGS = frozenset({"fixed", "fixed_noreplace", "noreserve", "populate", "shared", "file"})
+ADVICE = (
+    "dontneed",
+    "hugepage",
+    "nohugepage",
+    "dontfork",
+    "dofork",
+    "wipeonfork",
+    "keeponfork",
+)
 ACCESS = ("write", "read")
 
 _SPAN = ("region", "addr", "offset", "length")
@@ -46,6 +56,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "madvise": (*_SPAN, "advice"),
     "mremap": (*_SPAN, "new_length", "new_addr"),
     "fork": (),
+    "brk": ("name", "grow", "shrink"),
 }
 
 
@@ -66,12 +77,27 @@ class Span:
 
 
 @dataclass(frozen=True, slots=True)
-class Mmap:
-    """``mmap(addr, length, prot, MAP_PRIVATE|MAP_ANONYMOUS|flags)``, named ``name``."""
+class _Step:
+    """What every step has: its 1-based number and the line of its ``[[step]]``."""
 
-    op: ClassVar[str] = "mmap"
+    op: ClassVar[str]
     index: int
     line: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _SpanStep(_Step):
+    """A step that acts on a :class:`Span`."""
+
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Mmap(_Step):
+    """``mmap(addr, length, prot, MAP_PRIVATE|MAP_ANONYMOUS|flags)``, named ``name``
+    (with ``file``: a new memfd of ``length`` bytes instead of ``MAP_ANONYMOUS``)."""
+
+    op: ClassVar[str] = "mmap"
     name: str
     addr: int | None
     length: int
@@ -80,71 +106,65 @@ class Mmap:
 
 
 @dataclass(frozen=True, slots=True)
-class Touch:
+class Touch(_SpanStep):
     """Access one byte at ``start + k*stride`` for every ``k*stride < length``."""
 
     op: ClassVar[str] = "touch"
-    index: int
-    line: int | None
-    span: Span
     stride: int
     write: bool
 
 
 @dataclass(frozen=True, slots=True)
-class Munmap:
+class Munmap(_SpanStep):
     """``munmap`` of the span."""
 
     op: ClassVar[str] = "munmap"
-    index: int
-    line: int | None
-    span: Span
 
 
 @dataclass(frozen=True, slots=True)
-class Mprotect:
+class Mprotect(_SpanStep):
     """``mprotect`` of the span to ``prot`` (``r``/``w``/``x`` letters or ``none``)."""
 
     op: ClassVar[str] = "mprotect"
-    index: int
-    line: int | None
-    span: Span
     prot: str
 
 
 @dataclass(frozen=True, slots=True)
-class Madvise:
-    """``madvise`` of the span with ``advice`` (``dontneed``, ``hugepage``, ``nohugepage``)."""
+class Madvise(_SpanStep):
+    """``madvise`` of the span with ``advice`` (one of :data:`ADVICE`)."""
 
     op: ClassVar[str] = "madvise"
-    index: int
-    line: int | None
-    span: Span
     advice: str
 
 
 @dataclass(frozen=True, slots=True)
-class Mremap:
+class Mremap(_SpanStep):
     """``mremap(MREMAP_MAYMOVE[|MREMAP_FIXED])`` of the span to ``new_length``."""
 
     op: ClassVar[str] = "mremap"
-    index: int
-    line: int | None
-    span: Span
     new_length: int
     new_addr: int | None
 
 
 @dataclass(frozen=True, slots=True)
-class Fork:
-    """``fork()``; the child stays alive, untouched; later steps act on the parent."""
+class Fork(_Step):
+    """``fork()``; the child stays alive, blocked; later steps act on the parent."""
 
     op: ClassVar[str] = "fork"
-    index: int
-    line: int | None
 
 
-Step: TypeAlias = Mmap | Touch | Munmap | Mprotect | Madvise | Mremap | Fork
+@dataclass(frozen=True, slots=True)
+class Brk(_Step):
+    """``brk(current + grow)`` or ``brk(current - shrink)``; a grown part may be named
+    ``name`` (a region from the old break). Shrinking never goes below the break the
+    first ``brk`` step found."""
+
+    op: ClassVar[str] = "brk"
+    name: str | None
+    delta: int
+
+
+Step: TypeAlias = Mmap | Touch | Munmap | Mprotect | Madvise | Mremap | Fork | Brk
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +370,19 @@ def _parse_fork(t: dict[str, Any], ctx: _Ctx) -> Fork:
     return Fork(ctx.index, ctx.line)
 
 
+def _parse_brk(t: dict[str, Any], ctx: _Ctx) -> Brk:
+    grow = _size(t, ctx, "grow", aligned=True, positive=True)
+    shrink = _size(t, ctx, "shrink", aligned=True, positive=True)
+    if (grow is None) == (shrink is None):
+        raise ctx.error("give exactly one of 'grow' and 'shrink'")
+    name = t.get("name")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ctx.error("name: expected a non-empty string", "name")
+    if name is not None and grow is None:
+        raise ctx.error("name: only a growing brk names a region", "name")
+    return Brk(ctx.index, ctx.line, name, grow if grow is not None else -(shrink or 0))
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], _Ctx], Step]] = {
     "mmap": _parse_mmap,
     "touch": _parse_touch,
@@ -358,6 +391,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], _Ctx], Step]] = {
     "madvise": _parse_madvise,
     "mremap": _parse_mremap,
     "fork": _parse_fork,
+    "brk": _parse_brk,
 }
 
 
@@ -432,12 +466,12 @@ def _span(t: dict[str, Any], ctx: _Ctx, *, aligned: bool = True) -> Span:
 
 
 def _check_names(steps: Sequence[Step], pos: _Positions, file: str | None) -> None:
-    """Every mmap name is new; every region names an earlier mmap."""
+    """Every mmap (or brk) name is new; every region names an earlier one."""
     defined: dict[str, int] = {}
     for step in steps:
         keys = pos.keys[step.index - 1] if step.index <= len(pos.keys) else {}
         ctx = _Ctx(file, step.index, step.op, step.line, keys)
-        if isinstance(step, Mmap):
+        if isinstance(step, Mmap | Brk) and step.name is not None:
             if step.name in defined:
                 earlier = defined[step.name]
                 raise ctx.error(f"name: {step.name!r} is already used by step {earlier}", "name")
@@ -474,6 +508,10 @@ class StepTarget(Protocol):
 
     def fork(self) -> int:
         """Fork; return the child's page-table pages, measured with the child quiescent."""
+        ...
+
+    def brk(self, delta: int) -> int:
+        """Move the program break by ``delta`` bytes; return the old break."""
         ...
 
     def pt_pages(self) -> int:
@@ -569,13 +607,14 @@ class _Layout:
 class _Runner:
     """Applies steps to one target, tracking named regions and the mapped layout."""
 
-    __slots__ = ("file", "layout", "regions", "target")
+    __slots__ = ("brk_grown", "file", "layout", "regions", "target")
 
     def __init__(self, target: StepTarget, file: str | None) -> None:
         self.target = target
         self.file = file
         self.regions: dict[str, tuple[int, int]] = {}
         self.layout = _Layout()
+        self.brk_grown = 0
 
     def error(self, step: Step, problem: str) -> InputError:
         return InputError(
@@ -620,7 +659,22 @@ class _Runner:
                 t.madvise(start, length, step.advice)
             case Mremap():
                 return self.apply_mremap(step)
+            case Brk():
+                return self.apply_brk(step)
         return None
+
+    def apply_brk(self, step: Brk) -> int:
+        if step.delta < 0 and -step.delta > self.brk_grown:
+            raise self.error(step, "shrink: below the break the first brk step found")
+        old = self.target.brk(step.delta)
+        self.brk_grown += step.delta
+        if step.delta > 0:
+            self.layout.add(old, old + step.delta, "rw")
+            if step.name is not None:
+                self.regions[step.name] = (old, step.delta)
+        else:
+            self.layout.remove(old + step.delta, old)
+        return old
 
     def apply_mremap(self, step: Mremap) -> int:
         start, length = self.resolve(step, step.span)

@@ -5,7 +5,8 @@ Runs ``perf record`` on a command with the tracepoints issue 8 lists
 mode (never ``-a``), with a large ring buffer, then converts the data with
 ``perf script -F comm,pid,tid,cpu,time,event,trace`` into the text trace that
 :mod:`kpsim.workloads.trace` reads. Lost events are counted (``PERF_RECORD_LOST``
-lines, which are kept out of the trace, and ``perf report --stats``).
+lines, which stay in the trace so that ``kpsim replay`` reports it incomplete, and
+``perf report --stats``).
 
 With ``vmpte=True`` the whole ``perf record`` run is also traced with ptrace
 (``PTRACE_O_TRACEEXIT``): every task stops at the start of ``do_exit()``, before
@@ -230,10 +231,9 @@ def convert(perf: str, data: Path, output: Path) -> tuple[int, int, int]:
         assert proc.stdout is not None
         for text in proc.stdout:
             m = _LOST_LINE.search(text)
-            if m is not None:
+            if m is not None:  # kept: the replay reports where the trace is incomplete
                 lost += int(m.group(1))
                 chunks += 1
-                continue
             out.write(text)
             lines += 1
         status = proc.wait()

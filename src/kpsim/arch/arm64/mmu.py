@@ -30,6 +30,7 @@ NO_CONT_MAPPINGS = 1 << 1
 CONT_PTE_SIZE = 1 << 16
 CONT_PMD_SIZE = 1 << 25
 SPLIT_COUNTER = {1: "split_pud", 2: "split_pmd"}
+MAX_SPLIT_ATTEMPTS = 64  # the model bounds the retry loop of the v6 split protocol
 
 # An early table allocator returns the physical address of a zeroed page for ``level``.
 EarlyAlloc = Callable[[int], int]
@@ -125,23 +126,48 @@ class MmuMixin(PgtableMixin):
         frame[i0 : i0 + n] = vals
 
     # -- splitting (run time) -------------------------------------------------------------
+    #: Test hooks (None in normal runs): ``split_observer(level, child_pfn)`` runs
+    #: right after a split installs its new table; ``split_race_hook()`` runs between
+    #: ``kpkeys_prepare_direct_map_split()`` and taking the lock (another context).
+    split_observer: Callable[[int, int], None] | None = None
+    split_race_hook: Callable[[], None] | None = None
+
     def split_kernel_leaf_mapping(self, start: int, end: int) -> int:
-        """Split only the leaves that straddle ``start`` or ``end``; 0 or -ENOMEM."""
+        """Split only the leaves that straddle ``start`` or ``end``; 0 or -ENOMEM.
+
+        With the v6 block allocator, callers follow its protocol (v6 15/30): call
+        ``kpkeys_prepare_direct_map_split()`` without locks, take
+        ``pgtable_split_lock``, then ``kpkeys_ready_for_direct_map_split()``; when
+        not ready, drop the lock and go round again (bounded in the model).
+        """
         if self.force_pte_mapping():
             return 0
-        self.split_lock_depth += 1  # mutex pgtable_split_lock
-        try:
-            self.arch_enter_lazy_mmu_mode()
+        hooks = self.kpkeys_split_hooks if self.hardened_pgtables else None
+        for _attempt in range(MAX_SPLIT_ATTEMPTS):
+            if hooks is not None:
+                ret: int = hooks.kpkeys_prepare_direct_map_split()
+                if ret:
+                    return ret
+                if self.split_race_hook is not None:
+                    self.split_race_hook()
+            self.split_lock_depth += 1  # mutex pgtable_split_lock
             try:
-                for edge in (start, end):
-                    ret = self.split_kernel_leaf_mapping_locked(edge)
-                    if ret:
-                        return ret
+                if hooks is not None and not hooks.kpkeys_ready_for_direct_map_split():
+                    self.k.counters["split_not_ready"] += 1
+                    continue
+                self.arch_enter_lazy_mmu_mode()
+                try:
+                    for edge in (start, end):
+                        ret = self.split_kernel_leaf_mapping_locked(edge)
+                        if ret:
+                            return ret
+                finally:
+                    self.arch_leave_lazy_mmu_mode()
             finally:
-                self.arch_leave_lazy_mmu_mode()
-        finally:
-            self.split_lock_depth -= 1
-        return 0
+                self.split_lock_depth -= 1
+            return 0
+        self.k.warn("split_kernel_leaf_mapping", "never ready for a direct map split")
+        return -12
 
     def split_kernel_leaf_mapping_locked(self, addr: int) -> int:
         """Walk to the leaf covering ``addr`` and split it until ``addr`` is a boundary."""
@@ -193,6 +219,8 @@ class MmuMixin(PgtableMixin):
         self.pt_store_batch(child_pa, slice(0, 512), vals)
         self.pt_store(ptr, d.table_desc(child_pa))
         self.k.counters[SPLIT_COUNTER[level]] += 1
+        if self.split_observer is not None:
+            self.split_observer(level, pfn)
         return 0
 
 

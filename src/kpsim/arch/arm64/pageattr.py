@@ -8,6 +8,11 @@ entries valid. Thin verbs over it: ``set_memory_ro/rw/valid``,
 ``set_direct_map_invalid_noflush``, ``set_direct_map_default_noflush`` and
 ``set_memory_pkey`` (v5 06/18: 0 without POE; -EINVAL outside the linear map or for a
 pkey >= ``arch_max_pkey()``).
+
+Every verb reaches ``split_kernel_leaf_mapping`` (arch/arm64/mmu.py), which follows
+the v6 block allocator's split protocol (``kpkeys_prepare_direct_map_split`` before
+the split lock, ``kpkeys_ready_for_direct_map_split`` under it, retry when not ready)
+whenever that allocator is on, so a foreign split always finds its reserve (group 2).
 """
 
 from __future__ import annotations

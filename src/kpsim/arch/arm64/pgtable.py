@@ -143,6 +143,16 @@ class PgtableMixin(Arm64Base):
             hook()
         return n
 
+    def pt_store_each(self, table_pa: int, index: Any, values: Any) -> int:
+        """``len(index)`` separate :meth:`pt_store` calls to entries of one table page
+        (e.g. one per page fault), done as one batch: the same stores, guard switches
+        and TLB lookups are counted (each store of the loop would hit the entry the
+        first one used). Only for callers that checked no interrupt can come in
+        between (no ``irq_hook``), since the stores all happen at once."""
+        n = self.pt_store_batch(table_pa, index, values)
+        self.cpu.tlb_hits += n - 1
+        return n
+
     # -- write helpers by kernel name -------------------------------------------------------
     def set_pte(self, ptep: int, pte: int) -> None:
         self.pt_store(ptep, pte)

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from kpsim.arch.arm64.base import Arm64Base
-from kpsim.errors import AccessFault
 from kpsim.hw.arm64 import descriptors as d
+from kpsim.hw.arm64.mmu import walk_to_pte_table
 
 PTE_PRESENT_INVALID = d.NG  # 6.10+: reuses nG for "present but invalid" (PROT_NONE)
 _DEFAULT = d.TYPE | d.VALID | d.AF | d.SH_INNER  # _PAGE_DEFAULT, MT_NORMAL
@@ -206,12 +206,54 @@ class PgtableUserMixin(Arm64Base):
     # -- user access at EL0 --------------------------------------------------------------------
     def user_access(self, va: int, write: bool, value: int = 0) -> bool:
         """One byte load/store by user code on the current CPU; False if the MMU faulted."""
+        return self.system.cpus[self.cpu_id].access_el0(va, write, value)
+
+    # -- batched user faults (kpsim.mm.fault_batch) ----------------------------------------------
+    def user_batch_ok(self) -> bool:
+        """May a run of user faults be resolved at once? Not with interrupts being
+        injected between page-table writes, nor from interrupt context."""
+        return self.irq_hook is None and not self.in_interrupt()
+
+    def user_pte_table(self, va: int) -> tuple[int, int] | None:
+        """(level-3 table pa, table bits on the path) the current CPU's walk of user
+        ``va`` reaches, or None."""
         cpu = self.cpu
-        try:
-            if write:
-                cpu.store(va, value, 1, 0)
-            else:
-                cpu.load(va, 1, 0)
-        except AccessFault:
-            return False
-        return True
+        if cpu.ttbr0 is None:
+            return None
+        return walk_to_pte_table(cpu.mem, cpu.ttbr0, va)
+
+    def user_probe(self, vas: list[int]) -> list[Any]:
+        """The TLB entry the next EL0 access to each page would hit (None: a miss)."""
+        return self.cpu.probe_el0(vas)
+
+    def user_leaf_entries(self, descs: Any, strip: int) -> list[Any]:
+        """What a walk reaching ``descs`` (level 3, table bits ``strip``) would cache."""
+        return self.cpu.leaf_entries(descs, strip)
+
+    def user_allows(self, entry: Any, write: bool) -> bool:
+        """Would an EL0 access be allowed by this TLB/leaf entry under POR_EL0?"""
+        cpu = self.cpu
+        return bool(entry[2] & cpu.por_el0_in_effect_el0[entry[3]] & (4 if write else 1))
+
+    def user_commit(
+        self,
+        vas: list[int],
+        entries: list[Any],
+        faulted: int,
+        extra: list[list[int]] | None,
+        write: bool,
+        value: int,
+    ) -> None:
+        """Account and perform the EL0 accesses of a batch (see ``Cpu.commit_el0``)."""
+        self.cpu.commit_el0(vas, entries, faulted, extra, write, value)
+
+    def clear_pages_probe(self, pfns: list[int]) -> tuple[int, Any]:
+        """How many of ``pfns`` in a row ``clear_page`` could zero now (the linear-map
+        alias translates and is writable), and what each store would use."""
+        base = int(self.layout.pfn_to_virt(0))  # the linear map is linear
+        return self.cpu.probe_el1_stores([base + (p << 12) for p in pfns])
+
+    def clear_pages_commit(self, pfns: list[int], probed: Any) -> None:
+        """``clear_page`` of each of ``pfns`` (probed with :meth:`clear_pages_probe`)."""
+        base = int(self.layout.pfn_to_virt(0))
+        self.cpu.commit_el1_zero_pages([base + (p << 12) for p in pfns], probed)

@@ -13,13 +13,23 @@ faults, instruction execution (``fetch`` checks execute permission only).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from kpsim.errors import AccessFault, KpsimError
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.hw.arm64.esr import FaultKind
 from kpsim.hw.arm64.fault import Fault
-from kpsim.hw.arm64.mmu import KERNEL_VA_START, USER_VA_END, Translation, walk
+from kpsim.hw.arm64.frame_arena import FrameArena
+from kpsim.hw.arm64.mmu import (
+    KERNEL_VA_START,
+    USER_VA_END,
+    LeafEntry,
+    leaf_perms,
+    walk_entry,
+    walk_to_pte_table,
+)
 from kpsim.hw.arm64.por import overlay_table
 from kpsim.hw.arm64.tlb import ASID_SHIFT, Tlb, TlbEntry
 from kpsim.hw.physmem import PhysicalMemory
@@ -29,6 +39,20 @@ if TYPE_CHECKING:
 
 R, X, W = 1, 2, 4
 _NO_OVERLAY = (7,) * 8
+_FAULT_NAMES: dict[int, str] = {int(k): k.name.lower() for k in FaultKind}
+_TRANSLATION_L0 = int(FaultKind.TRANSLATION)
+_OVERLAYS: dict[int, tuple[int, ...]] = {}
+_ARENA = FrameArena()  # host storage for frames made many at a time
+
+
+def overlay_of(por: int) -> tuple[int, ...]:
+    """:func:`overlay_table` of ``por``, computed once per register value."""
+    t = _OVERLAYS.get(por)
+    if t is None:
+        if len(_OVERLAYS) > 4096:
+            _OVERLAYS.clear()
+        t = _OVERLAYS[por] = overlay_table(por)
+    return t
 
 
 class Undefined(KpsimError):
@@ -39,6 +63,7 @@ class Cpu:
     """One processing element. Hot counters are plain int attributes."""
 
     __slots__ = (
+        "_fresh",
         "_ov0",
         "_ov1",
         "asid",
@@ -81,6 +106,8 @@ class Cpu:
         self.tlb_hits = self.tlb_misses = self.walks = 0
         self.loads = self.stores = self.por_writes = self.isbs = 0
         self.faults: dict[str, int] = {}
+        #: frames made zeroed by the last commit_el1_zero_pages: pfn -> row of a block
+        self._fresh: tuple[dict[int, int], Any] | None = None
 
     # -- system registers ------------------------------------------------------
     def write_por_el1(self, value: int) -> None:
@@ -108,12 +135,17 @@ class Cpu:
 
     def context_sync(self) -> None:
         """A context-synchronisation event (ISB, exception entry, ERET)."""
-        self._ov1 = overlay_table(self.por_el1) if self.tcr2_poe else _NO_OVERLAY
-        self._ov0 = overlay_table(self.por_el0) if self.tcr2_e0poe else _NO_OVERLAY
+        self._ov1 = overlay_of(self.por_el1) if self.tcr2_poe else _NO_OVERLAY
+        self._ov0 = overlay_of(self.por_el0) if self.tcr2_e0poe else _NO_OVERLAY
 
     @property
     def por_el1_in_effect(self) -> tuple[int, ...]:
         return self._ov1
+
+    @property
+    def por_el0_in_effect_el0(self) -> tuple[int, ...]:
+        """The per-POIndex rights POR_EL0 grants EL0 accesses now (after the last sync)."""
+        return self._ov0
 
     def switch_ttbr0(self, table_pa: int | None, asid: int) -> None:
         """Install a user address space (TTBR0_EL1 with its ASID)."""
@@ -123,14 +155,26 @@ class Cpu:
     # -- translation -------------------------------------------------------------
     def translate(self, va: int, *, el: int = 1, write: bool = False) -> TlbEntry | Fault:
         """Look ``va`` up in the TLB, walking and filling on a miss."""
-        key = va >> 12 if va >= KERNEL_VA_START else ((self.asid + 1) << ASID_SHIFT) | (va >> 12)
-        e = self.tlb.entries.get(key)
+        if va >= KERNEL_VA_START:
+            key = va >> 12
+            e = self.tlb.entries.get(key)
+        else:
+            key = ((self.asid + 1) << ASID_SHIFT) | (va >> 12)
+            d = self.tlb.asids.get(self.asid + 1)
+            e = None if d is None else d.get(key)
         if e is not None:
             self.tlb_hits += 1
             return e
         return self._fill(va, key, el, write)
 
     def _fill(self, va: int, key: int, el: int, write: bool) -> TlbEntry | Fault:
+        e = self._fill_code(va, key)
+        if isinstance(e, int):
+            return Fault(va, FaultKind(e & ~3), e & 3, write=write, el=el)
+        return e
+
+    def _fill_code(self, va: int, key: int) -> TlbEntry | int:
+        """A TLB miss: the filled entry, or the fault status code (kind + level)."""
         if va < USER_VA_END:
             e = self.tlb.entries.get(va >> 12)  # a global entry in the user half
             if e is not None:
@@ -143,29 +187,25 @@ class Cpu:
             table = None
         self.tlb_misses += 1
         if table is None:
-            return Fault(va, FaultKind.TRANSLATION, 0, write=write, el=el)
+            return _TRANSLATION_L0
         self.walks += 1
-        t = walk(self.mem, table, va, el=el, write=write)
-        if isinstance(t, Fault):
+        t = walk_entry(self.mem, table, va)
+        if isinstance(t, int):
             return t
-        return self._insert(t, key)
+        return self._insert(va, t, key)
 
-    def _insert(self, t: Translation, key: int) -> TlbEntry:
-        global_ = not t.desc & d.NG
-        if global_ and key >= (1 << ASID_SHIFT) and t.va < USER_VA_END:
-            key = t.va >> 12
-        page_pa = t.page_pa
-        entry: TlbEntry = (
-            page_pa,
-            t.perm_el1,
-            t.perm_el0,
-            t.po_index,
-            t.level,
-            t.desc,
-            self.mem.frame(page_pa >> 12),
-        )
-        shift = d.LEVEL_SHIFT[t.level]
-        if t.desc & d.CONT:
+    def _insert(self, va: int, t: LeafEntry, key: int) -> TlbEntry:
+        desc = t[5]
+        if not desc & d.NG and key >= (1 << ASID_SHIFT) and va < USER_VA_END:
+            key = va >> 12
+        page_pa = t[0]
+        frame = self.mem.frames.get(page_pa >> 12)
+        if frame is None:  # PhysicalMemory.frame, with host storage from the arena
+            self.mem.check(page_pa)
+            frame = self.mem.frames[page_pa >> 12] = _ARENA.take(1)[0]
+        entry: TlbEntry = (*t, frame)
+        shift = d.LEVEL_SHIFT[t[4]]
+        if desc & d.CONT:
             shift += 4
         self.tlb.insert(key, entry, shift)
         return entry
@@ -186,15 +226,23 @@ class Cpu:
         )
 
     def _raise(self, f: Fault) -> AccessFault:
-        name = "overlay" if f.overlay else f.kind.name.lower()
-        self.faults[name] = self.faults.get(name, 0) + 1
+        self._count_fault(f)
         return AccessFault(f)
+
+    def _count_fault(self, f: Fault) -> None:
+        name = "overlay" if f.overlay else _FAULT_NAMES[int(f.kind)]
+        self.faults[name] = self.faults.get(name, 0) + 1
 
     # -- the access API ------------------------------------------------------------
     def store(self, va: int, value: int, size: int = 8, el: int = 1) -> None:
         """Store ``size`` bytes (1, 2, 4, 8) little-endian at ``va``; raise AccessFault."""
-        key = va >> 12 if va >= KERNEL_VA_START else ((self.asid + 1) << ASID_SHIFT) | (va >> 12)
-        hit = self.tlb.entries.get(key)
+        if va >= KERNEL_VA_START:
+            key = va >> 12
+            hit = self.tlb.entries.get(key)
+        else:
+            key = ((self.asid + 1) << ASID_SHIFT) | (va >> 12)
+            d = self.tlb.asids.get(self.asid + 1)
+            hit = None if d is None else d.get(key)
         if hit is None:
             filled = self._fill(va, key, el, True)
             if isinstance(filled, Fault):
@@ -232,6 +280,42 @@ class Cpu:
             return exc.fault  # type: ignore[no-any-return]
         return None
 
+    def access_el0(self, va: int, write: bool, value: int = 0) -> bool:
+        """A one-byte EL0 store (``write``) or load; False if it faulted.
+
+        The same translation, checks and counters as :meth:`store`/:meth:`load` with
+        ``size=1, el=0``, the fault counted but returned as False instead of raised.
+        """
+        if va >= KERNEL_VA_START:
+            key = va >> 12
+            e = self.tlb.entries.get(key)
+        else:
+            key = ((self.asid + 1) << ASID_SHIFT) | (va >> 12)
+            d = self.tlb.asids.get(self.asid + 1)
+            e = None if d is None else d.get(key)
+        if e is None:
+            filled = self._fill_code(va, key)
+            if isinstance(filled, int):
+                name = _FAULT_NAMES[filled & ~3]
+                self.faults[name] = self.faults.get(name, 0) + 1
+                return False
+            e = filled
+        else:
+            self.tlb_hits += 1
+        need = W if write else R
+        if not e[2] & self._ov0[e[3]] & need:
+            self._count_fault(self._check(va, e, 0, need, write))  # type: ignore[arg-type]
+            return False
+        if write:
+            self.stores += 1
+            f = e[6]
+            i = (va & 0xFFF) >> 3
+            sh = (va & 7) << 3
+            f[i] = (f.item(i) & ~(0xFF << sh)) | ((value & 0xFF) << sh)
+        else:
+            self.loads += 1
+        return True
+
     def fetch(self, va: int, el: int = 1) -> None:
         """Check an instruction fetch at ``va`` (execute permission)."""
         e = self.translate(va, el=el)
@@ -264,6 +348,208 @@ class Cpu:
             n = len(index)  # type: ignore[arg-type]
         self.stores += n
         return n
+
+    # -- batched forms: the TLB state and counters of the same one-by-one accesses ------
+    def probe_el0(self, vas: list[int]) -> list[TlbEntry | None]:
+        """The TLB entry each user page's next EL0 access would hit (None: a miss).
+
+        Looks only: nothing is counted or filled (see :meth:`commit_el0`)."""
+        d = self.tlb.asids.get(self.asid + 1)
+        g = self.tlb.entries
+        tag = (self.asid + 1) << ASID_SHIFT
+        if d is None:
+            return [g.get(va >> 12) for va in vas]
+        return [d.get(tag | (va >> 12)) or g.get(va >> 12) for va in vas]
+
+    def leaf_entries(self, descs: Any, strip: int) -> list[LeafEntry | None]:
+        """Level-3 descriptors as :func:`walk_entry` would return them under the table
+        bits ``strip`` (None where the walk would fault)."""
+        ok, el1, el0 = leaf_perms(descs, strip)
+        out: list[LeafEntry | None] = [None] * len(ok)
+        good = np.flatnonzero(ok)
+        if not good.size:
+            return out
+        vals = np.asarray(descs, dtype=np.uint64)[good].tolist()
+        oa = d.OA_MASK
+        for i, v, p1, p0 in zip(
+            good.tolist(), vals, el1[good].tolist(), el0[good].tolist(), strict=True
+        ):
+            out[i] = (v & oa, p1, p0, (v >> 60) & 7, 3, v)
+        return out
+
+    def walk_pages(self, table_pa: int, vas: list[int]) -> list[LeafEntry | int]:
+        """:func:`walk_entry` for many page-aligned VAs: one walk to the level-3 table per
+        run of VAs in the same 2 MiB, the leaves read as one array."""
+        out: list[LeafEntry | int] = []
+        mem, i, n = self.mem, 0, len(vas)
+        while i < n:
+            region = vas[i] >> 21
+            j = i + 1
+            while j < n and vas[j] >> 21 == region:
+                j += 1
+            path = walk_to_pte_table(mem, table_pa, vas[i]) if j - i > 2 else None
+            if path is None:
+                out.extend(walk_entry(mem, table_pa, va) for va in vas[i:j])
+            else:
+                frame = mem.frame_ro(path[0] >> 12)
+                descs = frame[[(va >> 12) & 0x1FF for va in vas[i:j]]]
+                for va, e in zip(vas[i:j], self.leaf_entries(descs, path[1]), strict=True):
+                    out.append(walk_entry(mem, table_pa, va) if e is None else e)
+            i = j
+        return out
+
+    def probe_el1_stores(self, vas: list[int]) -> tuple[int, Any]:
+        """For EL1 stores to the pages ``vas`` in order: how many in a row would succeed
+        (translation and write permission), and what :meth:`commit_el1_zero_pages` needs
+        (the TLB entry each would use: a hit, or the one its walk would fill, with its
+        frame made ready). Changes no architectural state and counts nothing."""
+        g = self.tlb.entries
+        if not vas or min(vas) < KERNEL_VA_START or self.ttbr1 is None:
+            return 0, ([], [])
+        hits = [g.get(va >> 12) for va in vas]
+        ov = self._ov1
+        ov_arr = np.array(ov, dtype=np.int64)
+        out: list[Any] = []
+        walked: list[bool] = []
+        i, n = 0, len(vas)
+        while i < n:
+            e = hits[i]
+            if e is not None:
+                if not e[1] & ov[e[3]] & W:
+                    break
+                out.append(e)
+                walked.append(False)
+                i += 1
+                continue
+            region = vas[i] >> 21
+            j = i + 1
+            while j < n and hits[j] is None and vas[j] >> 21 == region:
+                j += 1
+            leaves = self._walk_run(vas[i:j], ov_arr)
+            out.extend(leaves)
+            walked.extend([True] * len(leaves))
+            if len(leaves) < j - i:
+                break
+            i = j
+        self._frames_for([e[0] >> 12 for e, w in zip(out, walked, strict=True) if w])
+        frames = self.mem.frames
+        items = [(*e, frames[e[0] >> 12]) if w else e for e, w in zip(out, walked, strict=True)]
+        return len(items), (items, walked)
+
+    def _walk_run(self, vas: list[int], ov_arr: Any) -> list[LeafEntry]:
+        """The leading leaves, for EL1 writes at POR_EL1 ``ov_arr``, of kernel pages
+        ``vas`` in one 2 MiB region, up to the first whose walk or check would fault."""
+        path = walk_to_pte_table(self.mem, self.ttbr1, vas[0]) if self.ttbr1 is not None else None
+        if path is None:
+            out: list[LeafEntry] = []
+            for va in vas:
+                e = walk_entry(self.mem, self.ttbr1, va) if self.ttbr1 is not None else 0
+                if isinstance(e, int) or not e[1] & ov_arr[e[3]] & W:
+                    break
+                out.append(e)
+            return out
+        descs = self.mem.frame_ro(path[0] >> 12)[[(va >> 12) & 0x1FF for va in vas]]
+        ok, el1, el0 = leaf_perms(descs, path[1])
+        po = (descs >> np.uint64(60)).astype(np.int64) & 7
+        allowed = ok & ((el1 & ov_arr[po] & W) != 0)
+        k = len(vas) if bool(allowed.all()) else int(np.argmin(allowed))
+        oa = d.OA_MASK
+        return [
+            (v & oa, p1, p0, q, 3, v)
+            for v, p1, p0, q in zip(
+                descs[:k].tolist(), el1[:k].tolist(), el0[:k].tolist(), po[:k].tolist(), strict=True
+            )
+        ]
+
+    def _frames_for(self, pfns: list[int]) -> None:
+        """Make the frames of ``pfns`` that do not exist yet, as rows of one zeroed
+        block (remembered in ``_fresh`` so the next byte stores to them go at once)."""
+        frames = self.mem.frames
+        fresh = [p for p in pfns if p not in frames]
+        if not fresh:
+            return
+        self.mem.check(min(fresh) << 12)
+        self.mem.check(max(fresh) << 12)
+        block = _ARENA.take(len(fresh))
+        frames.update(zip(fresh, block, strict=True))
+        self._fresh = (dict(zip(fresh, range(len(fresh)), strict=True)), block)
+
+    def commit_el1_zero_pages(self, vas: list[int], probed: Any) -> None:
+        """``store_table(va, slice(None), 0)`` for each page probed by
+        :meth:`probe_el1_stores`: count the hits, misses and walks, fill the TLB and
+        zero the frames (those made by the probe are zero already)."""
+        entries, walked = probed
+        n = len(vas)
+        rows = self._fresh[0] if self._fresh is not None else {}
+        for e in entries[:n]:
+            if (e[0] >> 12) not in rows:
+                e[6][:] = 0
+        items = [(va >> 12, e) for va, e, w in zip(vas, entries[:n], walked[:n], strict=True) if w]
+        self.tlb.insert_pages(items)
+        misses = len(items)
+        self.tlb_misses += misses
+        self.walks += misses
+        self.tlb_hits += n - misses
+        self.stores += 512 * n
+
+    def commit_el0(
+        self,
+        vas: list[int],
+        entries: list[TlbEntry | LeafEntry],
+        faulted: int,
+        extra: list[list[int]] | None,
+        write: bool,
+        value: int,
+    ) -> None:
+        """One-byte EL0 accesses to each page of ``vas`` (and the further addresses in
+        ``extra``, same pages) that succeed with ``entries`` (a 6-tuple: a walk fills
+        the TLB; a 7-tuple: a hit). ``faulted`` of the walks came after a translation
+        fault on the same page (a first walk that faulted, counted here)."""
+        tag = (self.asid + 1) << ASID_SHIFT
+        mem = self.mem
+        frames = mem.frames
+        pfns = [e[0] >> 12 for e in entries]
+        for p in pfns:
+            if p not in frames:
+                mem.frame(p)
+        ng = d.NG
+        items = [
+            (tag | (va >> 12) if e[5] & ng else va >> 12, (*e, frames[p]))
+            for va, e, p in zip(vas, entries, pfns, strict=True)
+            if len(e) == 6
+        ]
+        walks = len(items)
+        self.tlb.insert_pages(items)
+        nbytes = len(vas) if extra is None else sum(len(a) for a in extra)
+        if write:
+            self._write_bytes(pfns, vas, extra, value & 0xFF)
+        if faulted:
+            self.faults["translation"] = self.faults.get("translation", 0) + faulted
+        self.tlb_misses += walks + faulted
+        self.walks += walks + faulted
+        self.tlb_hits += nbytes - walks
+        if write:
+            self.stores += nbytes
+        else:
+            self.loads += nbytes
+
+    def _write_bytes(
+        self, pfns: list[int], vas: list[int], extra: list[list[int]] | None, val: int
+    ) -> None:
+        """Store byte ``val`` at each address (``vas``, or ``extra`` per page)."""
+        rows, block = self._fresh if self._fresh is not None else ({}, None)
+        self._fresh = None
+        at = [rows.get(p, -1) for p in pfns]
+        if extra is None and block is not None and -1 not in at:  # all in the block just made
+            block.view(np.uint8).reshape(-1, 4096)[at, [va & 0xFFF for va in vas]] = val
+            return
+        frames = self.mem.frames
+        for p, va, i in zip(pfns, vas, range(len(vas)), strict=True):
+            frame = frames[p]
+            for a in [va] if extra is None else extra[i]:
+                w = (a & 0xFFF) >> 3
+                sh = (a & 7) << 3
+                frame[w] = (frame.item(w) & ~(0xFF << sh)) | (val << sh)
 
     # -- TLB maintenance (broadcast to the inner-shareable domain) -----------------
     def tlbi_va(self, va: int, asid: int | None = None) -> None:

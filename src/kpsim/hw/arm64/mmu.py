@@ -14,6 +14,9 @@ TTBR-level ASID/VMID nuances beyond one ASID per TTBR0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.hw.arm64.esr import FaultKind
@@ -24,6 +27,48 @@ VA_BITS = 48
 USER_VA_END = 1 << VA_BITS
 KERNEL_VA_START = (1 << 64) - (1 << VA_BITS)
 _LEVELS = ((0, 39), (1, 30), (2, 21), (3, 12))
+_TABLE_LEVELS = ((0, 39), (1, 30), (2, 21))
+_STRIP = d.AP_TABLE_RDONLY | d.AP_TABLE_NO_EL0 | d.PXN_TABLE | d.UXN_TABLE
+_TRANSLATION = int(FaultKind.TRANSLATION)
+_ACCESS_FLAG = int(FaultKind.ACCESS_FLAG)
+_OA = d.OA_MASK
+_AF = d.AF
+_BLOCK_OA = (0, d.BLOCK_OA_MASK[1], d.BLOCK_OA_MASK[2], d.BLOCK_OA_MASK[3])
+#: A leaf as the TLB caches it: (page_pa, perm_el1, perm_el0, po_index, level, desc).
+LeafEntry = tuple[int, int, int, int, int, int]
+
+
+def _strip_perms(el1: int, el0: int, strip: int) -> tuple[int, int]:
+    """Apply the hierarchical table bits (APTable, PXNTable, UXNTable) to leaf rights."""
+    if strip & d.AP_TABLE_RDONLY:
+        el1 &= ~d.Perm.W
+        el0 &= ~d.Perm.W
+    if strip & d.AP_TABLE_NO_EL0:  # APTable[0] removes EL0 data access, not EL0 execute
+        el0 &= d.Perm.X
+    if strip & d.PXN_TABLE:
+        el1 &= ~d.Perm.X
+    if strip & d.UXN_TABLE:
+        el0 &= ~d.Perm.X
+    return int(el1), int(el0)
+
+
+def _perm_key(desc: int, strip: int) -> int:
+    """Index into :data:`PERMS`: AP[2:1], PXN/UXN of the leaf, and the table bits."""
+    return ((desc >> 6) & 3) | (((desc >> 53) & 3) << 2) | (((strip >> 59) & 0xF) << 4)
+
+
+def _perm_table() -> tuple[tuple[int, int], ...]:
+    out = []
+    for key in range(256):
+        leaf = ((key & 3) << 6) | (((key >> 2) & 3) << 53)
+        out.append(_strip_perms(*d.base_perms(leaf), ((key >> 4) & 0xF) << 59))
+    return tuple(out)
+
+
+#: (EL1, EL0) rights for every combination of the bits that decide them (D8.4.1.2).
+PERMS = _perm_table()
+PERMS_EL1 = np.array([p[0] for p in PERMS], dtype=np.int64)
+PERMS_EL0 = np.array([p[1] for p in PERMS], dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +124,13 @@ def walk(
             return Fault(va, FaultKind.TRANSLATION, level, write=write, el=el)
         if not desc & d.AF:
             return Fault(va, FaultKind.ACCESS_FLAG, level, write=write, el=el)
-        el1, el0 = d.base_perms(desc)
-        if strip_w:
-            el1 &= ~d.Perm.W
-            el0 &= ~d.Perm.W
-        if strip_el0:  # APTable[0] removes EL0 data access, not EL0 execute
-            el0 &= d.Perm.X
-        if strip_px:
-            el1 &= ~d.Perm.X
-        if strip_ux:
-            el0 &= ~d.Perm.X
+        strip = (
+            (d.AP_TABLE_RDONLY if strip_w else 0)
+            | (d.AP_TABLE_NO_EL0 if strip_el0 else 0)
+            | (d.PXN_TABLE if strip_px else 0)
+            | (d.UXN_TABLE if strip_ux else 0)
+        )
+        el1, el0 = PERMS[_perm_key(desc, strip)]
         offset = va & ((1 << shift) - 1)
         return Translation(
             va=va,
@@ -101,3 +143,62 @@ def walk(
             po_index=d.po_index(desc),
         )
     raise AssertionError("unreachable: level 3 always returns")
+
+
+def walk_entry(mem: PhysicalMemory, table_pa: int, va: int) -> LeafEntry | int:
+    """:func:`walk` for the TLB fill path: the leaf as the TLB caches it, or the fault
+    status code (``FaultKind`` + level) as an int. Same checks, no objects made."""
+    frames = mem.frames
+    strip = 0
+    pa = table_pa
+    level = 0
+    for shift in (39, 30, 21, 12):
+        f = frames.get(pa >> 12)
+        if f is None:
+            mem.check(pa + (((va >> shift) & 0x1FF) << 3))
+            return _TRANSLATION | level
+        desc: int = f.item((va >> shift) & 0x1FF)
+        if not desc & 1:
+            return _TRANSLATION | level
+        if desc & 2:
+            if level < 3:
+                strip |= desc
+                pa = desc & _OA
+                level += 1
+                continue
+        elif level == 0 or level == 3:
+            return _TRANSLATION | level
+        if not desc & _AF:
+            return _ACCESS_FLAG | level
+        el1, el0 = PERMS[
+            ((desc >> 6) & 3) | (((desc >> 53) & 3) << 2) | (((strip >> 59) & 0xF) << 4)
+        ]
+        page_pa = (desc & _BLOCK_OA[level]) + (va & ((1 << shift) - 1) & ~0xFFF)
+        return (page_pa, el1, el0, (desc >> 60) & 7, level, desc)
+    raise AssertionError("unreachable: level 3 always returns")
+
+
+def walk_to_pte_table(mem: PhysicalMemory, table_pa: int, va: int) -> tuple[int, int] | None:
+    """The first three levels of :func:`walk`: (level-3 table pa, the table bits that
+    apply to it), or None when the walk for ``va`` does not reach a level-3 table."""
+    strip = 0
+    pa = table_pa
+    for _level, shift in _TABLE_LEVELS:
+        desc = mem.read64(pa + (((va >> shift) & 0x1FF) << 3))
+        if not desc & 1 or not desc & 2:
+            return None
+        strip |= desc
+        pa = desc & d.OA_MASK
+    return pa, strip & _STRIP
+
+
+def leaf_perms(descs: Any, strip: int) -> tuple[Any, Any, Any]:
+    """Vectorised leaf evaluation of level-3 descriptors under table bits ``strip``:
+    (ok, EL1 rights, EL0 rights) where ``ok`` is valid page, Access flag set."""
+    a = np.asarray(descs, dtype=np.uint64)
+    ok = (a & np.uint64(d.VALID | d.TYPE | d.AF)) == np.uint64(d.VALID | d.TYPE | d.AF)
+    key = ((a >> np.uint64(6)) & np.uint64(3)) | (
+        ((a >> np.uint64(53)) & np.uint64(3)) << np.uint64(2)
+    )
+    key = key.astype(np.int64) | (((strip >> 59) & 0xF) << 4)
+    return ok, PERMS_EL1[key], PERMS_EL0[key]

@@ -49,8 +49,9 @@ def por_elx_perm_get(por: int, pkey: int) -> int:
 
 def por_elx_set_pkey_perms(por: int, pkey: int, perms: int) -> int:
     """Clear ``pkey``'s field and OR in ``perms`` (``por_elx_set_pkey_perms``)."""
-    _check_pkey(pkey, POR_FIELDS)
-    shift = por_elx_perm_shift(pkey)
+    if not 0 <= pkey < POR_FIELDS:
+        _check_pkey(pkey, POR_FIELDS)
+    shift = POR_ELX_BITS_PER_IDX * pkey
     return (por & ~(POE_MASK << shift)) | ((perms & POE_MASK) << shift)
 
 

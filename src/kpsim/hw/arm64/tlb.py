@@ -6,9 +6,11 @@ makes a forgotten TLBI observable in the model.
 
 Entries are tuples ``(page_pa, perm_el1, perm_el0, po_index, level, desc, frame)``
 keyed by page number, so a hit costs one dict lookup. Kernel-half and global
-entries are keyed by the page number alone (below 2**52); non-global user entries
-carry ``ASID + 1`` above bit 52, so no ASID (0 and 0xffff included) aliases a
-global or kernel entry, and a non-canonical VA never matches a cached page. A
+entries are keyed by the page number alone (below 2**52) in :attr:`Tlb.entries`;
+non-global user entries carry ``ASID + 1`` above bit 52, so no ASID (0 and 0xffff
+included) aliases a global or kernel entry, and a non-canonical VA never matches a
+cached page. They live in one dict per ASID (:attr:`Tlb.asids`), so that TLBI
+ASIDE1 drops a whole address space at once. A
 block or contiguous leaf is cached page by page but indexed by its span so that a
 TLBI by any VA inside it drops every page of it, as invalidating the one real
 block entry would.
@@ -57,33 +59,89 @@ def span_pages(entry: TlbEntry) -> int:
 
 
 class Tlb:
-    __slots__ = ("entries", "spans")
+    """Global/kernel entries, per-ASID user entries, and the span groups of
+    block/contiguous leaves."""
+
+    __slots__ = ("asids", "entries", "spans")
 
     def __init__(self) -> None:
         self.entries: dict[int, TlbEntry] = {}
+        self.asids: dict[int, dict[int, TlbEntry]] = {}  # ASID + 1 -> key -> entry
         self.spans: dict[tuple[int, int], set[int]] = {}
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.entries) + sum(len(d) for d in self.asids.values())
+
+    def get(self, key: int) -> TlbEntry | None:
+        if key > VPN_MASK:
+            d = self.asids.get(key >> ASID_SHIFT)
+            return None if d is None else d.get(key)
+        return self.entries.get(key)
+
+    def items(self) -> list[tuple[int, TlbEntry]]:
+        out = list(self.entries.items())
+        for d in self.asids.values():
+            out.extend(d.items())
+        return out
 
     def cached(self) -> Iterator[tuple[int, int | None, TlbEntry]]:
         """(page VA, ASID or None for global/kernel, entry) for every cached page."""
-        for key, entry in list(self.entries.items()):
+        for key, entry in self.items():
             va, asid = page_va(key)
             yield va, asid, entry
 
     def insert(self, key: int, entry: TlbEntry, span_shift: int) -> None:
-        self.entries[key] = entry
+        if key > VPN_MASK:
+            d = self.asids.get(key >> ASID_SHIFT)
+            if d is None:
+                d = self.asids[key >> ASID_SHIFT] = {}
+            d[key] = entry
+        else:
+            self.entries[key] = entry
         if span_shift > 12:
             self.spans.setdefault((span_shift, key >> (span_shift - 12)), set()).add(key)
 
+    def insert_pages(self, items: list[tuple[int, TlbEntry]]) -> None:
+        """Insert 4 KiB page entries (no span group), as one :meth:`insert` each."""
+        if not items:
+            return
+        keys = [k for k, _ in items]
+        lo, hi = min(keys), max(keys)
+        if hi <= VPN_MASK:
+            self.entries.update(items)
+            return
+        if lo > VPN_MASK and lo >> ASID_SHIFT == hi >> ASID_SHIFT:
+            d = self.asids.get(lo >> ASID_SHIFT)
+            if d is None:
+                d = self.asids[lo >> ASID_SHIFT] = {}
+            d.update(items)
+            return
+        for key, entry in items:
+            if key > VPN_MASK:
+                d = self.asids.get(key >> ASID_SHIFT)
+                if d is None:
+                    d = self.asids[key >> ASID_SHIFT] = {}
+                d[key] = entry
+            else:
+                self.entries[key] = entry
+
+    def _pop(self, key: int) -> None:
+        if key > VPN_MASK:
+            d = self.asids.get(key >> ASID_SHIFT)
+            if d is not None:
+                d.pop(key, None)
+        else:
+            self.entries.pop(key, None)
+
     def _drop_key(self, key: int) -> None:
-        self.entries.pop(key, None)
+        self._pop(key)
+        if not self.spans:
+            return
         for shift in SPAN_SHIFTS:
             keys = self.spans.pop((shift, key >> (shift - 12)), None)
             if keys:
                 for k in keys:
-                    self.entries.pop(k, None)
+                    self._pop(k)
 
     def invalidate_va(self, va: int, asid: int | None) -> None:
         """TLBI VAE1 (``asid`` given) or VAAE1 (all ASIDs) for the page holding ``va``."""
@@ -94,20 +152,20 @@ class Tlb:
         if asid is not None:
             self._drop_key(asid_tag(asid) | vpn)
             return
-        for tag in {k >> ASID_SHIFT for k in self.entries if k > VPN_MASK}:
+        for tag in [t for t, d in self.asids.items() if d]:
             self._drop_key((tag << ASID_SHIFT) | vpn)
 
     def invalidate_range(self, start: int, end: int, asid: int | None) -> None:
         """Invalidate every page in [start, end), looping over whichever is smaller."""
         npages = (end - start + 0xFFF) >> 12
-        if npages <= len(self.entries):
+        if npages <= len(self):
             for va in range(start & ~0xFFF, end, 0x1000):
                 self.invalidate_va(va, asid)
             return
         lo, hi = start >> 12, (end + 0xFFF) >> 12
         tag = None if asid is None else asid + 1
         victims = []
-        for key, e in self.entries.items():
+        for key, e in self.items():
             k_tag = key >> ASID_SHIFT
             if k_tag and tag is not None and k_tag != tag:
                 continue
@@ -121,10 +179,16 @@ class Tlb:
     def invalidate_asid(self, asid: int) -> None:
         """TLBI ASIDE1: every non-global entry tagged with ``asid``."""
         tag = asid + 1
-        for key in [k for k in self.entries if k >> ASID_SHIFT == tag]:
-            self._drop_key(key)
+        d = self.asids.pop(tag, None)
+        if not d or not self.spans:
+            return
+        spans = self.spans
+        # a span group's keys share its tag, so they all went with the dict
+        for sk in [sk for sk in spans if sk[1] >> (ASID_SHIFT - sk[0] + 12) == tag]:
+            del spans[sk]
 
     def invalidate_all(self) -> None:
         """TLBI VMALLE1."""
         self.entries.clear()
+        self.asids.clear()
         self.spans.clear()

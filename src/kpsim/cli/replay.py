@@ -1,0 +1,229 @@
+"""``kpsim replay FILE``: replay a recorded ``perf script`` trace in a simulated machine.
+
+Prints, per process of the trace, its page-table pages (VmPTE: PTE + PMD + PUD
+tables) at peak and just before exit, then the machine's counters. ``--json`` prints
+``{"processes": [{"pid", "comm", "pt_pages_peak", "pt_pages_at_exit", ...}],
+"counters": {...}, ...}``. ``--cost`` replays the trace a second time with the
+hardening off and adds the cost model's estimate of its overhead for this program.
+A trace line that cannot be read is reported with its line number, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from kpsim.cli.common import add_json, emit_json
+from kpsim.cli.machine_opts import add_machine_options, config_from_args
+from kpsim.errors import InputError, OutOfMemory
+from kpsim.machine.boot import Machine
+from kpsim.machine.config import MachineConfig
+
+DESCRIPTION = """\
+Replay a perf script text trace (from `kpsim record`, or plain `perf script`) in a
+simulated machine: processes, threads, vfork/posix_spawn, exec, exit, every mapping
+change at the address the real kernel returned, every page fault at its address.
+Mappings the kernel made at exec (stack, vdso, ELF image, interpreter) are created
+when first used. Processes running before the trace began start empty."""
+
+EPILOG = """\
+exit status: 0 replayed; 2 unreadable trace (file:line: problem) or bad option.
+
+examples:
+  kpsim record --vmpte -o ls.trace -- ls -l /
+  kpsim replay ls.trace
+  kpsim replay --json --cost --memory 1G ls.trace
+"""
+
+#: Cost-model event names fed from machine counters of another name (when absent).
+COST_ALIASES = {
+    "page_fault": "pgfault",
+    "page_alloc": "page_alloc.alloc",
+    "page_free": "page_alloc.free",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "replay",
+        help="replay a perf trace of a real program in a simulated machine",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="perf script text trace")
+    add_machine_options(p)
+    p.add_argument(
+        "--cost",
+        action="store_true",
+        help="also replay with the hardening off: the cost model's overhead estimate",
+    )
+    p.add_argument("--costs", type=Path, metavar="TOML", help="cost overrides for --cost")
+    p.add_argument(
+        "--vmpte",
+        type=Path,
+        metavar="JSON",
+        help="live VmPTE at exit to compare with (default: FILE.vmpte.json if it exists)",
+    )
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def _replay(cfg: MachineConfig, events: list[Any], file: str) -> tuple[Any, dict[str, int]]:
+    """Boot ``cfg``, replay; the result and the counters the replay added."""
+    from kpsim.workloads.replay import replay_events
+
+    m = Machine.boot(cfg)
+    before = m.counters.snapshot()
+    try:
+        res = replay_events(m, events, file=file)
+    except OutOfMemory as err:
+        raise InputError(
+            f"the simulated machine ran out of memory ({err}); use a larger --memory", file=file
+        ) from None
+    return res, m.counters.since(before)
+
+
+def cost_counts(delta: dict[str, int]) -> dict[str, int]:
+    """Counter deltas under the cost model's event names (:data:`COST_ALIASES`)."""
+    out = dict(delta)
+    for name, source in COST_ALIASES.items():
+        if name not in out and source in delta:
+            out[name] = delta[source]
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from kpsim.workloads.trace import read_trace
+
+    file = str(args.file)
+    cfg = config_from_args(args)
+    events = read_trace(args.file)
+    res, delta = _replay(cfg, events, file)
+    doc: dict[str, Any] = {
+        "trace": file,
+        "processes": [p.as_dict() for p in res.processes],
+        "counters": res.counters,
+        "replay_counters": delta,
+        "records": res.records,
+        "ops": res.ops,
+        "skipped": res.skipped,
+        "refused": res.refused,
+        "lazy_vmas": res.lazy_vmas,
+        "notes": res.notes,
+    }
+    live_path = args.vmpte or Path(f"{args.file}.vmpte.json")
+    if args.vmpte is not None or live_path.exists():
+        doc["agreement"] = _compare(doc["processes"], _read_vmpte(live_path))
+    if args.cost:
+        doc["cost"] = _cost(args, cfg, events, file, delta)
+    if args.json:
+        emit_json(doc)
+    else:
+        _print(doc)
+    return 0
+
+
+def _read_vmpte(path: Path) -> dict[int, int]:
+    """A ``kpsim record --vmpte`` sidecar: ``{"pid": pages}``."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(f"cannot read VmPTE file: {err.strerror}", file=str(path)) from None
+    except ValueError as err:
+        raise InputError(f"not JSON: {err}", file=str(path)) from None
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and k.isdigit() and isinstance(v, int) for k, v in raw.items()
+    ):
+        raise InputError('expected {"pid": pages, ...}', file=str(path))
+    return {int(k): v for k, v in raw.items()}
+
+
+def _compare(procs: list[dict[str, Any]], live: dict[int, int]) -> dict[str, Any]:
+    """Replayed ``pt_pages_at_exit`` against the live VmPTE read at exit."""
+    agree, differ = 0, []
+    for p in procs:
+        want = live.get(p["pid"])
+        p["live_vmpte_at_exit"] = want
+        if want is None:
+            continue
+        if p["pt_pages_at_exit"] == want:
+            agree += 1
+        else:
+            differ.append({"pid": p["pid"], "comm": p["comm"], "model": p["pt_pages_at_exit"],
+                           "live": want})  # fmt: skip
+    return {"compared": agree + len(differ), "agree": agree, "differ": differ}
+
+
+def _cost(
+    args: argparse.Namespace,
+    cfg: MachineConfig,
+    events: list[Any],
+    file: str,
+    delta: dict[str, int],
+) -> dict[str, Any]:
+    from kpsim.report.cost import ZeroBaselineError, load_costs, overhead_breakdown
+
+    costs = load_costs(args.costs)
+    on_cfg = dataclasses.replace(cfg, hardened_pgtables=True)
+    off_cfg = dataclasses.replace(cfg, hardened_pgtables=False)
+    on = delta if cfg.hardened_pgtables else _replay(on_cfg, events, file)[1]
+    off = _replay(off_cfg, events, file)[1]
+    on_c, off_c = cost_counts(on), cost_counts(off)
+    try:
+        ov = overhead_breakdown(on_c, off_c, costs)
+    except ZeroBaselineError:
+        return {"percent": None, "reason": "the feature-off replay costs 0 cycles"}
+    return {
+        "percent": ov.percent,
+        "on_cycles": ov.on.total,
+        "off_cycles": ov.off.total,
+        "contributions": dict(ov.contributions),
+        "on_counters": on_c,
+        "off_counters": off_c,
+    }
+
+
+def _print(doc: dict[str, Any]) -> None:
+    procs = doc["processes"]
+    print(
+        f"kpsim replay: {doc['trace']}: {doc['records']} records, {len(procs)} processes, "
+        f"{doc['ops'].get('Fault', 0)} faults"
+    )
+    agreement = doc.get("agreement")
+    live = " live_vmpte_at_exit" if agreement is not None else ""
+    print(f"  {'pid':>8}  {'comm':<16} {'pt_pages_peak':>13} {'pt_pages_at_exit':>16}{live}")
+    for p in procs:
+        at_exit = "-" if p["pt_pages_at_exit"] is None else str(p["pt_pages_at_exit"])
+        mark = " (running before the trace)" if p["pre_existing"] and not p["exec_first"] else ""
+        if agreement is not None:
+            lv = p["live_vmpte_at_exit"]
+            mark = f" {'-' if lv is None else lv:>18}{mark}"
+        print(f"  {p['pid']:>8}  {p['comm']:<16} {p['pt_pages_peak']:>13} {at_exit:>16}{mark}")
+    if agreement is not None:
+        print(
+            f"  agreement with the live VmPTE at exit: {agreement['agree']} of "
+            f"{agreement['compared']} processes"
+        )
+    for note in doc["notes"]:
+        print(f"  note: {note}")
+    for title in ("skipped", "refused"):
+        items = sorted(doc[title].items(), key=lambda kv: (-kv[1], kv[0]))
+        if items:
+            print(f"  {title}: " + "; ".join(f"{k} x{v}" for k, v in items))
+    c = doc["replay_counters"]
+    keys = ("pgfault", "pgtable_alloc", "pgtable_free", "pte_write", "tlbi_va", "por_write", "isb")
+    print("  counters: " + ", ".join(f"{k} {c.get(k, 0)}" for k in keys))
+    cost = doc.get("cost")
+    if cost is not None:
+        if cost["percent"] is None:
+            print(f"  cost: no estimate ({cost['reason']})")
+        else:
+            top = ", ".join(f"{k} {v:+.2f}" for k, v in list(cost["contributions"].items())[:4])
+            print(
+                f"  cost: hardening overhead {cost['percent']:+.2f}% "
+                f"({cost['on_cycles']:.0f} vs {cost['off_cycles']:.0f} cycles; {top})"
+            )
