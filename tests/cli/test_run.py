@@ -231,7 +231,7 @@ def test_attack_is_blocked_with_the_feature_and_lands_without(tmp_path, capsys):
     assert doc["audit"]["machines"] == 5  # boot, the workload on and off, the attack on and off
     assert main(["run", write(tmp_path, ATTACK)]) == 0
     out = capsys.readouterr().out
-    assert "feature on: 0/2 in-threat-model writes landed" in out
+    assert "feature on: 0/2 targeted page-table writes landed" in out
 
 
 @pytest.mark.parametrize(

@@ -354,3 +354,22 @@ def test_boot_json_has_allocator_and_timeline(capsys):
     lm = json.loads(capsys.readouterr().out)["linear_map"]
     assert lm["allocator"]["name"] == "pba" and lm["allocator"]["reserve"] == 4
     assert lm["block_pct"] > 95 and lm["timeline"][-1]["event"] == "init_late"
+
+
+def test_a_split_across_two_1g_blocks_takes_both_groups_and_is_flagged():
+    """[DERIVED] limit of v6's protocol: one change straddling two untouched 1 GiB blocks
+    needs 4 tables (PMD + PTE at each edge), so group 1 is gone too; the next refill
+    starts with no reserve for its own split, which the model flags (WARN + counter)."""
+    m = boot(memory="4G", linear_map="block")
+    p = pba(m)
+    while p.nr_cached > PBA_NR_RESERVED_PAGES:
+        alloc(m)
+    edge = m.mem.base + (2 << 30)  # both neighbouring 1 GiB blocks are still PUD-mapped
+    pud0 = m.counters["split_pud"]
+    assert m.arch.set_memory_ro(m.arch.phys_to_virt(edge - 3 * 4096), 6) == 0
+    assert m.counters["split_pud"] == pud0 + 2 and p.nr_cached == 0
+    alloc(m)  # refills with an empty reserve
+    assert m.counters["pba.refill_reserve_low"] == 1
+    assert any(w.function == "__refill_pages" for w in m.k.warnings)
+    m.arch.set_memory_rw(m.arch.phys_to_virt(edge - 3 * 4096), 6)
+    assert clean(m)

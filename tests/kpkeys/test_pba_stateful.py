@@ -1,5 +1,6 @@
 """Stateful property test of the PBA: allocation, free, refill, shrink, foreign splits and
-memory exhaustion in random order, checked against a reference model after every step.
+memory exhaustion in random order, checked against a reference model after every step
+and, inside every linear-map split, by the audit.
 
 The reference model knows which pages the test holds and predicts, from the cache
 size before each operation, whether the cache or a refill serves it; it checks that
@@ -30,6 +31,14 @@ class PbaMachine(RuleBasedStateMachine):
         self.held: list[int] = []
         self.hog: list[tuple[int, int]] = []
         self.total = self._pages()
+        self.splits = 0
+        self.m.arch.split_observer = self._on_split
+
+    def _on_split(self, level, child):
+        """Inside the split path, right after the new table is installed."""
+        self.splits += 1
+        assert linear_pkey(self.m, child) == 1
+        assert not audit(self.m, cached=self.held)
 
     # -- helpers -----------------------------------------------------------------------
     def _pages(self) -> int:

@@ -52,8 +52,16 @@ def state(m: Any, procs: list[Process]) -> dict[str, Any]:
         "mapcount": ctx.mapcount.tobytes(),
         "kind": ctx.kind.tobytes(),
         "frames": {pfn: f.tobytes() for pfn, f in m.mem.frames.items()},
-        "mm": [(p.mm.rss_anon, p.mm.rss_file, [dict(t) for t in p.mm.tables], dict(p.mm.thp),
-                [(v.start, v.end, v.anon_vma) for v in p.mm.vmas]) for p in procs],  # fmt: skip
+        "mm": [
+            (
+                p.mm.rss_anon,
+                p.mm.rss_file,
+                [dict(t) for t in p.mm.tables],
+                dict(p.mm.thp),
+                [(v.start, v.end, v.anon_vma) for v in p.mm.vmas],
+            )
+            for p in procs
+        ],
         "warnings": len(m.k.warnings) if hasattr(m.k, "warnings") else 0,
     }
 
@@ -134,7 +142,7 @@ def thp_and_fragmented(m: Any, ps: list[Process]) -> None:
     a = p.mmap(None, 8 * M, RW)
     p.madvise(a, 4 * M, madv.MADV_HUGEPAGE)
     held = [m.k.page_alloc.alloc_pages(0, o) for o in (0, 3, 0, 5, 1, 0, 2)]
-    for pfn, o in list(zip(held, (0, 3, 0, 5, 1, 0, 2)))[::2]:
+    for pfn, o in list(zip(held, (0, 3, 0, 5, 1, 0, 2), strict=True))[::2]:
         m.k.page_alloc.free_pages(pfn, o)
     p.touch_range(a, 8 * M, 4096, write=True)
     p.munmap(a + M, 3 * M)
@@ -156,6 +164,7 @@ CONFIGS = {
     "kpkeys+batching": {},
     "kpkeys-no-batching": {"batching": False},
     "no-kpkeys": {"hardened_pgtables": False},
+    "no-kpkeys-block-map": {"hardened_pgtables": False, "linear_map": "block"},
 }
 
 

@@ -212,3 +212,32 @@ def test_mremap_keeps_the_page_offset_so_neighbours_do_not_merge(m, moved):
     p.madvise(48 * T, 2 * M, madv.MADV_DONTNEED)
     assert p.pt_pages() == before - (0 if moved else 1)
     p.exit()
+
+
+def test_mremap_fixed_moves_several_vmas_and_keeps_the_gaps(m):
+    """Linux 6.17+: MREMAP_FIXED with an unchanged length moves every VMA of the range
+    (gaps kept); growing such a range is EFAULT (control), as is a start in a gap."""
+    p = proc(m)
+    region(p, 16 * T, M)
+    region(p, 16 * T + 3 * M, M, prot=mm_.PROT_READ)
+    p.touch(16 * T, write=True)
+    moved = p.mremap(16 * T, 4 * M, 4 * M, mm_.MREMAP_MAYMOVE | mm_.MREMAP_FIXED, 32 * T)
+    assert moved == 32 * T
+    assert [(v.start - 32 * T, v.end - 32 * T) for v in p.mm.vmas] == [(0, M), (3 * M, 4 * M)]
+    assert p.pt_pages() == 3
+    with pytest.raises(OSError) as e:
+        p.mremap(32 * T, 4 * M, 5 * M, mm_.MREMAP_MAYMOVE | mm_.MREMAP_FIXED, 48 * T)
+    assert e.value.errno == 14
+    with pytest.raises(OSError) as e:
+        p.mremap(32 * T + M, 3 * M, 3 * M, mm_.MREMAP_MAYMOVE | mm_.MREMAP_FIXED, 48 * T)
+    assert e.value.errno == 14
+    p.exit()
+
+
+def test_mremap_same_length_without_fixed_is_a_no_op_even_over_two_vmas(m):
+    p = proc(m)
+    region(p, 16 * T, M)
+    region(p, 16 * T + M, M, prot=mm_.PROT_READ)
+    assert p.mremap(16 * T, 2 * M, 2 * M) == 16 * T
+    assert len(p.mm.vmas) == 2
+    p.exit()

@@ -79,3 +79,39 @@ def test_file_flag_maps_a_file_not_anonymous_memory():
     vma = target.proc.mm.find_vma(16 << 40)
     assert vma is not None and vma.file is not None
     target.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "refused"), [('["shared"]', True), ('["file"]', True), ("[]", False)]
+)
+def test_touch_past_the_end_of_a_grown_file_mapping_is_refused(flags, refused):
+    """mremap grows a shared or file mapping but not its file: a touch there would be
+    SIGBUS on the host, so it is refused as bad input; a grown private anonymous
+    mapping may be touched (control)."""
+    text = f"""
+[[step]]
+op = "mmap"
+name = "S"
+addr = "16T"
+length = "1M"
+flags = ["fixed_noreplace", {flags[1:-1] + ", " if flags != "[]" else ""}"noreserve"]
+[[step]]
+op = "mremap"
+region = "S"
+new_length = "2M"
+[[step]]
+op = "touch"
+region = "S"
+offset = "1M"
+length = "4K"
+"""
+    target = make_sim_target({"memory": "256M", "cpus": 1})
+    try:
+        if refused:
+            with pytest.raises(InputError) as e:
+                run_steps(parse_steps(text), target)
+            assert "past the end of its file" in str(e.value)
+        else:
+            assert [r.delta for r in run_steps(parse_steps(text), target)][-1] == 3
+    finally:
+        target.close()

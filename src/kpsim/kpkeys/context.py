@@ -43,6 +43,8 @@ def kpkeys_guard(arch: KpkeysArch, ctx: int, cond: bool | None = None) -> Iterat
     if cond is None:
         cond = kpkeys_enabled(arch)
     saved = kpkeys_set_context(arch, ctx) if cond else KPKEYS_PKEY_REG_INVAL
+    if cond:
+        arch.k.counters["kpkeys_guard_entries"] += 1
     try:
         yield saved
     finally:

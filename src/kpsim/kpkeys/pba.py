@@ -193,6 +193,7 @@ class PkeysBlockAllocator(HardenedPgtables):
                 return None
         self._count("alloc")
         if g & Gfp.ZERO:
+            self._count("clear_page")  # a cached page is zeroed in the pgtables context
             with kpkeys_guard(self.arch, KPKEYS_CTX_PGTABLES):
                 self.arch.cpu.store_table(self.arch.page_to_virt(pfn), slice(None), 0)
         return pfn

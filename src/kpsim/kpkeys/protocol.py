@@ -10,6 +10,7 @@ class KpkeysArch(Protocol):
     split_lock_depth: int
     static_tables: list[int]
     swapper_pg_dir: int
+    k: Any  # the generic kernel (counters, page allocator)
 
     @property
     def cpu(self) -> Any: ...

@@ -136,9 +136,9 @@ def touch_slot(
     npages = len(entries)
     if not npages:
         return 0, False
+    extra = None if extra is None else extra[:npages]
     arch.user_commit(vas[:npages], entries, len(missing), extra, write, value)
-    done = npages if extra is None else sum(len(e) for e in extra[:npages])
-    return done, False
+    return (npages if extra is None else sum(len(e) for e in extra)), False
 
 
 def _pages(addrs: range) -> tuple[list[int], list[list[int]] | None]:

@@ -18,6 +18,8 @@ gets a fresh anon_vma identity), KSM, the mm's exe file and other non-VMA state.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from kpsim.mm import memory as m
@@ -89,18 +91,24 @@ def copy_pte_range(dst: MmStruct, src: MmStruct, vma: Vma, slot: int) -> None:
     nz = np.flatnonzero(arr)
     if nz.size == 0:
         return
-    vals = arr[nz].copy()
+    full = nz.size == arr.size  # every entry in range used: slices, no index arrays
+    vals = arr.copy() if full else arr[nz]
+    idx: Any = slice(a, b) if full else nz + a
     present = arch.ptes_present(vals)
-    pfns = arch.ptes_pfn(vals[present])
+    pfns = arch.ptes_pfn(vals if bool(present.all()) else vals[present])
     m.get_pages(ctx, pfns)
     m.rss_delta(dst, pfns, 1)
     arch.arch_enter_lazy_mmu_mode()
     try:
         if not vma.shared:  # is_cow_mapping: write-protect both sides
-            w = np.flatnonzero(arch.ptes_write(vals))
-            if w.size:
+            wmask = arch.ptes_write(vals)
+            if bool(wmask.all()):
+                vals = arch.ptes_wrprotect(vals)
+                arch.pt_store_batch(spa, idx, vals)
+            elif wmask.any():
+                w = np.flatnonzero(wmask)
                 vals[w] = arch.ptes_wrprotect(vals[w])
                 arch.pt_store_batch(spa, nz[w] + a, vals[w])
-        arch.pt_store_batch(dpa, nz + a, arch.ptes_mkold(vals))
+        arch.pt_store_batch(dpa, idx, arch.ptes_mkold(vals))
     finally:
         arch.arch_leave_lazy_mmu_mode()

@@ -382,38 +382,70 @@ def mremap(
     flags: int = MREMAP_MAYMOVE,
     new_addr: int | None = None,
 ) -> int:
-    """``sys_mremap``: shrink, grow in place, or move; return the new address."""
+    """``sys_mremap``: shrink, grow in place, or move; return the new address.
+
+    As Linux 6.18 does (measured): ``old`` must be mapped (``-EFAULT``); a shrink in
+    place unmaps the tail whatever VMAs it spans; growing needs the range inside one
+    VMA; with ``MREMAP_FIXED`` the destination is unmapped, then a shrinking tail; a
+    range of several VMAs or with gaps moves VMA by VMA (gaps kept) only when the
+    length is unchanged (``mremap_to``, multi-VMA moves since 6.17).
+    """
     if old & (PAGE_SIZE - 1):
         raise _einval("mremap: unaligned address")
     old_len, new_len = page_align(old_len), page_align(new_len)
     if new_len == 0 or (flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE):
         raise _einval("mremap: bad arguments")
-    if flags & MREMAP_FIXED:
+    fixed = bool(flags & MREMAP_FIXED)
+    if fixed:
         assert new_addr is not None
         if new_addr & (PAGE_SIZE - 1) or (new_addr < old + old_len and old < new_addr + new_len):
             raise _einval("mremap: bad new address")
-        munmap(mm, new_addr, new_len)
     vma = mm.find_vma(old)
-    if vma is None or vma.start > old or old + old_len > vma.end:
+    if vma is None or vma.start > old:
+        raise SyscallError(errno.EFAULT, "mremap: old address is not mapped")
+    if fixed:
+        assert new_addr is not None
+        move_only = old_len == new_len  # only a pure move may span VMAs and gaps
+        munmap(mm, new_addr, new_len)
+        if old_len > new_len:
+            munmap(mm, old + new_len, old_len - new_len)
+            old_len = new_len
+        vma = mm.find_vma(old)  # the unmaps may have split it
+        assert vma is not None and vma.start <= old
+        if old + old_len > vma.end:
+            if not move_only:
+                raise SyscallError(errno.EFAULT, "mremap: old range is not one mapping")
+            return _move_vmas(mm, old, old_len, new_addr)
+        return move_vma(mm, vma, old, old_len, new_len, new_addr)
+    if new_len <= old_len:
+        if new_len < old_len:
+            munmap(mm, old + new_len, old_len - new_len)
+        return old
+    if old + old_len > vma.end:
         raise SyscallError(errno.EFAULT, "mremap: old range is not one mapping")
-    if not flags & MREMAP_FIXED:
-        if new_len <= old_len:
-            if new_len < old_len:
-                munmap(mm, old + new_len, old_len - new_len)
-            return old
-        if (
-            old + old_len == vma.end
-            and not mm.overlapping(vma.end, old + new_len)
-            and old + new_len <= TASK_SIZE
-        ):
-            vma.end = old + new_len  # vma_expand
-            vma_merge(mm, vma)
-            return old
-        if not flags & MREMAP_MAYMOVE:
-            raise SyscallError(errno.ENOMEM, "mremap: cannot grow in place")
-        new_addr = get_unmapped_area(mm, new_len, None, _thp_align(vma.file, vma.shared, new_len))
-    assert new_addr is not None
+    if (
+        old + old_len == vma.end
+        and not mm.overlapping(vma.end, old + new_len)
+        and old + new_len <= TASK_SIZE
+    ):
+        vma.end = old + new_len  # vma_expand
+        vma_merge(mm, vma)
+        return old
+    if not flags & MREMAP_MAYMOVE:
+        raise SyscallError(errno.ENOMEM, "mremap: cannot grow in place")
+    new_addr = get_unmapped_area(mm, new_len, None, _thp_align(vma.file, vma.shared, new_len))
     return move_vma(mm, vma, old, old_len, new_len, new_addr)
+
+
+def _move_vmas(mm: MmStruct, old: int, length: int, new: int) -> int:
+    """Move every VMA piece of [old, old+length) to the same offset from ``new``, in
+    address order (each by :func:`move_vma`); the gaps between them stay gaps."""
+    for start, end in [(v.start, v.end) for v in mm.overlapping(old, old + length)]:
+        s, e = max(start, old), min(end, old + length)
+        piece = mm.find_vma(s)
+        assert piece is not None
+        move_vma(mm, piece, s, e - s, e - s, new + (s - old))
+    return new
 
 
 def move_vma(mm: MmStruct, vma: Vma, old: int, old_len: int, new_len: int, new: int) -> int:

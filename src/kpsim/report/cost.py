@@ -51,6 +51,7 @@ EVENTS: Final[tuple[str, ...]] = (
     "pgtable_alloc", "pgtable_free", "set_memory_pkey", "set_memory_pkey_page",
     "split_pud", "split_pmd", "split_cont", "pgfault", "fork_pte_copy", "fork_folio",
     "zap_pte", "zap_folio", "page_alloc.alloc", "page_alloc.free", "page_alloc.clear_page",
+    "pba.alloc", "pba.free", "pba.clear_page",
     "vmalloc", "vmalloc_page", "vfree", "vm_map_ram", "vm_unmap_ram", "vmap_lazy_purge",
     "syscall", "context_switches", "lazy_mmu_sections", "kpkeys_guard_entries", "other_cycles",
 )  # fmt: skip

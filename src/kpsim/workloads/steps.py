@@ -543,6 +543,12 @@ class StepResult:
 # ---------------------------------------------------------------------- layout
 
 
+#: layout marks after the protection letters: a file-backed (or shared anonymous)
+#: mapping, and the part of one that mremap grew past the end of its file
+_FILE, _BEYOND_EOF = "F", "!"
+_MARKS = _FILE + _BEYOND_EOF
+
+
 class _Layout:
     """The mapped ranges and their protections, to refuse touches that would fault."""
 
@@ -567,10 +573,13 @@ class _Layout:
         self.remove(start, end)
         bisect.insort(self._segs, (start, end, prot))
 
+    def segments(self, start: int, end: int) -> list[tuple[int, int, str]]:
+        """The mapped pieces of [start, end), clipped, with their protections."""
+        return [(max(s, start), min(e, end), p) for s, e, p in self._segs if s < end and e > start]
+
     def protect(self, start: int, end: int, prot: str) -> None:
-        covered = [(max(s, start), min(e, end)) for s, e, _ in self._segs if s < end and e > start]
-        for s, e in covered:
-            self.add(s, e, prot)
+        for s, e, old in self.segments(start, end):
+            self.add(s, e, prot + "".join(c for c in old if c in _MARKS))
 
     def prot_at(self, addr: int) -> str:
         """The protection of the segment holding ``addr``."""
@@ -592,11 +601,13 @@ class _Layout:
                 prot = self.prot_at(addr)
             except LookupError:
                 return f"address {addr:#x} is not mapped"
+            if _BEYOND_EOF in prot:
+                return f"address {addr:#x} lies past the end of its file (grown by mremap): SIGBUS"
             allowed = "w" in prot if write else bool({"r", "w"} & set(prot))
             if not allowed:
-                return (
-                    f"address {addr:#x} is mapped {prot!r}: a {'write' if write else 'read'} faults"
-                )
+                shown = "".join(c for c in prot if c not in _MARKS)
+                how = "write" if write else "read"
+                return f"address {addr:#x} is mapped {shown!r}: a {how} faults"
             k = max(k + 1, -(-(self.segment_end(addr) - start) // stride))
         return None
 
@@ -638,7 +649,8 @@ class _Runner:
             case Mmap():
                 addr = t.mmap(step.addr, step.length, step.prot, step.flags)
                 self.regions[step.name] = (addr, step.length)
-                self.layout.add(addr, addr + step.length, step.prot)
+                backed = bool({"file", "shared"} & step.flags)
+                self.layout.add(addr, addr + step.length, step.prot + (_FILE if backed else ""))
                 return addr
             case Touch():
                 start, length = self.resolve(step, step.span)
@@ -683,8 +695,15 @@ class _Runner:
         except LookupError:
             raise self.error(step, f"address {start:#x} is not mapped") from None
         addr = self.target.mremap(start, length, step.new_length, step.new_addr)
+        kept = self.layout.segments(start, start + min(length, step.new_length))
         self.layout.remove(start, start + length)
-        self.layout.add(addr, addr + step.new_length, prot)
+        for s, e, p in kept:  # every piece moves by the same offset, gaps stay gaps
+            self.layout.add(s - start + addr, e - start + addr, p)
+        if step.new_length > length:  # one VMA grown (in place or moved)
+            grown = kept[-1][2] if kept else prot
+            if _FILE in grown:  # the file did not grow: touching there is SIGBUS
+                grown += _BEYOND_EOF
+            self.layout.add(addr + length, addr + step.new_length, grown)
         name = step.span.region
         if name is not None and step.span.offset == 0 and length == self.regions[name][1]:
             self.regions[name] = (addr, step.new_length)

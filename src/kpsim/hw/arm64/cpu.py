@@ -363,8 +363,10 @@ class Cpu:
 
     def leaf_entries(self, descs: Any, strip: int) -> list[LeafEntry | None]:
         """Level-3 descriptors as :func:`walk_entry` would return them under the table
-        bits ``strip`` (None where the walk would fault)."""
+        bits ``strip`` (None where the walk would fault, and for contiguous-hint leaves,
+        whose TLB fill also makes a span group: those go one at a time)."""
         ok, el1, el0 = leaf_perms(descs, strip)
+        ok &= (np.asarray(descs, dtype=np.uint64) & np.uint64(d.CONT)) == 0
         out: list[LeafEntry | None] = [None] * len(ok)
         good = np.flatnonzero(ok)
         if not good.size:
@@ -409,57 +411,63 @@ class Cpu:
         hits = [g.get(va >> 12) for va in vas]
         ov = self._ov1
         ov_arr = np.array(ov, dtype=np.int64)
-        out: list[Any] = []
-        walked: list[bool] = []
+        segs: list[Any] = []  # a hit entry, or the columns of a run of walked leaves
         i, n = 0, len(vas)
         while i < n:
             e = hits[i]
             if e is not None:
                 if not e[1] & ov[e[3]] & W:
                     break
-                out.append(e)
-                walked.append(False)
+                segs.append(e)
                 i += 1
                 continue
             region = vas[i] >> 21
             j = i + 1
             while j < n and hits[j] is None and vas[j] >> 21 == region:
                 j += 1
-            leaves = self._walk_run(vas[i:j], ov_arr)
-            out.extend(leaves)
-            walked.extend([True] * len(leaves))
-            if len(leaves) < j - i:
+            cols = self._walk_run(vas[i:j], ov_arr)
+            segs.append(cols)
+            if len(cols[0]) < j - i:
                 break
             i = j
-        self._frames_for([e[0] >> 12 for e, w in zip(out, walked, strict=True) if w])
+        oa = d.OA_MASK
+        runs = [c for c in segs if len(c) == 4]
+        self._frames_for([(v & oa) >> 12 for c in runs for v in c[0]])
         frames = self.mem.frames
-        items = [(*e, frames[e[0] >> 12]) if w else e for e, w in zip(out, walked, strict=True)]
+        items: list[Any] = []
+        walked: list[bool] = []
+        for c in segs:
+            if len(c) != 4:
+                items.append(c)
+                walked.append(False)
+                continue
+            items.extend(
+                (v & oa, p1, p0, q, 3, v, frames[(v & oa) >> 12])
+                for v, p1, p0, q in zip(*c, strict=True)
+            )
+            walked.extend([True] * len(c[0]))
         return len(items), (items, walked)
 
-    def _walk_run(self, vas: list[int], ov_arr: Any) -> list[LeafEntry]:
+    def _walk_run(self, vas: list[int], ov_arr: Any) -> tuple[list[int], ...]:
         """The leading leaves, for EL1 writes at POR_EL1 ``ov_arr``, of kernel pages
-        ``vas`` in one 2 MiB region, up to the first whose walk or check would fault."""
+        ``vas`` in one 2 MiB region, up to the first whose walk or check would fault:
+        level-3 descriptors, EL1 and EL0 rights and POIndex, as four lists."""
         path = walk_to_pte_table(self.mem, self.ttbr1, vas[0]) if self.ttbr1 is not None else None
-        if path is None:
+        if path is None:  # not a table at every level (a block): page by page
             out: list[LeafEntry] = []
             for va in vas:
                 e = walk_entry(self.mem, self.ttbr1, va) if self.ttbr1 is not None else 0
-                if isinstance(e, int) or not e[1] & ov_arr[e[3]] & W:
-                    break
+                if isinstance(e, int) or e[4] != 3 or e[5] & d.CONT or not e[1] & ov_arr[e[3]] & W:
+                    break  # blocks and contiguous runs have TLB span groups: page by page
                 out.append(e)
-            return out
+            return ([e[5] for e in out], [e[1] for e in out], [e[2] for e in out],
+                    [e[3] for e in out])  # fmt: skip
         descs = self.mem.frame_ro(path[0] >> 12)[[(va >> 12) & 0x1FF for va in vas]]
         ok, el1, el0 = leaf_perms(descs, path[1])
         po = (descs >> np.uint64(60)).astype(np.int64) & 7
-        allowed = ok & ((el1 & ov_arr[po] & W) != 0)
+        allowed = ok & ((el1 & ov_arr[po] & W) != 0) & ((descs & np.uint64(d.CONT)) == 0)
         k = len(vas) if bool(allowed.all()) else int(np.argmin(allowed))
-        oa = d.OA_MASK
-        return [
-            (v & oa, p1, p0, q, 3, v)
-            for v, p1, p0, q in zip(
-                descs[:k].tolist(), el1[:k].tolist(), el0[:k].tolist(), po[:k].tolist(), strict=True
-            )
-        ]
+        return descs[:k].tolist(), el1[:k].tolist(), el0[:k].tolist(), po[:k].tolist()
 
     def _frames_for(self, pfns: list[int]) -> None:
         """Make the frames of ``pfns`` that do not exist yet, as rows of one zeroed

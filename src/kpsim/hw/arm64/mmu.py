@@ -145,37 +145,66 @@ def walk(
     raise AssertionError("unreachable: level 3 always returns")
 
 
+def _leaf_entry(desc: int, level: int, strip: int, va: int, shift: int) -> LeafEntry | int:
+    """A block leaf found by :func:`walk_entry` (level 1 or 2)."""
+    if not desc & _AF:
+        return _ACCESS_FLAG | level
+    el1, el0 = PERMS[((desc >> 6) & 3) | (((desc >> 53) & 3) << 2) | (((strip >> 59) & 0xF) << 4)]
+    page_pa = (desc & _BLOCK_OA[level]) + (va & ((1 << shift) - 1) & ~0xFFF)
+    return (page_pa, el1, el0, (desc >> 60) & 7, level, desc)
+
+
 def walk_entry(mem: PhysicalMemory, table_pa: int, va: int) -> LeafEntry | int:
     """:func:`walk` for the TLB fill path: the leaf as the TLB caches it, or the fault
-    status code (``FaultKind`` + level) as an int. Same checks, no objects made."""
+    status code (``FaultKind`` + level) as an int. Same checks, no objects made; the
+    four levels are written out (this is the hottest function of the model)."""
     frames = mem.frames
-    strip = 0
-    pa = table_pa
-    level = 0
-    for shift in (39, 30, 21, 12):
-        f = frames.get(pa >> 12)
-        if f is None:
-            mem.check(pa + (((va >> shift) & 0x1FF) << 3))
-            return _TRANSLATION | level
-        desc: int = f.item((va >> shift) & 0x1FF)
-        if not desc & 1:
-            return _TRANSLATION | level
-        if desc & 2:
-            if level < 3:
-                strip |= desc
-                pa = desc & _OA
-                level += 1
-                continue
-        elif level == 0 or level == 3:
-            return _TRANSLATION | level
-        if not desc & _AF:
-            return _ACCESS_FLAG | level
-        el1, el0 = PERMS[
-            ((desc >> 6) & 3) | (((desc >> 53) & 3) << 2) | (((strip >> 59) & 0xF) << 4)
-        ]
-        page_pa = (desc & _BLOCK_OA[level]) + (va & ((1 << shift) - 1) & ~0xFFF)
-        return (page_pa, el1, el0, (desc >> 60) & 7, level, desc)
-    raise AssertionError("unreachable: level 3 always returns")
+    i = (va >> 39) & 0x1FF
+    f = frames.get(table_pa >> 12)
+    if f is None:
+        mem.check(table_pa + (i << 3))
+        return _TRANSLATION
+    desc: int = f.item(i)
+    if desc & 3 != 3:  # invalid, or a block at level 0 (reserved)
+        return _TRANSLATION
+    strip = desc
+    pa = desc & _OA
+    i = (va >> 30) & 0x1FF
+    f = frames.get(pa >> 12)
+    if f is None:
+        mem.check(pa + (i << 3))
+        return _TRANSLATION | 1
+    desc = f.item(i)
+    if not desc & 1:
+        return _TRANSLATION | 1
+    if not desc & 2:
+        return _leaf_entry(desc, 1, strip, va, 30)
+    strip |= desc
+    pa = desc & _OA
+    i = (va >> 21) & 0x1FF
+    f = frames.get(pa >> 12)
+    if f is None:
+        mem.check(pa + (i << 3))
+        return _TRANSLATION | 2
+    desc = f.item(i)
+    if not desc & 1:
+        return _TRANSLATION | 2
+    if not desc & 2:
+        return _leaf_entry(desc, 2, strip, va, 21)
+    strip |= desc
+    pa = desc & _OA
+    i = (va >> 12) & 0x1FF
+    f = frames.get(pa >> 12)
+    if f is None:
+        mem.check(pa + (i << 3))
+        return _TRANSLATION | 3
+    desc = f.item(i)
+    if desc & 3 != 3:  # invalid, or reserved at level 3
+        return _TRANSLATION | 3
+    if not desc & _AF:
+        return _ACCESS_FLAG | 3
+    el1, el0 = PERMS[((desc >> 6) & 3) | (((desc >> 53) & 3) << 2) | (((strip >> 59) & 0xF) << 4)]
+    return (desc & _OA, el1, el0, (desc >> 60) & 7, 3, desc)
 
 
 def walk_to_pte_table(mem: PhysicalMemory, table_pa: int, va: int) -> tuple[int, int] | None:
