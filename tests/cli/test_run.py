@@ -153,7 +153,7 @@ def test_text_screen_shows_every_section(tmp_path, capsys):
     out = capsys.readouterr().out
     for needle in ("machine", "256M RAM", "KUnit", "5/5 passed", "audit", "clean",
                    "vmalloc.fix_size_alloc pages=4 loops=8", "micromm.fork size=2M h=0",
-                   "overhead", "por_write", "linear map", "4K x65,536"):  # fmt: skip
+                   "overhead", "por_write", "linear map", "2M x6 + 4K x62,464"):  # fmt: skip
         assert needle in out, needle
 
 

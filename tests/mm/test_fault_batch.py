@@ -149,6 +149,16 @@ def thp_and_fragmented(m: Any, ps: list[Process]) -> None:
     p.touch_range(a, 8 * M, 4096 * 7, write=False)
 
 
+def reuse_dirty_pages(m: Any, ps: list[Process]) -> None:
+    p = ps[0]
+    p.mmap(BASE, 2 * M, RW, FIXED)
+    p.touch_range(BASE + 8, M, 512, write=True)  # several dirty bytes per page
+    p.munmap(BASE, 2 * M)  # freed pages keep their old bytes in RAM
+    p.mmap(BASE + 8 * M, 4 * M, RW, FIXED)
+    p.touch_range(BASE + 8 * M, 4 * M, 4096, write=True)  # recycled and fresh frames
+    assert p.read_byte(BASE + 8 * M + 8) == 0
+
+
 def out_of_memory(m: Any, ps: list[Process]) -> None:
     p = ps[0]
     pa = m.k.page_alloc
@@ -159,7 +169,7 @@ def out_of_memory(m: Any, ps: list[Process]) -> None:
 
 
 SCRIPTS = [write_4m, read_then_write, strides, partial_and_prot_none, fork_and_cow,
-           thp_and_fragmented]  # fmt: skip
+           thp_and_fragmented, reuse_dirty_pages]  # fmt: skip
 CONFIGS = {
     "kpkeys+batching": {},
     "kpkeys-no-batching": {"batching": False},

@@ -52,3 +52,19 @@ def test_kernel_placed_steps_agree_with_the_host(capsys):
     # the model started from the host child's address space: similar absolute counts
     first = doc["steps"][0]
     assert abs(first["sim_pt_pages"] - first["host_pt_pages"]) <= 2
+
+
+def test_model_out_of_memory_is_one_line_exit_2(capsys, tmp_path: Path):
+    """Writing more than the model machine holds: one line naming the step, exit 2; the
+    same steps with a larger --memory run (control)."""
+    steps = tmp_path / "big.toml"
+    steps.write_text(
+        '[[step]]\nop = "mmap"\nname = "A"\naddr = "16T"\nlength = "384M"\n'
+        'flags = ["fixed_noreplace", "noreserve"]\n'
+        '[[step]]\nop = "touch"\nregion = "A"\n'
+    )
+    code = main(["conform", "--sim-only", "--memory", "256M", "--steps", str(steps)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "big.toml:7: step 2 (touch): the target ran out of memory" in err[0]
+    assert main(["conform", "--sim-only", "--memory", "1G", "--steps", str(steps)]) == 0

@@ -276,9 +276,10 @@ def _random_attempt(arena: tg.Arena, rng: random.Random, res: ClassResult, timin
             with m.arch.on_cpu(a):
                 f = write()
         outcome = classify(f)
-        if outcome in ("landed", "blocked") and not hit:
+        if outcome in ("landed", "blocked", "permission") and not hit:
             # not a table: a landed write is no page-table corruption; a blocked one hit
-            # a keyed page the allocator caches (pba, grouped, reserve)
+            # a keyed page the allocator caches (pba, grouped, reserve); a base-permission
+            # fault hit the read-only linear alias of kernel text/rodata
             outcome += "_off_page_tables"
         res.extra["hit_page_tables"] = int(str(res.extra["hit_page_tables"])) + hit
         res.record(timing, outcome, window, own[0], f)

@@ -64,6 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="CONFIG_PT_RECLAIM for the model (default: the host's, else on)",
     )
     p.add_argument(
+        "--memory",
+        default="16G",
+        metavar="SIZE",
+        help="the model machine's memory (default 16G; only written pages use it)",
+    )
+    p.add_argument(
         "--fresh-model",
         action="store_true",
         help="start the model from an empty process, not from a copy of the host "

@@ -4,9 +4,9 @@ Boot follows arm64 Linux in order (``start_kernel`` -> ``setup_arch`` ->
 ``paging_init``; ``mm_core_init`` -> ``mem_init``):
 
 1. memblock holds all RAM; the kernel image is reserved;
-2. ``paging_init``: the image is mapped from static tables in ``swapper_pg_dir``; the
-   linear map and the vmemmap are created with early tables from memblock (through
-   kpkeys' PPA when the feature is early-enabled);
+2. ``paging_init``: the image is mapped from static tables (rodata still writable);
+   the linear map and the vmemmap are created with early tables from memblock
+   (through kpkeys' PPA when the feature is early-enabled);
 3. every CPU enables POE with ``POR_EL1_INIT`` and loads TTBR1;
 4. ``mem_init``: memblock hands the remaining memory to the buddy allocator, then
    ``kpkeys_hardened_pgtables_init()`` switches the feature on with the configured
@@ -15,7 +15,10 @@ Boot follows arm64 Linux in order (``start_kernel`` -> ``setup_arch`` ->
    ``kpkeys_hardened_pgtables_init_late()`` follows at once (early region, PPA and
    static tables keyed). ``Machine.timeline`` samples the linear map's composition on
    every allocator event;
-5. optionally ``mark_rodata_ro``: ``swapper_pg_dir`` becomes read-only.
+5. ``mark_linear_text_alias_ro`` (``smp_cpus_done``): the linear alias of text and
+   rodata, ``swapper_pg_dir`` included, becomes read-only;
+6. optionally ``mark_rodata_ro``: the image's rodata (``swapper_pg_dir``) becomes
+   read-only in the image mapping too.
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ class Machine:
         self.arch.paging_init(early)
         self.arch.secondary_start()
         self.mem_init()
+        self.arch.mark_linear_text_alias_ro()  # smp_cpus_done(), before KUnit and init
         self.booted = True
         if rodata_ro:
             self.mark_rodata_ro()
@@ -174,9 +178,10 @@ class Machine:
                 self.kpkeys.kpkeys_hardened_pgtables_init_late()
 
     def mark_rodata_ro(self) -> None:
-        """``mark_rodata_ro``: ``swapper_pg_dir`` read-only through its base permission."""
-        self.arch.set_memory_ro(self.arch.phys_to_virt(self.arch.swapper_pg_dir), 1)
-        self.arch.rodata_ro = True
+        """``mark_rodata_ro`` (arch/arm64/mm/mmu.c): the image's rodata, which holds
+        ``swapper_pg_dir``, becomes PAGE_KERNEL_RO; later ``set_swapper_pgd`` writes go
+        through the fixmap."""
+        self.arch.mark_rodata_ro()
 
     # -- views -------------------------------------------------------------------------------
     @property

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar, Protocol, TypeAlias
 
-from kpsim.errors import InputError
+from kpsim.errors import InputError, OutOfMemory
 from kpsim.units import PAGE_SIZE, parse_size
 
 OPS = ("mmap", "touch", "munmap", "mprotect", "madvise", "mremap", "fork", "brk")
@@ -736,6 +736,9 @@ def run_steps(
                 child = target.fork()
         except OSError as err:
             raise runner.error(step, f"the kernel refused it: {err.strerror or err}") from None
+        except OutOfMemory as err:
+            problem = f"the target ran out of memory ({err}); a model needs a larger --memory"
+            raise runner.error(step, problem) from None
         pages = target.pt_pages()
         child_delta = None if child is None or child_base is None else child - child_base
         result = StepResult(

@@ -100,8 +100,12 @@ class PgtableMixin(Arm64Base):
 
     def pt_store(self, ptr: int, value: int) -> None:
         """One guarded page-table store (the body of every write helper)."""
-        cpu = self.cpu
-        if self._guard_needed():
+        cpu = self.system.cpus[self.cpu_id]
+        guard = self.hardened_pgtables
+        if guard and self.batching:  # _guard_needed(), inlined: this runs once per write
+            pc = self.percpu[self.cpu_id]
+            guard = pc.irq_depth > 0 or not pc.current.tif_lazy_mmu
+        if guard:
             saved = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES)
             self.k.counters["kpkeys_guard_entries"] += 1
             try:

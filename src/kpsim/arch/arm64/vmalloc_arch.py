@@ -5,8 +5,11 @@ Models what ``mm/vmalloc.c`` asks of arm64: the bounds of the vmalloc area
 ``vm_area_add_early`` (arm64 ``declare_vma``), ``pfn_pte(pfn, PAGE_KERNEL)`` vectorised,
 ``pmd_set_huge`` (``arch_vmap_pmd_supported``), and ``p?d_populate_kernel``: a table
 descriptor with UXNTable, written through the guarded helper, except in
-``swapper_pg_dir`` which, being read-only after ``mark_rodata_ro``, arm64 writes through
-the fixmap (``set_swapper_pgd``), modelled as a direct store (docs/fidelity.md).
+``swapper_pg_dir``, which arm64 writes with ``set_swapper_pgd`` (``set_pgd`` on an entry
+``in_swapper_pgdir``): a plain store through the image's own mapping while rodata is
+still writable (``rodata_is_rw``), through the fixmap once ``mark_rodata_ro`` has run
+(modelled as a direct store, docs/fidelity.md). Never through the linear alias, which
+``mark_linear_text_alias_ro`` made read-only.
 Left out: ``arch_vmap_pud_supported`` (1 GiB vmalloc blocks), ``arch_vmap_pte_range_map_size``
 (contiguous-PTE vmalloc mappings).
 """
@@ -24,6 +27,8 @@ from kpsim.hw.arm64 import descriptors as d
 
 
 class VmallocArchMixin(PgtableMixin):
+    kimage_pa: int  # set by Arm64.__init__ (the image's physical base)
+
     def vmalloc_range(self) -> tuple[int, int]:
         """``[VMALLOC_START, VMALLOC_END)``."""
         return VMALLOC_START, VMALLOC_END
@@ -51,7 +56,16 @@ class VmallocArchMixin(PgtableMixin):
         """``p4d/pud/pmd_populate_kernel``: point the level-``level`` entry at a new table."""
         desc = d.table_desc(table_pfn << 12, uxn_table=True)
         if level == 0 and self.entry_pa(ptr) & ~0xFFF == self.swapper_pg_dir:
-            self.k.mem.write64(self.entry_pa(ptr), desc)  # set_swapper_pgd via the fixmap
-            self.k.counters["set_swapper_pgd"] += 1
+            self.set_swapper_pgd(self.entry_pa(ptr), desc)
             return
         self.pt_store(ptr, desc)
+
+    def set_swapper_pgd(self, entry_pa: int, pgd: int) -> None:
+        """``set_swapper_pgd``: a store through the image alias (``KIMAGE_VADDR``-based,
+        the pointer ``init_mm.pgd`` gives) while ``rodata_is_rw``; afterwards through the
+        fixmap, modelled as a direct store (the fixmap's tables are not modelled)."""
+        self.k.counters["set_swapper_pgd"] += 1
+        if not self.rodata_ro:
+            self.cpu.store(KIMAGE_VADDR + (entry_pa - self.kimage_pa), pgd)
+            return
+        self.k.mem.write64(entry_pa, pgd)

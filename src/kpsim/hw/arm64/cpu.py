@@ -490,10 +490,10 @@ class Cpu:
         n = len(vas)
         rows = self._fresh[0] if self._fresh is not None else {}
         for e in entries[:n]:
-            if (e[0] >> 12) not in rows:
+            if (e[0] >> 12) not in rows:  # the probe made those zeroed
                 e[6][:] = 0
         items = [(va >> 12, e) for va, e, w in zip(vas, entries[:n], walked[:n], strict=True) if w]
-        self.tlb.insert_pages(items)
+        self.tlb.insert_pages(items, 0)
         misses = len(items)
         self.tlb_misses += misses
         self.walks += misses
@@ -517,8 +517,8 @@ class Cpu:
         mem = self.mem
         frames = mem.frames
         pfns = [e[0] >> 12 for e in entries]
-        for p in pfns:
-            if p not in frames:
+        for p, e in zip(pfns, entries, strict=True):
+            if len(e) == 6 and p not in frames:  # a hit carries its frame
                 mem.frame(p)
         ng = d.NG
         items = [

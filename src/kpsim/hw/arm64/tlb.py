@@ -101,9 +101,13 @@ class Tlb:
         if span_shift > 12:
             self.spans.setdefault((span_shift, key >> (span_shift - 12)), set()).add(key)
 
-    def insert_pages(self, items: list[tuple[int, TlbEntry]]) -> None:
-        """Insert 4 KiB page entries (no span group), as one :meth:`insert` each."""
+    def insert_pages(self, items: list[tuple[int, TlbEntry]], tag: int | None = None) -> None:
+        """Insert 4 KiB page entries (no span group), as one :meth:`insert` each.
+        ``tag`` 0 says every key is global or kernel (no ASID): no need to look."""
         if not items:
+            return
+        if tag == 0:
+            self.entries.update(items)
             return
         keys = [k for k, _ in items]
         lo, hi = min(keys), max(keys)
