@@ -45,6 +45,8 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
             raise InputError(f"{what}: size must not be negative, got {text}")
         return text
     s = str(text).strip()
+    if s.startswith("-"):
+        raise InputError(f"{what}: size must not be negative, got {text!r}")
     if s.lower().startswith("0x"):
         try:
             return int(s, 16)

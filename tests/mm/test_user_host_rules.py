@@ -241,3 +241,21 @@ def test_mremap_same_length_without_fixed_is_a_no_op_even_over_two_vmas(m):
     assert p.mremap(16 * T, 2 * M, 2 * M) == 16 * T
     assert len(p.mm.vmas) == 2
     p.exit()
+
+
+def test_multi_vma_move_unmaps_each_destination_piece_only(m):
+    """A mapping at the destination of a gap survives the move, and the per-piece
+    unmaps keep the slot that mapping still overlaps (one unmap of the whole
+    destination, the control below, frees it)."""
+    p = proc(m, pt_reclaim=True)
+    d = region(p, 48 * T, 8 * M)
+    p.touch_range(d, 8 * M, M, write=True)
+    region(p, 16 * T, M, prot=mm_.PROT_READ)
+    region(p, 16 * T + 2 * M, M, prot=mm_.PROT_READ)
+    before = p.pt_pages()
+    p.mremap(16 * T, 3 * M, 3 * M, mm_.MREMAP_MAYMOVE | mm_.MREMAP_FIXED, 48 * T + M)
+    assert p.mm.find_vma(48 * T + 2 * M).flags & VmFlags.WRITE  # D's piece in the gap
+    assert p.pt_pages() == before
+    p.munmap(48 * T + M, 3 * M)  # control: one unmap of [1M, 4M) frees slot 1
+    assert p.pt_pages() == before - 1
+    p.exit()

@@ -139,7 +139,7 @@ def _value(key: str, v: Any) -> Any:
             v = [v]
         if not isinstance(v, list) or not all(isinstance(n, str) for n in v):
             raise InputError('must be a list of names or "all"')
-        return check_names(v, allowed, key[:-1])
+        return check_names(v, allowed, key[:-1], EXTRA_TARGETS if key == "targets" else ())
     if key in ("attempts", "random_attempts"):
         return check_count(v)
     if key == "cpu":

@@ -8,14 +8,21 @@ import argparse
 from typing import TYPE_CHECKING
 
 from kpsim.cli.common import add_json, console, emit_json, int_arg
-from kpsim.cli.machine_opts import add_machine_options, boot_from_args
+from kpsim.cli.machine_opts import add_machine_options
+from kpsim.cli.machine_opts import config_from_args as machine_config_from_args
 
 if TYPE_CHECKING:
     from kpsim.attack.config import AttackConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from kpsim.attack.config import DEFAULT_ATTEMPTS, DEFAULT_RANDOM_ATTEMPTS, TARGETS, TIMINGS
+    from kpsim.attack.config import (
+        DEFAULT_ATTEMPTS,
+        DEFAULT_RANDOM_ATTEMPTS,
+        EXTRA_TARGETS,
+        TARGETS,
+        TIMINGS,
+    )
 
     p = sub.add_parser("attack", help="attack the page tables with a data-only write primitive")
     add_machine_options(p)
@@ -24,7 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--targets",
         default="all",
         metavar="LIST",
-        help=f"comma list of {', '.join(TARGETS)} (default all)",
+        help=(
+            f"comma list of {', '.join(TARGETS)} (default all: these), "
+            f"or {', '.join(EXTRA_TARGETS)}"
+        ),
     )
     g.add_argument(
         "--timing",
@@ -74,9 +84,11 @@ def config_from_args(args: argparse.Namespace) -> AttackConfig:
 
 def run(args: argparse.Namespace) -> int:
     from kpsim.attack import run_attack
+    from kpsim.machine.boot import Machine
 
+    machine_config = machine_config_from_args(args)  # first: --cpus 0 is about --cpus
     config = config_from_args(args)
-    m = boot_from_args(args)
+    m = Machine.boot(machine_config)
     report = run_attack(m, config)
     doc = report.as_json()
     if args.json:

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from kpsim.workloads.mixed import mixed_workload
 
     if not 1 <= args.scale <= 64:
-        raise ConfigError(f"--scale must be between 1 and 64, got {args.scale}")
+        raise ConfigError(f"--scale: must be between 1 and 64, got {args.scale}")
     m = boot_from_args(args)
     found: list[tuple[str, Violation]] = [("boot", v) for v in audit(m)]
     workload: dict[str, Any] = {"name": args.workload}

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     mc, lm = doc["machine"], doc["linear_map"]
     print(
-        f"kpsim: booted {format_size(mc['memory_bytes'])} at {mc['dram_base']}, "
+        f"kpsim boot: {format_size(mc['memory_bytes'])} RAM at {mc['dram_base']}, "
         f"{mc['cpus']} CPUs, POE {'on' if mc['poe'] else 'off'}"
     )
     cfg = doc["config"]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from kpsim.errors import InputError
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -19,9 +22,19 @@ def emit_json(doc: Any) -> None:
     sys.stdout.write("\n")
 
 
+class _Console(Console):
+    """rich's console, but a closed pipe (``kpsim ... | head -1``) is not exit status 1:
+    rich's default exits 1 ("found something"); this raises ``BrokenPipeError``, which
+    ``kpsim`` turns into exit status 0 (:func:`kpsim.cli.main.main`)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def console() -> Console:
     """A rich console on stdout (plain text when piped)."""
-    return Console(highlight=False, soft_wrap=True)
+    return _Console(highlight=False, soft_wrap=True)
 
 
 def int_arg(text: str) -> int:
@@ -30,3 +43,17 @@ def int_arg(text: str) -> int:
         return int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """Refuse an output file that cannot be written, before anything runs (an
+    ``InputError`` naming the file: exit status 2). Leaves no file behind."""
+    p = Path(path)
+    try:
+        existed = p.exists()
+        with p.open("a", encoding="utf-8"):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write {what}: {err.strerror or err}", file=str(p)) from None
+    if not existed:
+        p.unlink()

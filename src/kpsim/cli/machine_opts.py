@@ -17,32 +17,40 @@ from kpsim.machine.boot import Machine
 from kpsim.machine.config import ALLOCATORS, MachineConfig
 
 
-def add_machine_options(p: argparse.ArgumentParser) -> None:
+def add_machine_options(p: argparse.ArgumentParser, *, scenario: bool = False) -> None:
+    """The machine options. ``scenario``: the verb reads the machine from a scenario
+    (``kpsim run``), so the help shows no built-in defaults: an option given overrides
+    the scenario's field, one not given leaves it."""
+
+    def dflt(text: str) -> str:
+        return "(default: the scenario's)" if scenario else f"(default {text})"
+
     g = p.add_argument_group("machine")
-    g.add_argument("--memory", default="4G", metavar="SIZE", help="RAM size (default 4G)")
-    g.add_argument("--cpus", type=int_arg, default=2, metavar="N", help="CPUs (default 2)")
+    g.add_argument("--memory", default="4G", metavar="SIZE", help=f"RAM size {dflt('4G')}")
+    g.add_argument("--cpus", type=int_arg, default=2, metavar="N", help=f"CPUs {dflt('2')}")
     g.add_argument("--no-poe", dest="poe", action="store_false", help="CPUs without FEAT_S1POE")
     g.add_argument(
-        "--linear-map", default="pte", metavar="pte|block", help="linear map policy (default pte)"
+        "--linear-map", default="pte", metavar="pte|block", help=f"linear map policy {dflt('pte')}"
     )
-    g.add_argument("--seed", type=int_arg, default=0, metavar="N", help="random seed")
+    g.add_argument("--seed", type=int_arg, default=0, metavar="N", help=f"random seed {dflt('0')}")
     g.add_argument(
         "--hardened-pgtables",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="kpkeys_hardened_pgtables (default on)",
+        help=f"kpkeys_hardened_pgtables {dflt('on')}",
     )
     g.add_argument(
         "--allocator",
         default=None,
         metavar="|".join(ALLOCATORS),
-        help="kpkeys table allocator (default: minimal on pte maps, pba on block maps)",
+        help="kpkeys table allocator "
+        + dflt("minimal on pte maps, pba on block maps").replace("(default ", "(default: "),
     )
     g.add_argument(
         "--batching",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="lazy-MMU batching of guarded writes (default on)",
+        help=f"lazy-MMU batching of guarded writes {dflt('on')}",
     )
     g.add_argument(
         "--allow-unsafe-split",

@@ -1,25 +1,35 @@
 """``kpsim``: one command with verbs (DESIGN.md, "User-facing conventions").
 
 Exit status: 0 success; 1 the run found something; 2 bad usage or bad input
-(one line on stderr, never a traceback).
+(one line on stderr, never a traceback); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
+import re
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from kpsim.errors import InputError
+from kpsim.errors import InputError, OutOfMemory
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the problem, exit status 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # ``--memory -1G`` is a (bad) value, not an unknown option: argparse only takes
+        # plain negative numbers for values, so widen its test to sizes (no option of
+        # kpsim's looks like ``-1...``).
+        self._negative_number_matcher = re.compile(r"^-\d[0-9A-Za-z_.]*$")
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -46,18 +56,48 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    prog = "kpsim" if args.verb is None else f"kpsim {args.verb}"
+    if extra:  # named by the verb whose options they are not
+        sys.stderr.write(f"{prog}: error: unrecognized arguments: {' '.join(extra)}\n")
+        return EXIT_USAGE
     if args.verb is None:
-        parser.print_help()
+        sys.stderr.write("kpsim: error: no VERB given (kpsim --help lists them)\n")
         return EXIT_USAGE
     try:
         status: int = args.func(args)
     except InputError as err:
         sys.stderr.write(f"kpsim {args.verb}: {err}\n")
         return EXIT_USAGE
-    except BrokenPipeError:
+    except OutOfMemory as err:  # verbs that expect it say which option to change
+        sys.stderr.write(
+            f"kpsim {args.verb}: the simulated machine ran out of memory ({err}); "
+            "use more --memory or a smaller workload\n"
+        )
+        return EXIT_USAGE
+    except MemoryError:  # the host's, not the simulated machine's (OutOfMemory above)
+        sys.stderr.write(
+            f"kpsim {args.verb}: this host ran out of memory running the model; "
+            "use a smaller --memory or workload\n"
+        )
+        return EXIT_USAGE
+    except BrokenPipeError:  # ``kpsim ... | head``: stop quietly
+        _stdout_to_devnull()
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C: no traceback, no result, the shell's status
+        sys.stderr.write(f"kpsim {args.verb}: interrupted\n")
+        return EXIT_INTERRUPTED
     return status
+
+
+def _stdout_to_devnull() -> None:
+    """After a closed pipe, point stdout at /dev/null so that the interpreter's final
+    flush does not fail again (Python's documented SIGPIPE recipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (tests capture it)
+        pass
 
 
 if __name__ == "__main__":

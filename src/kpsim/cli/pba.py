@@ -10,7 +10,7 @@ from typing import Any
 
 from kpsim.cli.common import add_json, emit_json, int_arg
 from kpsim.cli.machine_opts import add_machine_options, boot_from_args
-from kpsim.errors import InputError
+from kpsim.errors import InputError, OutOfMemory
 from kpsim.report.linear_map import allocator_report, linear_map_report
 from kpsim.workloads.pba_churn import churn, memory_pressure
 
@@ -20,10 +20,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "pba", help="table churn: linear-map composition over time, shrink on demand"
     )
     add_machine_options(p)
-    p.add_argument("--rounds", type=int_arg, default=500, metavar="N", help="churn rounds")
-    p.add_argument("--pool", type=int_arg, default=64, metavar="N", help="live processes")
     p.add_argument(
-        "--sample-every", type=int_arg, default=100, metavar="N", help="sample every N rounds"
+        "--rounds", type=int_arg, default=500, metavar="N", help="churn rounds (default 500)"
+    )
+    p.add_argument(
+        "--pool", type=int_arg, default=64, metavar="N", help="live processes (default 64)"
+    )
+    p.add_argument(
+        "--sample-every",
+        type=int_arg,
+        default=100,
+        metavar="N",
+        help="sample every N rounds (default 100)",
     )
     p.add_argument("--pressure", action="store_true", help="exhaust memory after the churn")
     p.add_argument("--shrink", action="store_true", help="run the shrinker at the end")
@@ -44,7 +52,13 @@ def run(args: argparse.Namespace) -> int:
         if (r + 1) % args.sample_every == 0:
             tl.sample(f"round {r + 1}")
 
-    stats = churn(m, args.rounds, seed=args.seed, pool=args.pool, on_round=on_round)
+    try:
+        stats = churn(m, args.rounds, seed=args.seed, pool=args.pool, on_round=on_round)
+    except OutOfMemory as err:
+        raise InputError(
+            f"the churn with --pool {args.pool} ran out of simulated memory ({err}); "
+            "use a smaller --pool or more --memory"
+        ) from None
     tl.sample("churn done")
     if args.pressure:
         memory_pressure(m, order=0)
@@ -77,8 +91,6 @@ def run(args: argparse.Namespace) -> int:
             f"{s['set_memory_pkey']:>6}"
         )
     a = allocator_report(m)
-    print(
-        f"shrunk {freed} pages; allocator state: "
-        + ", ".join(f"{k} {v}" for k, v in a.items() if k not in ("counters", "name"))
-    )
+    state = ", ".join(f"{k} {v}" for k, v in a.items() if k not in ("counters", "name"))
+    print(f"shrunk {freed} pages; allocator state: {state or 'none (no cache, no reserve)'}")
     return 0

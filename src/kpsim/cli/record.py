@@ -9,11 +9,12 @@ missing or not permitted.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kpsim.cli.common import add_json, emit_json
+from kpsim.cli.common import add_json, check_writable, emit_json
 from kpsim.errors import InputError
 
 if TYPE_CHECKING:
@@ -43,9 +44,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-o", "--output", type=Path, help="the text trace to write")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="the text trace to write")
     p.add_argument("--check", type=Path, metavar="FILE", help="parse FILE and summarise it")
-    p.add_argument("-m", "--buffer", default="64M", help="perf ring buffer per CPU (default 64M)")
+    p.add_argument(
+        "-m",
+        "--buffer",
+        default="64M",
+        metavar="SIZE",
+        help="perf ring buffer per CPU: a size or a page count, as perf's -m (default 64M)",
+    )
     p.add_argument(
         "--vmpte",
         action="store_true",
@@ -72,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
         return _check(args.check, args.json)
     if args.output is None or not cmd:
         raise InputError("usage: kpsim record -o FILE -- CMD [ARGS...]")
+    if _BUFFER.match(args.buffer) is None:
+        raise InputError(
+            f"-m/--buffer: expected a size such as 64M or a number of pages, got {args.buffer!r}"
+        )
+    check_writable(args.output, "the trace")
+    if args.keep_data is not None:
+        check_writable(args.keep_data, "--keep-data")
     from kpsim.workloads.trace_record import record
 
     res = record(
@@ -88,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_record(res, summary)
     return 1 if res.lost_events or res.lost_samples else 0
+
+
+#: What ``perf record -m`` takes: a page count or a size (B, K, M or G), not zero.
+_BUFFER = re.compile(r"^[1-9][0-9]*[BKMG]?$", re.IGNORECASE)
 
 
 def _record_doc(res: RecordResult, summary: dict[str, Any]) -> dict[str, Any]:

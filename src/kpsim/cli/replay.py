@@ -14,13 +14,16 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kpsim.cli.common import add_json, emit_json
 from kpsim.cli.machine_opts import add_machine_options, config_from_args
 from kpsim.errors import InputError, OutOfMemory
 from kpsim.machine.boot import Machine
 from kpsim.machine.config import MachineConfig
+
+if TYPE_CHECKING:
+    from kpsim.report.cost import CostTable
 
 DESCRIPTION = """\
 Replay a perf script text trace (from `kpsim record`, or plain `perf script`) in a
@@ -61,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_true",
         help="also replay with the hardening off: the cost model's overhead estimate",
     )
-    p.add_argument("--costs", type=Path, metavar="TOML", help="cost overrides for --cost")
+    p.add_argument("--costs", type=Path, metavar="FILE", help="TOML [costs] table for --cost")
     p.add_argument(
         "--vmpte",
         type=Path,
@@ -97,10 +100,20 @@ def cost_counts(delta: dict[str, int]) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kpsim.report.cost import load_costs
     from kpsim.workloads.trace import read_trace
 
     file = str(args.file)
     cfg = config_from_args(args)
+    if args.costs is not None and not args.cost:
+        raise InputError("--costs FILE applies only with --cost")
+    costs = load_costs(args.costs) if args.cost else None  # bad costs: before any replay
+    live_path = args.vmpte or Path(f"{args.file}.vmpte.json")
+    try:
+        compare = args.vmpte is not None or live_path.exists()
+    except OSError:  # an unreadable directory: the trace's own read reports it
+        compare = False
+    live = _read_vmpte(live_path) if compare else None
     events = read_trace(args.file)
     res, delta = _replay(cfg, events, file)
     doc: dict[str, Any] = {
@@ -115,11 +128,11 @@ def run(args: argparse.Namespace) -> int:
         "lazy_vmas": res.lazy_vmas,
         "notes": res.notes,
     }
-    live_path = args.vmpte or Path(f"{args.file}.vmpte.json")
-    if args.vmpte is not None or live_path.exists():
-        doc["agreement"] = _compare(doc["processes"], _read_vmpte(live_path))
+    if live is not None:
+        doc["agreement"] = _compare(doc["processes"], live)
     if args.cost:
-        doc["cost"] = _cost(args, cfg, events, file, delta)
+        assert costs is not None
+        doc["cost"] = _cost(costs, cfg, events, file, delta)
     if args.json:
         emit_json(doc)
     else:
@@ -159,15 +172,14 @@ def _compare(procs: list[dict[str, Any]], live: dict[int, int]) -> dict[str, Any
 
 
 def _cost(
-    args: argparse.Namespace,
+    costs: CostTable,
     cfg: MachineConfig,
     events: list[Any],
     file: str,
     delta: dict[str, int],
 ) -> dict[str, Any]:
-    from kpsim.report.cost import ZeroBaselineError, load_costs, overhead_breakdown
+    from kpsim.report.cost import ZeroBaselineError, overhead_breakdown
 
-    costs = load_costs(args.costs)
     on_cfg = dataclasses.replace(cfg, hardened_pgtables=True)
     off_cfg = dataclasses.replace(cfg, hardened_pgtables=False)
     on = delta if cfg.hardened_pgtables else _replay(on_cfg, events, file)[1]

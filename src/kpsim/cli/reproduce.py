@@ -23,11 +23,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kpsim.cli.common import add_json, console, emit_json
+from kpsim.cli.common import add_json, check_writable, console, emit_json, int_arg
 from kpsim.errors import InputError
 from kpsim.events import Counters
 from kpsim.report.cost import CostTable, load_costs
-from kpsim.report.fit import DEFAULT_FIT_ROWS, DEFAULT_PARAMS, FitResult, FitSpec, reproduce
+from kpsim.report.fit import (
+    DEFAULT_FIT_ROWS,
+    DEFAULT_PARAMS,
+    FitResult,
+    FitSpec,
+    parse_params,
+    reproduce,
+)
 from kpsim.report.published import (
     TABLE_NAMES,
     Mode,
@@ -205,10 +212,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="micromm mapping size (default 1G, the benchmark's)",
     )
     p.add_argument(
-        "--loops", type=int, default=200, metavar="N", help="test_vmalloc loop count (default 200)"
+        "--loops",
+        type=int_arg,
+        default=200,
+        metavar="N",
+        help="test_vmalloc loop count (default 200)",
     )
     p.add_argument(
-        "--processes", type=int, default=8, metavar="N", help="kernbench compiler runs (default 8)"
+        "--processes",
+        type=int_arg,
+        default=8,
+        metavar="N",
+        help="kernbench compiler runs (default 8)",
     )
     add_json(p)
     p.set_defaults(func=run)
@@ -218,14 +233,18 @@ def run(args: argparse.Namespace) -> int:
     size = parse_size(args.size, what="--size")
     if size < 2 << 20 or size % (2 << 20) or size > 16 * SZ_1G:
         raise InputError(f"--size: must be a multiple of 2M between 2M and 16G, got {args.size}")
-    if args.loops < 1 or args.processes < 1:
-        raise InputError("--loops and --processes must be at least 1")
+    for flag, value in (("--loops", args.loops), ("--processes", args.processes)):
+        if value < 1:
+            raise InputError(f"{flag}: must be at least 1, got {value}")
+    if args.write_costs:
+        check_writable(args.write_costs, "costs")
     table = load_table(args.table)
     rows = select_rows(table, args.rows)
     fit_rows = select_rows(table, args.fit)
     if not fit_rows & rows:
         raise InputError(f"--fit {args.fit}: none of those rows is in --rows {args.rows}")
     base: CostTable = load_costs(args.costs)
+    parse_params(args.params, base)  # a bad --params: before the model runs, not after
     c = console()
     err = console() if sys.stderr.isatty() else None
 

@@ -137,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "Run a scenario (default: the built-in one): KUnit suite, audit, every workload "
             "with kpkeys_hardened_pgtables on and off, the estimated overhead and the events "
             "behind it, the linear-map composition. Machine options given on the command "
-            "line override the scenario's fields (their defaults do not apply here)."
+            "line override the scenario's fields."
         ),
     )
     p.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario TOML file")
@@ -148,7 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_true",
         help="list the built-in workloads and their parameters, then exit",
     )
-    add_machine_options(p)
+    add_machine_options(p, scenario=True)
     p.set_defaults(**dict.fromkeys(_OPTION_FIELDS))
     add_json(p)
     p.set_defaults(func=run)
@@ -718,6 +718,13 @@ def run(args: argparse.Namespace) -> int:
     if args.list_workloads:
         return _list_workloads(args.json)
     scenario, text = _load(args)
+    if args.out:  # refuse an unwritable --out before the run, not after it
+        try:
+            if Path(args.out).exists() and not Path(args.out).is_dir():
+                raise InputError("--out: not a directory", file=args.out)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"--out: cannot write: {err.strerror or err}", file=args.out) from None
     tty = sys.stdout.isatty() and not args.json
     doc = execute(scenario, overrides=_overrides(args), costs_path=args.costs, progress=tty)
     if args.out:

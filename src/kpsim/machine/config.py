@@ -6,12 +6,16 @@ from dataclasses import dataclass, field
 
 from kpsim.errors import ConfigError
 from kpsim.hw.arm64.system import MAX_CPUS
-from kpsim.units import SZ_1G, SZ_2M, parse_size
+from kpsim.units import SZ_1G, SZ_2M, format_size, parse_size
 
 LINEAR_MAP_POLICIES = ("pte", "block")
 ALLOCATORS: tuple[str, ...] = ("minimal", "pba", "grouped", "reserve")
 MIN_MEMORY = 256 << 20
 MAX_MEMORY = 1 << 47  # the 48-bit linear map covers 128 TiB
+#: A host limit, not an architectural one: a PTE-mapped linear map holds one PTE per 4K
+#: of RAM, which the model stores (1T: ~2.5 GB of host memory, ~10 s to boot; 16T would
+#: need ~40 GB). Larger machines use --linear-map block (128T boots in under a second).
+MAX_PTE_LINEAR_MEMORY = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -35,19 +39,29 @@ class MachineConfig:
         if isinstance(self.memory, str):
             object.__setattr__(self, "memory", parse_size(self.memory, what="memory"))
         if not MIN_MEMORY <= self.memory <= MAX_MEMORY:
-            raise ConfigError(f"memory must be between 256M and 128T, got {self.memory:#x} bytes")
+            raise ConfigError(
+                f"memory must be between 256M and 128T, got {format_size(self.memory)}"
+            )
         if self.memory % SZ_2M:
-            raise ConfigError(f"memory must be a multiple of 2M, got {self.memory:#x} bytes")
+            raise ConfigError(f"memory must be a multiple of 2M, got {format_size(self.memory)}")
         if self.dram_base % SZ_2M or self.dram_base < 0:
             raise ConfigError(f"DRAM base must be 2M-aligned, got {self.dram_base:#x}")
         if self.dram_base + self.memory > 1 << 48:
             raise ConfigError("DRAM must lie below 2^48 (48-bit physical addresses)")
         if not 1 <= self.cpus <= MAX_CPUS:
             raise ConfigError(f"cpus must be between 1 and {MAX_CPUS}, got {self.cpus}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
         if self.linear_map not in LINEAR_MAP_POLICIES:
             raise ConfigError(f"unknown linear map policy {self.linear_map!r} (use pte or block)")
         if self.allocator is not None and self.allocator not in ALLOCATORS:
             raise ConfigError(f"unknown allocator {self.allocator!r} (use {', '.join(ALLOCATORS)})")
+        if self.linear_map == "pte" and self.memory > MAX_PTE_LINEAR_MEMORY:
+            raise ConfigError(
+                f"memory {format_size(self.memory)} with a PTE-mapped linear map: more than the "
+                "model can hold (one PTE per 4K, at most 1T); use less, or a block-mapped "
+                "linear map (--linear-map block)"
+            )
 
     @property
     def effective_allocator(self) -> str:

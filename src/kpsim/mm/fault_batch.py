@@ -22,6 +22,7 @@ both). Not modelled as such in Linux: see docs/fidelity.md, "Vectorised user fau
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import chain
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -163,7 +164,7 @@ def _classify(
     (entry per page, None for a not-present one; indices of the not-present pages)."""
     hits = arch.user_probe(vas)
     table = arch.read_table(tpa)
-    descs = table[[(va >> 12) & 0x1FF for va in vas]]
+    descs = table[(np.asarray(vas, dtype=np.int64) >> 12) & 0x1FF]
     if not any(hits) and not descs.any():  # the common case: none there yet
         return [_MISSING] * len(vas), list(range(len(vas)))
     walked = arch.user_leaf_entries(descs, strip)
@@ -206,7 +207,7 @@ def _fault_in(
     pa = ctx.k.page_alloc
     if write:
         plan = pa.plan_bulk(len(missing))
-        planned = [p for _, pfn, take in plan for p in range(pfn, pfn + take)]
+        planned = list(chain.from_iterable(range(pfn, pfn + take) for _, pfn, take in plan))
         ok, probed = arch.clear_pages_probe(planned)
         if ok < len(missing):
             del entries[missing[ok] :], missing[ok:]
@@ -226,7 +227,11 @@ def _fault_in(
         arr = np.full(len(missing), ctx.zero_pfn, dtype=np.int64)
     ctx.k.counters["pgfault"] += len(missing)
     values = arch.ptes_from_pfns(arr, template)
-    index = np.asarray([(vas[i] >> 12) & 0x1FF for i in missing], dtype=np.int64)
+    index = (np.asarray(vas, dtype=np.int64)[missing] >> 12) & 0x1FF
     arch.pt_store_each(tpa, index, values)
-    for i, leaf in zip(missing, arch.user_leaf_entries(values, strip), strict=True):
+    leaves = arch.user_leaf_entries(values, strip)
+    if len(missing) == len(entries):  # every page was missing: missing == 0, 1, 2...
+        entries[:] = leaves
+        return
+    for i, leaf in zip(missing, leaves, strict=True):
         entries[i] = leaf

@@ -8,6 +8,11 @@ writable entries are write-protected in parent and child (COW); the child's entr
 are old. A PMD-mapped THP is copied as a PMD plus a new deposited PTE table in the
 child (``copy_huge_pmd``). Each PTE table is copied in one lazy-MMU section with
 whole-table numpy operations. The parent's TLB is flushed once at the end.
+``copy_pte_range`` counts ``fork_pte_copy`` per present PTE copied and
+``fork_folio`` per folio batch (``copy_present_ptes``: ``folio_pte_batch`` +
+``folio_try_dup_anon_rmap_ptes``; one per small folio, one per run of a PTE-mapped
+THP within a table; the zero page is no folio); ``copy_huge_pmd`` counts one
+``fork_folio`` per PMD-mapped THP.
 
 VM_DONTCOPY VMAs are left out of the child; VM_WIPEONFORK ones are copied without
 tables or anon_vma (``dup_mmap``).
@@ -23,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from kpsim.mm import memory as m
+from kpsim.mm.folio import folio_pte_batches
 from kpsim.mm.mm_types import PAGE_SHIFT, PMD_SIZE, SPAN_SHIFT, MmStruct, Vma, VmFlags
 
 
@@ -69,6 +75,7 @@ def copy_huge_pmd(dst: MmStruct, src: MmStruct, vma: Vma, slot: int) -> None:
     head = arch.pte_pfn(v)
     if head != ctx.huge_zero_pfn:
         pfns = head + np.arange(512, dtype=np.int64)
+        ctx.k.counters["fork_folio"] += 1  # folio_try_dup_anon_rmap_pmd
         m.get_pages(ctx, pfns)
         m.rss_delta(dst, pfns, 1)
         if not vma.shared and arch.pte_write(v):
@@ -95,7 +102,13 @@ def copy_pte_range(dst: MmStruct, src: MmStruct, vma: Vma, slot: int) -> None:
     vals = arr.copy() if full else arr[nz]
     idx: Any = slice(a, b) if full else nz + a
     present = arch.ptes_present(vals)
-    pfns = arch.ptes_pfn(vals if bool(present.all()) else vals[present])
+    allp = bool(present.all())
+    pfns = arch.ptes_pfn(vals if allp else vals[present])
+    pidx = nz if allp else nz[present]
+    starts, _ = folio_pte_batches(ctx, pidx, pfns)  # copy_present_ptes' folio batches
+    counters = ctx.k.counters
+    counters["fork_pte_copy"] += int(pfns.size)
+    counters["fork_folio"] += int(starts.size)
     m.get_pages(ctx, pfns)
     m.rss_delta(dst, pfns, 1)
     arch.arch_enter_lazy_mmu_mode()

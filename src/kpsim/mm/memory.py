@@ -13,9 +13,13 @@
   deposit) or split first when only part of one goes.
 - ``free_pgtables``: the floor/ceiling walk (rule 3): a table goes only when its whole
   slot lies inside [floor, ceiling).
+- zapping and table freeing go through an :class:`~kpsim.mm.mmu_gather.MmuGather`
+  (only the range actually cleared is flushed); zap counts ``zap_pte`` per present
+  PTE and ``zap_folio`` per folio batch; a THP is one order-9 folio
+  (:mod:`kpsim.mm.folio`).
 
-Left out: swap, rmap, memcg, NUMA, fault-around, the mmu_gather batching and RCU
-table freeing (tables are freed at once), khugepaged; a COW write to a shared THP
+Left out: swap, rmap, memcg, NUMA, fault-around, RCU table freeing (tables are
+freed at once), khugepaged; a COW write to a shared THP
 copies the whole THP (Linux splits the PMD and copies one page: same table count).
 """
 
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from kpsim.errors import OutOfMemory
+from kpsim.mm.folio import folio_pte_batches, free_unmapped
 from kpsim.mm.gfp import GFP_HIGHUSER_MOVABLE, GFP_PGTABLE_USER, Gfp
 from kpsim.mm.mm_types import (
     ANON,
@@ -43,6 +48,7 @@ from kpsim.mm.mm_types import (
     Vma,
     VmFlags,
 )
+from kpsim.mm.mmu_gather import MmuGather
 
 _IDX = np.arange(512, dtype=np.int64)
 _GFP_USER_ZERO = GFP_HIGHUSER_MOVABLE | Gfp.ZERO
@@ -138,8 +144,8 @@ def put_pages(ctx: MmContext, pfns: Any) -> None:
     idx = np.asarray(pfns, dtype=np.int64) - ctx.base_pfn
     np.subtract.at(ctx.mapcount, idx, 1)
     dead = np.unique(idx[ctx.mapcount[idx] == 0])
-    if dead.size:  # ascending, as the one-by-one loop freed them
-        ctx.k.page_alloc.free_pages_bulk((dead + ctx.base_pfn).tolist())
+    if dead.size:  # ascending; a THP folio goes whole once all its subpages are unmapped
+        free_unmapped(ctx, dead + ctx.base_pfn)
 
 
 def rss_delta(mm: MmStruct, pfns: Any, sign: int) -> None:
@@ -149,12 +155,15 @@ def rss_delta(mm: MmStruct, pfns: Any, sign: int) -> None:
 
 
 def alloc_user_page(ctx: MmContext, *, zero: bool = True, order: int = 0) -> int | None:
+    """A user page, or with ``order`` a compound folio (``vma_alloc_anon_folio_pmd``:
+    one order-9 allocation; its 512 subpages cleared, counted as ``clear_huge_page``
+    does, one ``clear_page`` each). :mod:`kpsim.mm.folio` frees it whole."""
     gfp = _GFP_USER_ZERO if zero else GFP_HIGHUSER_MOVABLE
+    if order:
+        gfp |= Gfp.COMP
     pfn = ctx.k.page_alloc.alloc_pages(gfp, order)
     if pfn is None:
         return None
-    if order:
-        ctx.k.page_alloc.split_page(pfn, order)
     i = pfn - ctx.base_pfn
     ctx.kind[i : i + (1 << order)] = ANON
     return int(pfn)
@@ -221,10 +230,13 @@ def handle_mm_fault(mm: MmStruct, addr: int, write: bool) -> None:
         and do_huge_pmd_anonymous_page(mm, vma, addr, write)
     ):
         return None
-    pte_pa = pxd_alloc(mm, 3, addr)
-    v = read_entry(mm, pte_pa, 3, addr)
-    ptr = entry_ptr(mm, pte_pa, 3, addr)
+    tpfn = mm.tables[3].get(slot)  # pxd_alloc, entry_ptr and read_entry, inlined
+    pte_pa = pxd_alloc(mm, 3, addr) if tpfn is None else tpfn << PAGE_SHIFT
     arch = mm.ctx.arch
+    idx = (addr >> PAGE_SHIFT) & 0x1FF
+    frame = mm.ctx.k.mem.frames.get(pte_pa >> PAGE_SHIFT)
+    v = 0 if frame is None else frame.item(idx)
+    ptr = arch.phys_to_virt(pte_pa) + (idx << 3)
     if v == 0:
         return do_pte_missing(mm, vma, addr, write, ptr)
     if not arch.pte_present(v) or not v & 1:  # PROT_NONE left behind: refresh from the VMA
@@ -283,6 +295,21 @@ def do_pte_missing(mm: MmStruct, vma: Vma, addr: int, write: bool, ptr: int) -> 
     arch.pt_store(ptr, entry)
 
 
+def _rss_one(mm: MmStruct, pfn: int, sign: int) -> None:
+    """:func:`rss_delta` of one page."""
+    kind = mm.ctx.kind[pfn - mm.ctx.base_pfn]
+    if kind == ANON:
+        mm.rss_anon += sign
+    elif kind == FILE:
+        mm.rss_file += sign
+
+
+def _account_one(mm: MmStruct, pfn: int) -> None:
+    """:func:`get_pages` and :func:`rss_delta` (+1) of one newly mapped page."""
+    mm.ctx.mapcount[pfn - mm.ctx.base_pfn] += 1
+    _rss_one(mm, pfn, 1)
+
+
 def do_wp_page(mm: MmStruct, vma: Vma, addr: int, ptr: int, v: int) -> None:
     """Write to a write-protected present page: reuse it if exclusive, else copy."""
     ctx, arch = mm.ctx, mm.ctx.arch
@@ -298,9 +325,8 @@ def do_wp_page(mm: MmStruct, vma: Vma, addr: int, ptr: int, v: int) -> None:
         raise OutOfMemory(f"COW page for {mm.owner}")
     if ctx.kind[i] != ZERO:
         copy_user_pages(ctx, pfn, old)
-    get_pages(ctx, [pfn])
-    rss_delta(mm, [pfn], 1)
-    rss_delta(mm, [old], -1)
+    _account_one(mm, pfn)  # get_pages + rss_delta of one page, as scalars
+    _rss_one(mm, old, -1)
     arch.pt_store(ptr, 0)  # ptep_clear_flush
     arch.flush_tlb_page(mm.asid, addr)
     entry = arch.pte_mkwrite(arch.pte_mkdirty(arch.pfn_pte(pfn, vma.page_prot(arch))))
@@ -375,7 +401,10 @@ def huge_pmd_fault(mm: MmStruct, vma: Vma, addr: int, write: bool) -> None:
 
 
 def __split_huge_pmd(mm: MmStruct, slot: int) -> None:
-    """``__split_huge_pmd``: withdraw the deposit, fill it with 512 PTEs, link it."""
+    """``__split_huge_pmd``: withdraw the deposit, fill it with 512 PTEs, link it.
+
+    The folio stays whole (PTE-mapped); ``pmdp_invalidate`` flushes the PMD with
+    ``flush_pmd_tlb_range`` (one non-last-level TLBI for the 2 MiB stride)."""
     ctx, arch = mm.ctx, mm.ctx.arch
     addr = slot << 21
     got = pmd_entry(mm, addr)
@@ -389,7 +418,7 @@ def __split_huge_pmd(mm: MmStruct, slot: int) -> None:
     ptes = arch.ptes_from_pfns(pfns, prot)
     ptr = entry_ptr(mm, pmd_pa, 2, addr)
     arch.pt_store(ptr, 0)  # pmdp_invalidate
-    arch.flush_tlb_range(mm.asid, addr, addr + PMD_SIZE)
+    arch.flush_tlb_range(mm.asid, addr, addr + PMD_SIZE, stride=PMD_SIZE, last_level=False)
     arch.pt_store_batch(deposit << PAGE_SHIFT, slice(None), ptes)
     arch.pt_store(ptr, arch.user_table_desc(deposit << PAGE_SHIFT))
     mm.tables[3][slot] = deposit
@@ -402,45 +431,72 @@ def split_huge_pmd_at(mm: MmStruct, addr: int) -> None:
         __split_huge_pmd(mm, addr >> 21)
 
 
-def zap_huge_pmd(mm: MmStruct, slot: int) -> None:
-    """Clear a THP's PMD, drop its pages and free the deposited PTE table (rule 2)."""
+def zap_huge_pmd(mm: MmStruct, slot: int, tlb: MmuGather | None = None) -> None:
+    """Clear a THP's PMD, drop its folio and free the deposited PTE table (rule 2).
+
+    ``tlb_remove_pmd_tlb_entry`` widens the gather by the PMD; the deposit goes with
+    ``pte_free`` (not ``pte_free_tlb``: it was never linked); the folio is one gather
+    slot and one ``zap_folio``."""
     ctx, arch = mm.ctx, mm.ctx.arch
+    own = tlb is None
+    gather = MmuGather(mm) if tlb is None else tlb
     addr = slot << 21
     got = pmd_entry(mm, addr)
     assert got is not None
     pmd_pa, v = got
     arch.pt_store(entry_ptr(mm, pmd_pa, 2, addr), 0)
+    gather.flush_pmd_range(addr, PMD_SIZE)
     head = arch.pte_pfn(v)
     if head != ctx.huge_zero_pfn:
         pfns = head + _IDX
         rss_delta(mm, pfns, -1)
         put_pages(ctx, pfns)
+        ctx.k.counters["zap_folio"] += 1
+        if gather.remove_folio():
+            gather.flush_mmu()
     ctx.k.pgtable.free_table(mm.thp.pop(slot))
+    if own:
+        gather.finish()
 
 
 # --------------------------------------------------------------------------- zap
 
 
-def zap_page_range(mm: MmStruct, start: int, end: int, *, reclaim_pt: bool = False) -> int:
+def zap_page_range(
+    mm: MmStruct,
+    start: int,
+    end: int,
+    *,
+    reclaim_pt: bool = False,
+    tlb: MmuGather | None = None,
+) -> int:
     """Clear every entry in [start, end) (one VMA's part); return the entries cleared.
 
-    With ``reclaim_pt`` (``MADV_DONTNEED`` with PT_RECLAIM) also free the PTE table of
-    each 2 MiB slot wholly inside [start, end) (rule 4).
+    ``unmap_page_range`` between ``tlb_start_vma`` and ``tlb_end_vma``: with no
+    ``tlb`` this is ``zap_page_range_single`` (its own gather, finished here). With
+    ``reclaim_pt`` (``MADV_DONTNEED`` with PT_RECLAIM) also free the PTE table of
+    each 2 MiB slot wholly inside [start, end) (rule 4; ``free_pte`` ->
+    ``pte_free_tlb``, so the flush invalidates the walk cache).
     """
     if end <= start:
         return 0
+    own = tlb is None
+    gather = MmuGather(mm) if tlb is None else tlb
     for slot in slots_in(mm.thp, start >> 21, (end - 1) >> 21):
         if slot << 21 >= start and (slot + 1) << 21 <= end:
-            zap_huge_pmd(mm, slot)
+            zap_huge_pmd(mm, slot, gather)
         else:
             __split_huge_pmd(mm, slot)
     cleared = 0
     for slot in slots_in(mm.tables[3], start >> 21, (end - 1) >> 21):
-        cleared += zap_pte_range(mm, slot, start, end)
+        cleared += zap_pte_range(mm, slot, start, end, gather)
         if reclaim_pt and slot << 21 >= start and (slot + 1) << 21 <= end:
             free_table(mm, 3, slot)
+            gather.free_table(3, slot << 21)
             mm.ctx.k.counters["pt_reclaim"] += 1
-    mm.ctx.arch.flush_tlb_range(mm.asid, start, end)
+    gather.end_vma()
+    if own:
+        gather.finish()
     return cleared
 
 
@@ -455,35 +511,70 @@ def pte_table_slice(mm: MmStruct, slot: int, start: int, end: int) -> tuple[int,
     return tpa, a, arr, np.flatnonzero(arr)
 
 
-def zap_pte_range(mm: MmStruct, slot: int, start: int, end: int) -> int:
-    """Clear one PTE table's entries in [start, end) in one lazy-MMU section."""
+def zap_pte_range(
+    mm: MmStruct, slot: int, start: int, end: int, tlb: MmuGather | None = None
+) -> int:
+    """Clear one PTE table's entries in [start, end) in one lazy-MMU section.
+
+    ``zap_present_ptes``: per present PTE a ``zap_pte``, per folio batch
+    (``folio_pte_batch``) a ``zap_folio`` (the zero page is no folio); the cleared
+    PTEs widen the gather's range and fill its batches (a full gather flushes)."""
     ctx, arch = mm.ctx, mm.ctx.arch
     tpa, a, arr, nz = pte_table_slice(mm, slot, start, end)
     if nz.size == 0:
         return 0
     vals = arr[nz]
-    pfns = arch.ptes_pfn(vals[arch.ptes_present(vals)])
+    present = arch.ptes_present(vals)
+    pidx = nz[present] + a
+    pfns = arch.ptes_pfn(vals[present])
     arch.arch_enter_lazy_mmu_mode()
     try:
         arch.pt_store_batch(tpa, nz + a, np.uint64(0))
     finally:
         arch.arch_leave_lazy_mmu_mode()
+    starts, sizes = folio_pte_batches(ctx, pidx, pfns)
+    counters = ctx.k.counters
+    counters["zap_pte"] += int(pidx.size)
+    counters["zap_folio"] += int(starts.size)
     rss_delta(mm, pfns, -1)
     put_pages(ctx, pfns)
+    if tlb is None:
+        gather = MmuGather(mm)
+        gather.remove_ptes((slot << 21) + (pidx << PAGE_SHIFT), starts, sizes)
+        gather.finish()
+    else:
+        tlb.remove_ptes((slot << 21) + (pidx << PAGE_SHIFT), starts, sizes)
     return int(nz.size)
 
 
-def unmap_vmas(mm: MmStruct, vmas: Iterable[Vma]) -> None:
+def unmap_vmas(mm: MmStruct, vmas: Iterable[Vma], tlb: MmuGather | None = None) -> None:
+    """``unmap_vmas``: zap each VMA into one gather (a gather of its own, finished
+    here, when ``tlb`` is None)."""
+    gather = MmuGather(mm) if tlb is None else tlb
     for vma in vmas:
-        zap_page_range(mm, vma.start, vma.end)
+        zap_page_range(mm, vma.start, vma.end, tlb=gather)
+    if tlb is None:
+        gather.finish()
 
 
-def free_pgtables(mm: MmStruct, start: int, end: int, floor: int, ceiling: int | None) -> int:
+def free_pgtables(
+    mm: MmStruct,
+    start: int,
+    end: int,
+    floor: int,
+    ceiling: int | None,
+    tlb: MmuGather | None = None,
+) -> int:
     """Free the tables over [start, end) whose slot lies inside [floor, ceiling) (rule 3).
 
     ``ceiling`` None is the top of the address space (``USER_PGTABLES_CEILING``).
-    Returns the number of tables freed. Entries must already be zapped.
+    Returns the number of tables freed. Entries must already be zapped. Each table
+    freed goes through the gather (``pte_free_tlb`` at the walk's address,
+    ``pmd_free_tlb``/``pud_free_tlb`` at the start of the table's span), so the
+    gather's flush invalidates the walk cache; a gather of its own is finished here
+    when ``tlb`` is None.
     """
+    gather = MmuGather(mm) if tlb is None else tlb
     freed = 0
     for level in (3, 2, 1):
         sh = SPAN_SHIFT[level]
@@ -491,7 +582,10 @@ def free_pgtables(mm: MmStruct, start: int, end: int, floor: int, ceiling: int |
             lo, hi = slot << sh, (slot + 1) << sh
             if lo >= floor and (ceiling is None or hi <= ceiling):
                 free_table(mm, level, slot)
+                gather.free_table(level, max(lo, start) if level == 3 else lo)
                 freed += 1
+    if tlb is None:
+        gather.finish()
     return freed
 
 

@@ -38,6 +38,7 @@ from kpsim.mm.mm_types import (
     Vma,
     VmFlags,
 )
+from kpsim.mm.mmu_gather import MmuGather
 
 PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0, 1, 2, 4
 MAP_SHARED, MAP_PRIVATE = 0x01, 0x02
@@ -278,10 +279,17 @@ def munmap(mm: MmStruct, start: int, length: int) -> None:
     for vma in victims:
         mm.remove_vma(vma)
     prev, nxt = mm.neighbours(victims[0].start, victims[-1].end)
-    m.unmap_vmas(mm, victims)
+    tlb = MmuGather(mm)  # unmap_region: one gather for the zap and the table frees
+    m.unmap_vmas(mm, victims, tlb)
     m.free_pgtables(
-        mm, victims[0].start, victims[-1].end, prev.end if prev else 0, nxt.start if nxt else None
+        mm,
+        victims[0].start,
+        victims[-1].end,
+        prev.end if prev else 0,
+        nxt.start if nxt else None,
+        tlb,
     )
+    tlb.finish()
 
 
 def brk(mm: MmStruct, new: int) -> int:
@@ -387,8 +395,8 @@ def mremap(
     As Linux 6.18 does (measured): ``old`` must be mapped (``-EFAULT``); a shrink in
     place unmaps the tail whatever VMAs it spans; growing needs the range inside one
     VMA; with ``MREMAP_FIXED`` the destination is unmapped, then a shrinking tail; a
-    range of several VMAs or with gaps moves VMA by VMA (gaps kept) only when the
-    length is unchanged (``mremap_to``, multi-VMA moves since 6.17).
+    range of several VMAs or with gaps moves VMA by VMA, each unmapping only its own
+    destination, only when the length is unchanged (``remap_move``, since 6.17).
     """
     if old & (PAGE_SIZE - 1):
         raise _einval("mremap: unaligned address")
@@ -405,7 +413,8 @@ def mremap(
         raise SyscallError(errno.EFAULT, "mremap: old address is not mapped")
     if fixed:
         assert new_addr is not None
-        move_only = old_len == new_len  # only a pure move may span VMAs and gaps
+        if old_len == new_len and old + old_len > vma.end:  # a pure move may span VMAs
+            return _move_vmas(mm, old, old_len, new_addr)
         munmap(mm, new_addr, new_len)
         if old_len > new_len:
             munmap(mm, old + new_len, old_len - new_len)
@@ -413,9 +422,7 @@ def mremap(
         vma = mm.find_vma(old)  # the unmaps may have split it
         assert vma is not None and vma.start <= old
         if old + old_len > vma.end:
-            if not move_only:
-                raise SyscallError(errno.EFAULT, "mremap: old range is not one mapping")
-            return _move_vmas(mm, old, old_len, new_addr)
+            raise SyscallError(errno.EFAULT, "mremap: old range is not one mapping")
         return move_vma(mm, vma, old, old_len, new_len, new_addr)
     if new_len <= old_len:
         if new_len < old_len:
@@ -438,13 +445,17 @@ def mremap(
 
 
 def _move_vmas(mm: MmStruct, old: int, length: int, new: int) -> int:
-    """Move every VMA piece of [old, old+length) to the same offset from ``new``, in
-    address order (each by :func:`move_vma`); the gaps between them stay gaps."""
+    """``remap_move``: move every VMA piece of [old, old+length) to the same offset from
+    ``new``, in address order, each as its own ``MREMAP_FIXED`` move (its destination
+    unmapped, then :func:`move_vma`). What lies at the destination of a gap stays
+    (measured: a mapping there survives)."""
     for start, end in [(v.start, v.end) for v in mm.overlapping(old, old + length)]:
         s, e = max(start, old), min(end, old + length)
+        dest = new + (s - old)
+        munmap(mm, dest, e - s)
         piece = mm.find_vma(s)
-        assert piece is not None
-        move_vma(mm, piece, s, e - s, e - s, new + (s - old))
+        assert piece is not None and piece.start <= s
+        move_vma(mm, piece, s, e - s, e - s, dest)
     return new
 
 

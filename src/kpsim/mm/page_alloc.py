@@ -468,14 +468,14 @@ class PageAllocator:
         maximal aligned block of consecutive pfns is freed at once.
         """
         alloc, meta = self._alloc, self.memmap.pages
-
-        def plain(p: int) -> bool:  # an order-0 allocation with no stored metadata
-            return alloc.get(p, -1) == 0 and p not in meta
-
+        get = alloc.get
+        # an order-0 allocation with no stored metadata (looked at once per page: freeing
+        # a page changes only its own entries, and the pfns are distinct and ascending)
+        plain = [get(p, -1) == 0 and p not in meta for p in pfns]
         i, n = 0, len(pfns)
         while i < n:
             pfn = pfns[i]
-            if not plain(pfn):
+            if not plain[i] or pfn not in alloc:  # (not in alloc: listed twice)
                 self.free_pages(pfn, 0)  # the one-by-one path checks and reports
                 i += 1
                 continue
@@ -484,7 +484,7 @@ class PageAllocator:
                 size = 2 << order
                 if i + size > n or pfns[i + size - 1] != pfn + size - 1:
                     break
-                if not all(plain(p) for p in range(pfn + (size >> 1), pfn + size)):
+                if not all(plain[i + (size >> 1) : i + size]):
                     break
                 order += 1
             size = 1 << order

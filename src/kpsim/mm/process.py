@@ -30,6 +30,7 @@ from kpsim.mm.arch_ops import ArchOps
 from kpsim.mm.kernel import Kernel
 from kpsim.mm.mm_types import (
     PAGE_SIZE,
+    SPAN_SHIFT,
     TASK_SIZE,
     FileRef,
     MmContext,
@@ -38,6 +39,7 @@ from kpsim.mm.mm_types import (
     Vma,
     VmFlags,
 )
+from kpsim.mm.mmu_gather import MmuGather
 from kpsim.mm.sched import Task
 
 STACK_SIZE = 132 << 10  # what a fresh process has faulted: a few pages below the top
@@ -64,21 +66,24 @@ def _ncpus(arch: Any) -> int:
 
 
 def exit_mmap(mm: MmStruct) -> None:
-    """``exit_mmap``: zap and free everything, then ``pgd_free``."""
+    """``exit_mmap``: zap and free everything in one full-mm gather (one ASID flush
+    at the end, none for the zaps), then ``pgd_free``."""
     ctx = mm.ctx
     vmas = list(mm.vmas)
-    m.unmap_vmas(mm, vmas)
+    tlb = MmuGather(mm, fullmm=True)  # tlb_gather_mmu_fullmm
+    m.unmap_vmas(mm, vmas, tlb)
     mm.vmas.clear()
     mm.starts.clear()
     if vmas:
-        m.free_pgtables(mm, vmas[0].start, vmas[-1].end, 0, None)
+        m.free_pgtables(mm, vmas[0].start, vmas[-1].end, 0, None, tlb)
     leftover = mm.pgtables_pages()
     if leftover:
         ctx.k.warn("exit_mmap", f"{mm.owner}: {leftover} tables outside every VMA")
         for level in (3, 2, 1):
             for slot in sorted(mm.tables[level]):
                 m.free_table(mm, level, slot)
-    ctx.arch.flush_tlb_mm(mm.asid)
+                tlb.free_table(level, slot << SPAN_SHIFT[level])
+    tlb.finish()  # tlb_finish_mmu: one ASID flush (arm64 tlb_flush, fullmm)
     ctx.k.pgtable.free_table(mm.pgd_pfn)
 
 

@@ -18,14 +18,10 @@ with PMD-sized (order-9) THPs that are then PTE-mapped, as mm selftests' cow.c
 ``mprotect(PROT_READ)`` of one page of each THP and back, which splits the PMD
 (``__split_huge_pmd``) but not the folio.
 
-Counted here, because the mm model does not count them itself (docs/workloads.md):
-``fork_pte_copy``/``zap_pte`` per present PTE copied or zapped, and
-``fork_folio``/``zap_folio`` per folio batch (``folio_pte_batch``: one per small folio,
-one per PTE-mapped THP per PTE table), which is where h=1 is cheaper in Linux.
-The mm model allocates a THP as an order-9 block but splits it into order-0 pages
-and frees those one by one; Linux frees the folio as one order-9 block
-(``free_unref_folios`` -> ``__free_pages_ok``). micromm.munmap reports the frees Linux
-makes: per THP, 511 fewer ``page_alloc.free`` (docs/fidelity.md).
+The mm model counts ``fork_pte_copy``/``zap_pte`` per present PTE copied or zapped
+and ``fork_folio``/``zap_folio`` per folio batch (``folio_pte_batch``: one per small
+folio, one per PTE-mapped THP per PTE table), which is where h=1 is cheaper in Linux;
+a THP is one order-9 folio, allocated and freed as one order-9 block.
 
 ``repeat`` times the operation that many times (a fresh populated range each time for
 munmap; the same parent for fork).
@@ -41,7 +37,7 @@ from kpsim.mm import mmap as mmap_mod
 from kpsim.mm.madvise import MADV_HUGEPAGE
 from kpsim.mm.process import Process
 from kpsim.units import SZ_2M
-from kpsim.workloads.base import ParamSpec, WorkloadDef, count, measured
+from kpsim.workloads.base import ParamSpec, WorkloadDef, measured
 
 PAGE = 4096
 
@@ -54,25 +50,19 @@ PARAMS = (
 )  # fmt: skip
 
 
-def _populate(p: Process, size: int, h: int) -> tuple[int, int, int]:
-    """Map and populate ``size`` bytes; return (address, present PTEs, folios)."""
-    m = p.ctx
+def _populate(p: Process, size: int, h: int) -> int:
+    """Map and populate ``size`` bytes; return the address."""
     if h == 0:
         flags = mmap_mod.MAP_PRIVATE | mmap_mod.MAP_ANONYMOUS | mmap_mod.MAP_POPULATE
-        addr = p.mmap(None, size, mmap_mod.PROT_READ | mmap_mod.PROT_WRITE, flags)
-        pages = size // 4096
-        return addr, pages, pages
+        return p.mmap(None, size, mmap_mod.PROT_READ | mmap_mod.PROT_WRITE, flags)
     addr = p.mmap(None, size)
     p.madvise(addr, size, MADV_HUGEPAGE)
-    before = m.k.counters.get("thp_fault_alloc", 0)
     p.touch_range(addr, size, stride=SZ_2M, write=True)
-    thps = m.k.counters.get("thp_fault_alloc", 0) - before
     for a in range(addr, addr + size, SZ_2M):  # cow.c: PTE-map each THP
         p.mprotect(a + PAGE, PAGE, mmap_mod.PROT_READ)
         p.mprotect(a + PAGE, PAGE, mmap_mod.PROT_READ | mmap_mod.PROT_WRITE)
     p.touch_range(addr, size, write=True)  # any slot without a THP falls back to pages
-    pages = size // 4096
-    return addr, pages, thps + (pages - 512 * thps)
+    return addr
 
 
 def _size(params: dict[str, Any]) -> int:
@@ -84,12 +74,10 @@ def run_fork(m: Machine, params: dict[str, Any], rng: random.Random) -> None:
     """Populate, then ``fork()`` ``repeat`` times; each child exits untimed."""
     size, h = _size(params), int(params["h"])
     p = Process.create(m, "micromm-fork")
-    addr, ptes, folios = _populate(p, size, h)
+    addr = _populate(p, size, h)
     for _ in range(int(params["repeat"])):
         with measured(m):
             child = p.fork()
-            count(m, "fork_pte_copy", ptes)
-            count(m, "fork_folio", folios)
         child.exit()
     p.munmap(addr, size)
     p.exit()
@@ -100,16 +88,9 @@ def run_munmap(m: Machine, params: dict[str, Any], rng: random.Random) -> None:
     size, h = _size(params), int(params["h"])
     p = Process.create(m, "micromm-munmap")
     for _ in range(int(params["repeat"])):
-        addr, ptes, folios = _populate(p, size, h)
-        with measured(m) as adjust:
+        addr = _populate(p, size, h)
+        with measured(m):
             p.munmap(addr, size)
-            count(m, "zap_pte", ptes)
-            count(m, "zap_folio", folios)
-            thps = (ptes - folios) // 511
-            if thps:  # Linux frees each THP as one order-9 block (see module docstring)
-                adjust["page_alloc.free"] = -511 * thps
-                adjust["page_alloc.free_order_0"] = -512 * thps
-                adjust["page_alloc.free_order_9"] = thps
     p.exit()
 
 

@@ -18,7 +18,7 @@ from kpsim.errors import InputError
 from kpsim.events import Counters
 from kpsim.machine.boot import KPKEYS_COUNTERS, Machine
 from kpsim.machine.scenario import WorkloadSpec
-from kpsim.units import parse_size
+from kpsim.units import format_size, parse_size
 from kpsim.workloads import kernbench, micromm, vmalloc_bench
 from kpsim.workloads.base import _USED, KINDS, ParamSpec, WorkloadDef, collecting
 
@@ -70,10 +70,11 @@ def _check(p: ParamSpec, value: Any, fail: Any) -> Any:
             out = parse_size(value, what=p.name)
         except InputError as err:
             raise fail(err.problem) from None
+    bound = format_size if p.kind == "size" else str  # sizes in the units they are written in
     if p.min is not None and out < p.min:
-        raise fail(f"must be at least {p.min}, got {value!r}")
+        raise fail(f"must be at least {bound(p.min)}, got {value!r}")
     if p.max is not None and out > p.max:
-        raise fail(f"must be at most {p.max}, got {value!r}")
+        raise fail(f"must be at most {bound(p.max)}, got {value!r}")
     return out
 
 

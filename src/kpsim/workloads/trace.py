@@ -320,6 +320,8 @@ def parse_lines(lines: Iterable[str], *, file: str = "<trace>") -> Iterator[Even
             yield parse(rest, (n, comm, pid, tid, int(cpu), float(t)))
     except _Bad as err:
         raise InputError(str(err), file=file, line=n) from None
+    except InputError:  # from ``lines`` itself (:func:`_whole_lines`)
+        raise
     except ValueError as err:
         raise InputError(f"bad number: {err}", file=file, line=n) from None
 
@@ -332,12 +334,29 @@ def iter_trace(path: str | PathLike[str]) -> Iterator[Event]:
     except OSError as err:
         raise InputError(f"cannot read trace: {err.strerror}", file=name) from None
     with f:
-        yield from parse_lines(f, file=name)
+        yield from parse_lines(_whole_lines(f, name), file=name)
+
+
+def _whole_lines(lines: Iterable[str], name: str) -> Iterator[str]:
+    """``lines``, refusing a last line cut off before its newline: ``perf script``
+    ends every line with one, so the file is an incomplete copy and that record's
+    fields (an address, a return value) may be cut short."""
+    for n, text in enumerate(lines, 1):
+        if not text.endswith("\n") and text.strip() and not text.lstrip().startswith("#"):
+            raise InputError(
+                "the trace ends in the middle of this line (no newline): truncated file?",
+                file=name,
+                line=n,
+            )
+        yield text
 
 
 def read_trace(path: str | PathLike[str]) -> list[Event]:
-    """Parse a whole trace file into a list of records."""
-    return list(iter_trace(path))
+    """Parse a whole trace file into a list of records (``InputError`` if it has none)."""
+    events = list(iter_trace(path))
+    if not events:
+        raise InputError("no perf script records: empty trace", file=str(path))
+    return events
 
 
 # --- resolved memory operations ---------------------------------------------------

@@ -74,7 +74,7 @@ class Arm64(SetupMixin, EntryMixin, VmallocArchMixin, PgtableUserMixin):
 
     def clear_page(self, pfn: int) -> None:
         """``clear_page`` through the linear map on the current CPU (MMU-checked)."""
-        self.cpu.store_table(self.layout.pfn_to_virt(pfn), slice(None), 0)
+        self.cpu.zero_page(self.layout.pfn_to_virt(pfn))
 
     def secondary_start(self) -> None:
         """Bring every CPU up: POE enabled with POR_EL1_INIT, TTBR1 = swapper_pg_dir."""

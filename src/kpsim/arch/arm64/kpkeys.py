@@ -33,11 +33,21 @@ POR_EL0_INIT = POE_RWX
 POR_EL1_INIT_BASE = POE_RWX  # before the page-table feature: 0x7
 
 
+_CTX_VALUES: dict[tuple[int, int], int] = {}
+
+
 def por_set_kpkeys_context(por: int, ctx: int) -> int:
-    """The register value for ``ctx``, keeping fields kpkeys does not manage."""
-    por = por_elx_set_pkey_perms(por, KPKEYS_PKEY_DEFAULT, POE_RWX)
-    perm = POE_RW if ctx == KPKEYS_CTX_PGTABLES else POE_R
-    return por_elx_set_pkey_perms(por, KPKEYS_PKEY_PGTABLES, perm)
+    """The register value for ``ctx``, keeping fields kpkeys does not manage (a pure
+    function of its arguments, computed once per pair)."""
+    v = _CTX_VALUES.get((por, ctx))
+    if v is None:
+        v = por_elx_set_pkey_perms(por, KPKEYS_PKEY_DEFAULT, POE_RWX)
+        perm = POE_RW if ctx == KPKEYS_CTX_PGTABLES else POE_R
+        v = por_elx_set_pkey_perms(v, KPKEYS_PKEY_PGTABLES, perm)
+        if len(_CTX_VALUES) > 4096:
+            _CTX_VALUES.clear()
+        _CTX_VALUES[(por, ctx)] = v
+    return v
 
 
 def por_el1_init(hardened_pgtables: bool) -> int:

@@ -25,6 +25,7 @@ from kpsim.arch.arm64.base import Arm64Base
 from kpsim.arch.arm64.kpkeys import (
     arch_kpkeys_restore_pkey_reg,
     arch_kpkeys_set_context,
+    por_set_kpkeys_context,
 )
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES
@@ -105,7 +106,11 @@ class PgtableMixin(Arm64Base):
         if guard and self.batching:  # _guard_needed(), inlined: this runs once per write
             pc = self.percpu[self.cpu_id]
             guard = pc.irq_depth > 0 or not pc.current.tif_lazy_mmu
-        if guard:
+        if guard and cpu.poe:  # arch_kpkeys_set_context, the store, restore_pkey_reg
+            por = por_set_kpkeys_context(cpu.por_el1, KPKEYS_CTX_PGTABLES)
+            self.k.counters["kpkeys_guard_entries"] += 1
+            cpu.store_with_por_el1(ptr, value, por)
+        elif guard:
             saved = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES)
             self.k.counters["kpkeys_guard_entries"] += 1
             try:

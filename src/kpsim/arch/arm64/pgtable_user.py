@@ -250,10 +250,14 @@ class PgtableUserMixin(Arm64Base):
     def clear_pages_probe(self, pfns: list[int]) -> tuple[int, Any]:
         """How many of ``pfns`` in a row ``clear_page`` could zero now (the linear-map
         alias translates and is writable), and what each store would use."""
-        base = int(self.layout.pfn_to_virt(0))  # the linear map is linear
-        return self.cpu.probe_el1_stores([base + (p << 12) for p in pfns])
+        return self.cpu.probe_el1_stores(self._linear_vas(pfns))
 
     def clear_pages_commit(self, pfns: list[int], probed: Any) -> None:
         """``clear_page`` of each of ``pfns`` (probed with :meth:`clear_pages_probe`)."""
-        base = int(self.layout.pfn_to_virt(0))
-        self.cpu.commit_el1_zero_pages([base + (p << 12) for p in pfns], probed)
+        self.cpu.commit_el1_zero_pages(self._linear_vas(pfns), probed)
+
+    def _linear_vas(self, pfns: list[int]) -> list[int]:
+        """The linear-map address of each pfn (the linear map is linear)."""
+        base = np.uint64(int(self.layout.pfn_to_virt(0)))
+        vas: list[int] = ((np.asarray(pfns, dtype=np.uint64) << np.uint64(12)) + base).tolist()
+        return vas

@@ -1,14 +1,30 @@
-"""arm64 TLB maintenance as Linux issues it (``arch/arm64/include/asm/tlbflush.h``).
+"""arm64 TLB maintenance as Linux issues it (``arch/arm64/include/asm/tlbflush.h``,
+``arch/arm64/include/asm/tlb.h``).
 
 ``flush_tlb_kernel_range``: DSB ISHST, one ``TLBI VAALE1IS`` per page (or
 ``TLBI VMALLE1IS`` above ``MAX_DVM_OPS`` pages), DSB ISH, ISB. User flushes use the
-mm's ASID. ``queue_pte_barriers`` models the barriers after a kernel PTE write:
-deferred while in lazy-MMU mode (``TIF_LAZY_MMU_PENDING``), issued at once otherwise.
+mm's ASID: ``flush_tlb_range`` is ``__flush_tlb_range`` (round the range to the
+stride, then one ``TLBI ASIDE1IS`` when it spans ``MAX_DVM_OPS`` strides or more,
+else one TLBI per stride: ``VALE1IS`` for a last-level flush, ``VAE1IS`` otherwise,
+which also drops walk-cache entries; the non-last-level ones are counted apart as
+``tlbi_va_nonleaf``, a subset of ``tlbi_va``). ``tlb_flush`` is arm64's flush of an
+``mmu_gather`` (``last_level = !freed_tables``; a full-mm teardown flushes the ASID
+once, and only when tables were freed). ``queue_pte_barriers`` models the barriers
+after a kernel PTE write: deferred while in lazy-MMU mode (``TIF_LAZY_MMU_PENDING``),
+issued at once otherwise.
+
+Not modelled: FEAT_TLBIRANGE (the simulated CPUs do not have it, so the
+``MAX_DVM_OPS`` cut-off applies, as ``__flush_tlb_range_limit_excess`` without
+range TLBIs), the TTL level hint (no effect on what is invalidated here).
 """
 
 from __future__ import annotations
 
 from kpsim.arch.arm64.base import Arm64Base
+
+PAGE_SIZE = 1 << 12
+#: ``MAX_DVM_OPS`` (``PTRS_PER_PTE``): strides above which a user range flush is an ASID flush
+MAX_DVM_OPS = 512
 
 
 class TlbFlushMixin(Arm64Base):
@@ -18,12 +34,39 @@ class TlbFlushMixin(Arm64Base):
         cpu.tlbi_range(start, end, None)
         cpu.isb()
 
-    def flush_tlb_range(self, asid: int, start: int, end: int) -> None:
-        """``__flush_tlb_range`` for a user mm (no ISB: not needed for user mappings)."""
-        self.system.counters["dsb"] += 2
-        self.cpu.tlbi_range(start, end, asid)
+    def flush_tlb_range(
+        self,
+        asid: int,
+        start: int,
+        end: int,
+        *,
+        stride: int = PAGE_SIZE,
+        last_level: bool = False,
+    ) -> None:
+        """``__flush_tlb_range`` for a user mm (no ISB: not needed for user mappings).
+
+        ``flush_tlb_range()`` itself is ``stride=PAGE_SIZE, last_level=False``."""
+        start &= ~(stride - 1)
+        end = (end + stride - 1) & ~(stride - 1)
+        if end <= start:
+            return
+        if end - start >= MAX_DVM_OPS * stride:  # __flush_tlb_range_limit_excess
+            self.flush_tlb_mm(asid)
+            return
+        counters = self.system.counters
+        counters["dsb"] += 2
+        n = (end - start) // stride
+        if stride == PAGE_SIZE:
+            self.cpu.tlbi_range(start, end, asid)
+        else:
+            counters["tlbi_range_calls"] += 1
+            for va in range(start, end, stride):
+                self.cpu.tlbi_va(va, asid)
+        if not last_level:
+            counters["tlbi_va_nonleaf"] += n
 
     def flush_tlb_page(self, asid: int, addr: int) -> None:
+        """``flush_tlb_page``: one ``TLBI VALE1IS``."""
         self.system.counters["dsb"] += 2
         self.cpu.tlbi_va(addr, asid)
 
@@ -35,6 +78,19 @@ class TlbFlushMixin(Arm64Base):
         self.system.counters["dsb"] += 2
         self.cpu.tlbi_all()
         self.cpu.isb()
+
+    def tlb_flush(
+        self, asid: int, start: int, end: int, *, stride: int, freed_tables: bool, fullmm: bool
+    ) -> None:
+        """arm64 ``tlb_flush(struct mmu_gather *)``: a full-mm teardown only needs the
+        walk cache gone (the ASID is not reused before a full invalidation), so it
+        flushes the ASID once if tables were freed and nothing otherwise; else
+        ``__flush_tlb_range`` over the gathered range, last-level unless tables went."""
+        if fullmm:
+            if freed_tables:
+                self.flush_tlb_mm(asid)
+            return
+        self.flush_tlb_range(asid, start, end, stride=stride, last_level=not freed_tables)
 
     def queue_pte_barriers(self) -> None:
         """``queue_pte_barriers``: defer in lazy-MMU mode, else DSB + ISB now."""

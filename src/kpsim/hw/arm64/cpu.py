@@ -13,6 +13,8 @@ faults, instruction execution (``fetch`` checks execute permission only).
 
 from __future__ import annotations
 
+from itertools import chain, compress, filterfalse, repeat
+from operator import itemgetter, not_
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,7 +33,7 @@ from kpsim.hw.arm64.mmu import (
     walk_to_pte_table,
 )
 from kpsim.hw.arm64.por import overlay_table
-from kpsim.hw.arm64.tlb import ASID_SHIFT, Tlb, TlbEntry
+from kpsim.hw.arm64.tlb import ASID_SHIFT, VPN_MASK, Tlb, TlbEntry
 from kpsim.hw.physmem import PhysicalMemory
 
 if TYPE_CHECKING:
@@ -42,7 +44,11 @@ _NO_OVERLAY = (7,) * 8
 _FAULT_NAMES: dict[int, str] = {int(k): k.name.lower() for k in FaultKind}
 _TRANSLATION_L0 = int(FaultKind.TRANSLATION)
 _OVERLAYS: dict[int, tuple[int, ...]] = {}
-_ARENA = FrameArena()  # host storage for frames made many at a time
+_ARENA = FrameArena()
+_ALL = slice(None)
+_SHR12 = (12).__rrshift__  # va >> 12, as a C-level callable for map()
+_FIRST = itemgetter(0)
+_DESC = itemgetter(5)  # host storage for frames made many at a time
 
 
 def overlay_of(por: int) -> tuple[int, ...]:
@@ -204,6 +210,15 @@ class Cpu:
             self.mem.check(page_pa)
             frame = self.mem.frames[page_pa >> 12] = _ARENA.take(1)[0]
         entry: TlbEntry = (*t, frame)
+        if t[4] == 3 and not desc & d.CONT:  # a 4 KiB page: Tlb.insert without a span
+            if key > VPN_MASK:
+                tlb = self.tlb.asids.get(key >> ASID_SHIFT)
+                if tlb is None:
+                    tlb = self.tlb.asids[key >> ASID_SHIFT] = {}
+                tlb[key] = entry
+            else:
+                self.tlb.entries[key] = entry
+            return entry
         shift = d.LEVEL_SHIFT[t[4]]
         if desc & d.CONT:
             shift += 4
@@ -258,6 +273,37 @@ class Cpu:
             e[6][(va & 0xFFF) >> 3] = value
         else:
             self.mem.write(e[0] | (va & 0xFFF), value, size)
+
+    def store_with_por_el1(self, va: int, value: int, por: int) -> None:
+        """``MSR POR_EL1, por; ISB; STR value, [va]; MSR POR_EL1, prev; ISB`` (the
+        restore is skipped when ``prev`` is 0, kpkeys' "nothing to restore"): a guarded
+        64-bit EL1 store, with the same register writes, ISBs, checks and counters as
+        :meth:`write_por_el1`, :meth:`isb` and :meth:`store` in that order."""
+        if not self.poe:
+            raise Undefined(f"cpu{self.cpu_id}: MSR POR_EL1 without FEAT_S1POE")
+        prev = self.por_el1
+        ov0 = overlay_of(self.por_el0) if self.tcr2_e0poe else _NO_OVERLAY
+        self.por_el1 = por
+        self._ov1 = overlay_of(por) if self.tcr2_poe else _NO_OVERLAY
+        self._ov0 = ov0
+        self.por_writes += 1
+        self.isbs += 1
+        try:
+            if va >= KERNEL_VA_START:
+                e = self.tlb.entries.get(va >> 12)
+                if e is not None and e[1] & self._ov1[e[3]] & W:
+                    self.tlb_hits += 1
+                    self.stores += 1
+                    e[6][(va & 0xFFF) >> 3] = value
+                    return
+            self.store(va, value)
+        finally:
+            if prev != 0:
+                self.por_el1 = prev
+                self._ov1 = overlay_of(prev) if self.tcr2_poe else _NO_OVERLAY
+                self._ov0 = ov0
+                self.por_writes += 1
+                self.isbs += 1
 
     def load(self, va: int, size: int = 8, el: int = 1) -> int:
         """Load ``size`` bytes little-endian from ``va``; raise AccessFault."""
@@ -335,12 +381,13 @@ class Cpu:
         e = self.translate(table_va, el=1, write=True)
         if isinstance(e, Fault):
             raise self._raise(e)
-        f = self._check(table_va, e, 1, W, True)
-        if f is not None:
-            raise self._raise(f)
+        if not e[1] & self._ov1[e[3]] & W:  # _check, inlined
+            raise self._raise(self._check(table_va, e, 1, W, True))  # type: ignore[arg-type]
         frame = e[6]
         frame[index] = values
-        if isinstance(index, int):
+        if index.__class__ is slice and index == _ALL:
+            n = 512
+        elif isinstance(index, int):
             n = 1
         elif isinstance(index, slice):
             n = len(range(*index.indices(512)))
@@ -349,29 +396,65 @@ class Cpu:
         self.stores += n
         return n
 
+    def zero_page(self, va: int) -> None:
+        """``store_table(va, slice(None), 0)`` (``clear_page``: 512 stores, one check)."""
+        if va < KERNEL_VA_START:
+            self.store_table(va, slice(None), 0)
+            return
+        frames = self.mem.frames
+        made = len(frames)
+        e = self.tlb.entries.get(va >> 12)
+        if e is None:  # a miss: walk and fill (_fill, inlined)
+            filled = self._fill_code(va, va >> 12)
+            if isinstance(filled, int):
+                f = Fault(va, FaultKind(filled & ~3), filled & 3, write=True, el=1)
+                raise self._raise(f)
+            e = filled
+        else:
+            self.tlb_hits += 1
+        if not e[1] & self._ov1[e[3]] & W:
+            raise self._raise(self._check(va, e, 1, W, True))  # type: ignore[arg-type]
+        if len(frames) == made:  # else the fill just made the frame: a zeroed arena row
+            e[6][:] = 0
+        self.stores += 512
+
     # -- batched forms: the TLB state and counters of the same one-by-one accesses ------
+    # Per-page work runs through C-level zip/map/numpy where it can (no Python loop per
+    # page on the common paths); the results are those of the page-by-page forms.
     def probe_el0(self, vas: list[int]) -> list[TlbEntry | None]:
         """The TLB entry each user page's next EL0 access would hit (None: a miss).
 
         Looks only: nothing is counted or filled (see :meth:`commit_el0`)."""
         d = self.tlb.asids.get(self.asid + 1)
         g = self.tlb.entries
-        tag = (self.asid + 1) << ASID_SHIFT
+        vpns = list(map(_SHR12, vas))
         if d is None:
-            return [g.get(va >> 12) for va in vas]
-        return [d.get(tag | (va >> 12)) or g.get(va >> 12) for va in vas]
+            return list(map(g.get, vpns))
+        tag = (self.asid + 1) << ASID_SHIFT
+        hits: list[TlbEntry | None] = list(map(d.get, map(tag.__or__, vpns)))
+        if None in hits:  # a global entry in the user half answers where no ASID one does
+            hits = [h if h is not None else g.get(v) for h, v in zip(hits, vpns, strict=True)]
+        return hits
 
     def leaf_entries(self, descs: Any, strip: int) -> list[LeafEntry | None]:
         """Level-3 descriptors as :func:`walk_entry` would return them under the table
         bits ``strip`` (None where the walk would fault, and for contiguous-hint leaves,
         whose TLB fill also makes a span group: those go one at a time)."""
         ok, el1, el0 = leaf_perms(descs, strip)
-        ok &= (np.asarray(descs, dtype=np.uint64) & np.uint64(d.CONT)) == 0
-        out: list[LeafEntry | None] = [None] * len(ok)
+        a = np.asarray(descs, dtype=np.uint64)
+        ok &= (a & np.uint64(d.CONT)) == 0
+        n = len(ok)
+        if n and bool(ok.all()):  # every one a page leaf: the tuples made by zip, in C
+            po = ((a >> np.uint64(60)) & np.uint64(7)).tolist()
+            pas = (a & np.uint64(d.OA_MASK)).tolist()
+            return list(
+                zip(pas, el1.tolist(), el0.tolist(), po, repeat(3, n), a.tolist(), strict=True)
+            )
+        out: list[LeafEntry | None] = [None] * n
         good = np.flatnonzero(ok)
         if not good.size:
             return out
-        vals = np.asarray(descs, dtype=np.uint64)[good].tolist()
+        vals = a[good].tolist()
         oa = d.OA_MASK
         for i, v, p1, p0 in zip(
             good.tolist(), vals, el1[good].tolist(), el0[good].tolist(), strict=True
@@ -407,11 +490,46 @@ class Cpu:
         frame made ready). Changes no architectural state and counts nothing."""
         g = self.tlb.entries
         if not vas or min(vas) < KERNEL_VA_START or self.ttbr1 is None:
-            return 0, ([], [])
-        hits = [g.get(va >> 12) for va in vas]
+            return 0, ([], [], [])
+        hits = list(map(g.get, map(_SHR12, vas)))
         ov = self._ov1
         ov_arr = np.array(ov, dtype=np.int64)
         segs: list[Any] = []  # a hit entry, or the columns of a run of walked leaves
+        if not any(hits):
+            i, n = 0, len(vas)  # all misses: runs end only where the 2 MiB region changes
+            r = np.asarray(vas, dtype=np.uint64) >> np.uint64(21)
+            for j in [*(np.flatnonzero(r[1:] != r[:-1]) + 1).tolist(), n]:
+                cols = self._walk_run(vas[i:j], ov_arr)
+                segs.append(cols)
+                if len(cols[0]) < j - i:
+                    break
+                i = j
+        else:
+            self._probe_mixed(vas, hits, ov, ov_arr, segs)
+        runs = [c for c in segs if len(c) == 6]
+        self._frames_for(list(chain.from_iterable(c[5] for c in runs)))
+        frames = self.mem.frames
+        items: list[Any] = []
+        walked: list[bool] = []
+        pfns: list[int] = []
+        for c in segs:
+            if len(c) != 6:
+                items.append(c)
+                walked.append(False)
+                pfns.append(c[0] >> 12)
+                continue
+            items.extend(
+                zip(c[4], c[1], c[2], c[3], repeat(3), c[0], map(frames.__getitem__, c[5]))
+            )
+            walked.extend(repeat(True, len(c[0])))
+            pfns.extend(c[5])
+        return len(items), (items, walked, pfns)
+
+    def _probe_mixed(
+        self, vas: list[int], hits: list[Any], ov: tuple[int, ...], ov_arr: Any, segs: list[Any]
+    ) -> None:
+        """:meth:`probe_el1_stores` where some pages hit: page by page, runs of misses in
+        one 2 MiB region walked together."""
         i, n = 0, len(vas)
         while i < n:
             e = hits[i]
@@ -430,29 +548,14 @@ class Cpu:
             if len(cols[0]) < j - i:
                 break
             i = j
-        oa = d.OA_MASK
-        runs = [c for c in segs if len(c) == 4]
-        self._frames_for([(v & oa) >> 12 for c in runs for v in c[0]])
-        frames = self.mem.frames
-        items: list[Any] = []
-        walked: list[bool] = []
-        for c in segs:
-            if len(c) != 4:
-                items.append(c)
-                walked.append(False)
-                continue
-            items.extend(
-                (v & oa, p1, p0, q, 3, v, frames[(v & oa) >> 12])
-                for v, p1, p0, q in zip(*c, strict=True)
-            )
-            walked.extend([True] * len(c[0]))
-        return len(items), (items, walked)
 
     def _walk_run(self, vas: list[int], ov_arr: Any) -> tuple[list[int], ...]:
         """The leading leaves, for EL1 writes at POR_EL1 ``ov_arr``, of kernel pages
         ``vas`` in one 2 MiB region, up to the first whose walk or check would fault:
-        level-3 descriptors, EL1 and EL0 rights and POIndex, as four lists."""
+        level-3 descriptors, EL1 and EL0 rights, POIndex, page address and pfn, as six
+        lists."""
         path = walk_to_pte_table(self.mem, self.ttbr1, vas[0]) if self.ttbr1 is not None else None
+        oa = d.OA_MASK
         if path is None:  # not a table at every level (a block): page by page
             out: list[LeafEntry] = []
             for va in vas:
@@ -461,19 +564,25 @@ class Cpu:
                     break  # blocks and contiguous runs have TLB span groups: page by page
                 out.append(e)
             return ([e[5] for e in out], [e[1] for e in out], [e[2] for e in out],
-                    [e[3] for e in out])  # fmt: skip
-        descs = self.mem.frame_ro(path[0] >> 12)[[(va >> 12) & 0x1FF for va in vas]]
+                    [e[3] for e in out], [e[5] & oa for e in out],
+                    [(e[5] & oa) >> 12 for e in out])  # fmt: skip
+        index = ((np.asarray(vas, dtype=np.uint64) >> np.uint64(12)) & np.uint64(0x1FF)).astype(
+            np.intp
+        )
+        descs = self.mem.frame_ro(path[0] >> 12)[index]
         ok, el1, el0 = leaf_perms(descs, path[1])
         po = (descs >> np.uint64(60)).astype(np.int64) & 7
         allowed = ok & ((el1 & ov_arr[po] & W) != 0) & ((descs & np.uint64(d.CONT)) == 0)
         k = len(vas) if bool(allowed.all()) else int(np.argmin(allowed))
-        return descs[:k].tolist(), el1[:k].tolist(), el0[:k].tolist(), po[:k].tolist()
+        pas = descs[:k] & np.uint64(oa)
+        return (descs[:k].tolist(), el1[:k].tolist(), el0[:k].tolist(), po[:k].tolist(),
+                pas.tolist(), (pas >> np.uint64(12)).tolist())  # fmt: skip
 
     def _frames_for(self, pfns: list[int]) -> None:
         """Make the frames of ``pfns`` that do not exist yet, as rows of one zeroed
         block (remembered in ``_fresh`` so the next byte stores to them go at once)."""
         frames = self.mem.frames
-        fresh = [p for p in pfns if p not in frames]
+        fresh = list(filterfalse(frames.__contains__, pfns))
         if not fresh:
             return
         self.mem.check(min(fresh) << 12)
@@ -486,13 +595,17 @@ class Cpu:
         """``store_table(va, slice(None), 0)`` for each page probed by
         :meth:`probe_el1_stores`: count the hits, misses and walks, fill the TLB and
         zero the frames (those made by the probe are zero already)."""
-        entries, walked = probed
+        entries, walked, pfns = probed
         n = len(vas)
         rows = self._fresh[0] if self._fresh is not None else {}
-        for e in entries[:n]:
-            if (e[0] >> 12) not in rows:  # the probe made those zeroed
-                e[6][:] = 0
-        items = [(va >> 12, e) for va, e, w in zip(vas, entries[:n], walked[:n], strict=True) if w]
+        for e in compress(entries[:n], map(not_, map(rows.__contains__, pfns[:n]))):
+            e[6][:] = 0
+        if all(walked[:n]):
+            items = list(zip(map(_SHR12, vas), entries[:n], strict=True))
+        else:
+            items = [
+                (va >> 12, e) for va, e, w in zip(vas, entries[:n], walked[:n], strict=True) if w
+            ]
         self.tlb.insert_pages(items, 0)
         misses = len(items)
         self.tlb_misses += misses
@@ -516,18 +629,38 @@ class Cpu:
         tag = (self.asid + 1) << ASID_SHIFT
         mem = self.mem
         frames = mem.frames
-        pfns = [e[0] >> 12 for e in entries]
-        for p, e in zip(pfns, entries, strict=True):
-            if len(e) == 6 and p not in frames:  # a hit carries its frame
+        pfns = list(map(_SHR12, map(_FIRST, entries)))
+        one_tag: int | None = None  # every key non-global, with this ASID + 1
+        if set(map(len, entries)) == {6}:  # all walked (the usual batch): fills, in C
+            for p in filterfalse(frames.__contains__, pfns):
                 mem.frame(p)
-        ng = d.NG
-        items = [
-            (tag | (va >> 12) if e[5] & ng else va >> 12, (*e, frames[p]))
-            for va, e, p in zip(vas, entries, pfns, strict=True)
-            if len(e) == 6
-        ]
+            if all(map(d.NG.__and__, map(_DESC, entries))):
+                keys = list(map(tag.__or__, map(_SHR12, vas)))
+                one_tag = self.asid + 1
+            else:
+                keys = [
+                    tag | (va >> 12) if e[5] & d.NG else va >> 12
+                    for va, e in zip(vas, entries, strict=True)
+                ]
+            items = list(
+                zip(
+                    keys,
+                    map(tuple.__add__, entries, zip(map(frames.__getitem__, pfns))),
+                    strict=True,
+                )
+            )
+        else:
+            for p, e in zip(pfns, entries, strict=True):
+                if len(e) == 6 and p not in frames:  # a hit carries its frame
+                    mem.frame(p)
+            ng = d.NG
+            items = [
+                (tag | (va >> 12) if e[5] & ng else va >> 12, (*e, frames[p]))
+                for va, e, p in zip(vas, entries, pfns, strict=True)
+                if len(e) == 6
+            ]
         walks = len(items)
-        self.tlb.insert_pages(items)
+        self.tlb.insert_pages(items, one_tag)
         nbytes = len(vas) if extra is None else sum(len(a) for a in extra)
         if write:
             self._write_bytes(pfns, vas, extra, value & 0xFF)
@@ -547,9 +680,10 @@ class Cpu:
         """Store byte ``val`` at each address (``vas``, or ``extra`` per page)."""
         rows, block = self._fresh if self._fresh is not None else ({}, None)
         self._fresh = None
-        at = [rows.get(p, -1) for p in pfns]
+        at = list(map(rows.get, pfns, repeat(-1)))
         if extra is None and block is not None and -1 not in at:  # all in the block just made
-            block.view(np.uint8).reshape(-1, 4096)[at, [va & 0xFFF for va in vas]] = val
+            offs = np.asarray(vas, dtype=np.int64) & 0xFFF
+            block.view(np.uint8).reshape(-1, 4096)[at, offs] = val
             return
         frames = self.mem.frames
         for p, va, i in zip(pfns, vas, range(len(vas)), strict=True):

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kpsim.hw.arm64.descriptors import CONT, LEVEL_SHIFT
-from kpsim.hw.arm64.mmu import KERNEL_VA_START
+from kpsim.hw.arm64.mmu import KERNEL_VA_START, USER_VA_END
 
 ASID_SHIFT = 52  # above every page number of a 64-bit VA (va >> 12 < 2**52)
 VPN_MASK = (1 << ASID_SHIFT) - 1
@@ -103,11 +103,18 @@ class Tlb:
 
     def insert_pages(self, items: list[tuple[int, TlbEntry]], tag: int | None = None) -> None:
         """Insert 4 KiB page entries (no span group), as one :meth:`insert` each.
-        ``tag`` 0 says every key is global or kernel (no ASID): no need to look."""
+        ``tag`` 0 says every key is global or kernel (no ASID), a positive ``tag`` that
+        every key carries that ASID + 1: no need to look."""
         if not items:
             return
         if tag == 0:
             self.entries.update(items)
+            return
+        if tag is not None:
+            d = self.asids.get(tag)
+            if d is None:
+                d = self.asids[tag] = {}
+            d.update(items)
             return
         keys = [k for k, _ in items]
         lo, hi = min(keys), max(keys)
@@ -160,25 +167,46 @@ class Tlb:
             self._drop_key((tag << ASID_SHIFT) | vpn)
 
     def invalidate_range(self, start: int, end: int, asid: int | None) -> None:
-        """Invalidate every page in [start, end), looping over whichever is smaller."""
-        npages = (end - start + 0xFFF) >> 12
-        if npages <= len(self):
+        """Invalidate every page in [start, end): exactly what :meth:`invalidate_va` of
+        each page does, done per dict (the cached keys in range, found by scanning
+        whichever is smaller: the dict or the range) and per span group overlapping it."""
+        lo, hi = start >> 12, (end + 0xFFF) >> 12
+        if hi <= lo:
+            return
+        user = end <= USER_VA_END
+        if not user and start < KERNEL_VA_START:  # straddles a half: page by page
             for va in range(start & ~0xFFF, end, 0x1000):
                 self.invalidate_va(va, asid)
             return
-        lo, hi = start >> 12, (end + 0xFFF) >> 12
-        tag = None if asid is None else asid + 1
-        victims = []
-        for key, e in self.items():
-            k_tag = key >> ASID_SHIFT
-            if k_tag and tag is not None and k_tag != tag:
-                continue
-            span = span_pages(e)
-            first = (key & VPN_MASK) & ~(span - 1)
-            if first < hi and lo < first + span:
-                victims.append(key)
-        for key in victims:
-            self._drop_key(key)
+        tags: list[int] = [0]
+        if user:
+            if asid is not None:
+                tags.append(asid + 1)
+            else:
+                tags.extend(t for t, d in self.asids.items() if d)
+        for tag in tags:
+            d = self.entries if tag == 0 else self.asids.get(tag)
+            klo, khi = (tag << ASID_SHIFT) | lo, (tag << ASID_SHIFT) | hi
+            if d:
+                if len(d) <= hi - lo:
+                    victims = [k for k in d if klo <= k < khi]
+                else:
+                    victims = [k for k in range(klo, khi) if k in d]
+                for k in victims:
+                    del d[k]
+            if self.spans:
+                self._drop_spans(klo, khi)
+
+    def _drop_spans(self, klo: int, khi: int) -> None:
+        """Drop every span group indexed by a key in [klo, khi) (with its pages)."""
+        spans = self.spans
+        for shift in SPAN_SHIFTS:
+            s = shift - 12
+            for idx in range(klo >> s, ((khi - 1) >> s) + 1):
+                keys = spans.pop((shift, idx), None)
+                if keys:
+                    for k in keys:
+                        self._pop(k)
 
     def invalidate_asid(self, asid: int) -> None:
         """TLBI ASIDE1: every non-global entry tagged with ``asid``."""
