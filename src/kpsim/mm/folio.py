@@ -26,7 +26,8 @@ import numpy as np
 from kpsim.mm.mm_types import HPAGE_PMD_ORDER, ZERO, MmContext
 
 _HPAGE_NR = 1 << HPAGE_PMD_ORDER
-_HEAD_MASK = ~(_HPAGE_NR - 1)
+#: candidate-head windows up to this many 2 MiB frames are deduplicated by bincount
+_WINDOW = 4096
 
 
 def is_thp_folio(ctx: MmContext, head: int) -> bool:
@@ -35,20 +36,43 @@ def is_thp_folio(ctx: MmContext, head: int) -> bool:
 
 
 def large_heads(ctx: MmContext, pfns: Any) -> Any:
-    """For each pfn, its THP folio's head, or -1 when it is not in a large folio."""
-    heads = np.asarray(pfns, dtype=np.int64) & _HEAD_MASK
-    out = np.full(heads.shape, -1, dtype=np.int64)
-    if not heads.size or not ctx.k.page_alloc.memmap.pages:
+    """For each pfn, its THP folio's head, or -1 when it is not in a large folio.
+
+    The candidate heads (the 2 MiB-aligned frames the pfns fall in) are found without
+    sorting when they span a small window (``np.bincount``), and each is looked up
+    once in the memory map; the per-pfn result is built only when one of them is a
+    live THP."""
+    pfns = np.asarray(pfns, dtype=np.int64)
+    out = np.full(pfns.shape, -1, dtype=np.int64)
+    if not pfns.size or not ctx.k.page_alloc.memmap.pages:
         return out
-    for h in np.unique(heads).tolist():
-        if is_thp_folio(ctx, h):
-            out[heads == h] = h
+    frames = pfns >> HPAGE_PMD_ORDER
+    lo, hi = int(frames.min()), int(frames.max())
+    if lo == hi:
+        cands = [lo]
+    elif hi - lo < _WINDOW:
+        cands = (np.flatnonzero(np.bincount(frames - lo)) + lo).tolist()
+    else:
+        cands = np.unique(frames).tolist()
+    order = ctx.k.page_alloc.compound_order
+    thp = [f for f in cands if order(f << HPAGE_PMD_ORDER) == HPAGE_PMD_ORDER]
+    if not thp:
+        return out
+    if len(cands) == 1:
+        out[:] = lo << HPAGE_PMD_ORDER
+        return out
+    for f in thp:
+        out[frames == f] = f << HPAGE_PMD_ORDER
     return out
 
 
 def folio_pte_batches(ctx: MmContext, idx: Any, pfns: Any) -> tuple[Any, Any]:
     """Folio batches over present PTEs at table positions ``idx`` (ascending) mapping
-    ``pfns``: (position in ``idx`` where each batch starts, pages in the batch)."""
+    ``pfns``: (position in ``idx`` where each batch starts, pages in the batch).
+
+    Whole-array: a batch boundary is wherever the head, the pfn step or the table
+    position step breaks (``np.flatnonzero`` of the break mask, sizes by ``np.diff``);
+    with no large folio among the pfns every non-zero-page PTE is its own batch."""
     n = len(pfns)
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -56,20 +80,34 @@ def folio_pte_batches(ctx: MmContext, idx: Any, pfns: Any) -> tuple[Any, Any]:
     pfns = np.asarray(pfns, dtype=np.int64)
     folio = ctx.kind[pfns - ctx.base_pfn] != ZERO
     heads = large_heads(ctx, pfns)
+    if not (heads >= 0).any():
+        starts = np.flatnonzero(folio)
+        return starts, np.ones(starts.size, dtype=np.int64)
     brk = np.ones(n, dtype=bool)
     if n > 1:
-        lg = heads >= 0
-        same = (
-            lg[1:]
+        idx = np.asarray(idx)
+        brk[1:] = ~(
+            (heads[1:] >= 0)
             & (heads[1:] == heads[:-1])
-            & (pfns[1:] == pfns[:-1] + 1)
-            & (np.asarray(idx[1:]) == np.asarray(idx[:-1]) + 1)
+            & (np.diff(pfns) == 1)
+            & (np.diff(idx) == 1)
         )
-        brk[1:] = ~same
     bounds = np.flatnonzero(brk)
-    sizes = np.diff(np.append(bounds, n))
+    sizes = np.diff(bounds, append=n)
     keep = folio[bounds]
     return bounds[keep], sizes[keep]
+
+
+def folio_pte_batch_count(ctx: MmContext, idx: Any, pfns: Any) -> int:
+    """How many folio batches :func:`folio_pte_batches` forms (``copy_present_ptes``
+    only counts them)."""
+    pfns = np.asarray(pfns, dtype=np.int64)
+    if not pfns.size:
+        return 0
+    heads = large_heads(ctx, pfns)
+    if not (heads >= 0).any():
+        return int(np.count_nonzero(ctx.kind[pfns - ctx.base_pfn] != ZERO))
+    return int(folio_pte_batches(ctx, idx, pfns)[0].size)
 
 
 def free_unmapped(ctx: MmContext, pfns: Any) -> None:

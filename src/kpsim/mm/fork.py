@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from kpsim.mm import memory as m
-from kpsim.mm.folio import folio_pte_batches
+from kpsim.mm.folio import folio_pte_batch_count
 from kpsim.mm.mm_types import PAGE_SHIFT, PMD_SIZE, SPAN_SHIFT, MmStruct, Vma, VmFlags
 
 
@@ -105,10 +105,9 @@ def copy_pte_range(dst: MmStruct, src: MmStruct, vma: Vma, slot: int) -> None:
     allp = bool(present.all())
     pfns = arch.ptes_pfn(vals if allp else vals[present])
     pidx = nz if allp else nz[present]
-    starts, _ = folio_pte_batches(ctx, pidx, pfns)  # copy_present_ptes' folio batches
     counters = ctx.k.counters
     counters["fork_pte_copy"] += int(pfns.size)
-    counters["fork_folio"] += int(starts.size)
+    counters["fork_folio"] += folio_pte_batch_count(ctx, pidx, pfns)  # copy_present_ptes
     m.get_pages(ctx, pfns)
     m.rss_delta(dst, pfns, 1)
     arch.arch_enter_lazy_mmu_mode()

@@ -30,6 +30,9 @@ from kpsim.mm.arch_ops import ArchOps
 from kpsim.mm.gfp import GFP_HIGHUSER_MOVABLE, GFP_PGTABLE_USER, Gfp
 from kpsim.mm.kernel import Kernel
 
+#: page_prot by (architecture class, VM_READ|VM_WRITE|VM_EXEC|VM_SHARED bits)
+_PAGE_PROT: dict[tuple[type, int], int] = {}
+
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 PMD_SIZE = 1 << 21
@@ -102,8 +105,15 @@ class Vma:
         return bool(self.flags & VmFlags.SHARED)
 
     def page_prot(self, arch: ArchOps) -> int:
-        f = int(self.flags)  # plain int tests: IntFlag arithmetic is slow on the fault path
-        return arch.vm_get_page_prot(bool(f & 1), bool(f & 2), bool(f & 4), bool(f & 8))
+        """``vm_get_page_prot`` of the READ/WRITE/EXEC/SHARED bits (a pure function of
+        the bits and the architecture: computed once per pair)."""
+        f = int(self.flags) & 15  # plain ints: IntFlag arithmetic is slow on the fault path
+        key = (type(arch), f)
+        prot = _PAGE_PROT.get(key)
+        if prot is None:
+            prot = arch.vm_get_page_prot(bool(f & 1), bool(f & 2), bool(f & 4), bool(f & 8))
+            _PAGE_PROT[key] = prot
+        return prot
 
 
 class MmContext:

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from kpsim.mm.mm_types import PAGE_SIZE, PMD_SIZE, SPAN_SHIFT, TASK_SIZE, MmStruct
 
 #: ``MMU_GATHER_BUNDLE``: slots of the on-stack batch
@@ -175,26 +177,30 @@ class MmuGather:
     def remove_ptes(self, addrs: Any, starts: Any, sizes: Any) -> None:
         """Present PTEs at ``addrs`` (ascending) were cleared; their folio batches start
         at positions ``starts`` with ``sizes`` pages each (``zap_present_ptes``). Widens
-        the range and fills the batches, flushing whenever they run full."""
+        the range and fills the batches, flushing whenever they run full.
+
+        The batches are taken in runs of equal slot count (found with one
+        ``np.flatnonzero``), each run added arithmetically by :meth:`_add`."""
         n = len(addrs)
         if n == 0:
             return
         first = 0  # first PTE not yet in a flushed range
-        b, nb = 0, len(starts)
-        while b < nb:
-            slots = 1 if int(sizes[b]) == 1 else 2
-            run = b + 1  # a run of batches with the same slot count
-            while run < nb and (1 if int(sizes[run]) == 1 else 2) == slots:
-                run += 1
-            taken, full = self._add(run - b, slots)
-            b += taken
-            if full:
-                last = int(starts[b - 1]) + int(sizes[b - 1]) - 1
-                self.flush_pte_range(
-                    int(addrs[first]), int(addrs[last]) - int(addrs[first]) + PAGE_SIZE
-                )
-                self.flush_mmu()
-                first = last + 1
+        nb = len(starts)
+        if nb:
+            two = np.asarray(sizes) != 1  # a multi-page batch takes two slots
+            bounds = [0, *(np.flatnonzero(two[1:] != two[:-1]) + 1).tolist(), nb]
+            for r in range(len(bounds) - 1):
+                b, e = bounds[r], bounds[r + 1]
+                slots = 2 if two[b] else 1
+                while b < e:
+                    taken, full = self._add(e - b, slots)
+                    b += taken
+                    if full:
+                        last = int(starts[b - 1]) + int(sizes[b - 1]) - 1
+                        lo = int(addrs[first])
+                        self.flush_pte_range(lo, int(addrs[last]) - lo + PAGE_SIZE)
+                        self.flush_mmu()
+                        first = last + 1
         if first < n:
             self.flush_pte_range(int(addrs[first]), int(addrs[-1]) - int(addrs[first]) + PAGE_SIZE)
 
