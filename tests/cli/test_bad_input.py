@@ -143,6 +143,8 @@ CASES: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("record", "--check", "{d}/empty.toml", "-o", "x"), ("--check FILE takes no -o",)),
     (("record",), ("usage: kpsim record -o FILE -- CMD",)),
     (("record", "-o", "/proc/kpsim/x", "--", "true"), ("/proc/kpsim/x: cannot write the trace",)),
+    (("snapshot", "1", "-o", "/proc/kpsim/x"), ("/proc/kpsim/x: cannot write snapshot",)),
+    (("snapshot", "abc"), ("argument PID: not a number",)),
     (("record", "-o", "{d}/adir", "--", "true"), ("{d}/adir: cannot write the trace: Is a dir",)),
     (("record", "-o", "{d}/t", "-m", "0", "--", "true"), ("-m/--buffer: expected a size",)),
     (("record", "-o", "{d}/t", "-m", "foo", "--", "true"), ("got 'foo'",)),
@@ -172,7 +174,6 @@ CASES: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("conform", "--steps", "{d}/badop.toml", "--sim-only"), ("{d}/badop.toml:2:", "'frobn")),
     (("conform", "--steps", STEPS, "--sim-only", "--memory", "0"), ("memory must be",)),
     (("conform", "--steps", STEPS, "--sim-only", "--host-only"), ("not allowed with",)),
-    (("snapshot", "abc"), ("argument PID: invalid int value: 'abc'",)),
 ]
 
 

@@ -67,10 +67,22 @@ def ref_remove_ptes(tlb: MmuGather, addrs: Any, starts: Any, sizes: Any) -> None
         b += taken
         if full:
             last = int(starts[b - 1]) + int(sizes[b - 1]) - 1
-            tlb.flush_pte_range(
-                int(addrs[first]), int(addrs[last]) - int(addrs[first]) + PAGE_SIZE
-            )
+            tlb.flush_pte_range(int(addrs[first]), int(addrs[last]) - int(addrs[first]) + PAGE_SIZE)
             tlb.flush_mmu()
             first = last + 1
     if first < n:
         tlb.flush_pte_range(int(addrs[first]), int(addrs[-1]) - int(addrs[first]) + PAGE_SIZE)
+
+
+def ref_free_unmapped(ctx: MmContext, pfns: Any) -> None:
+    pfns = np.asarray(pfns, dtype=np.int64)
+    heads = ref_large_heads(ctx, pfns)
+    small = pfns[heads < 0]
+    pa = ctx.k.page_alloc
+    if small.size:
+        pa.free_pages_bulk(small.tolist())
+    for h in np.unique(heads[heads >= 0]).tolist():
+        i = h - ctx.base_pfn
+        if not ctx.mapcount[i : i + _HPAGE_NR].any():
+            ctx.kind[i : i + _HPAGE_NR] = 0
+            pa.free_pages(h, HPAGE_PMD_ORDER)

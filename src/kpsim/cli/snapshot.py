@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from kpsim.cli.common import add_json, emit_json
+from kpsim.cli.common import add_json, check_writable, emit_json, int_arg
 from kpsim.cli.host_verbs import EXIT_FOUND, EXIT_OK, fail
 from kpsim.errors import InputError
 from kpsim.workloads.host import HostError, HostUnavailable, check_host
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "snapshot",
         help="read a live process's maps and present pages; --check its table count",
     )
-    p.add_argument("pid", type=int, metavar="PID", help="process to read")
+    p.add_argument("pid", type=int_arg, metavar="PID", help="process to read")
     p.add_argument("-o", "--output", metavar="FILE", help="write the snapshot as JSON to FILE")
     p.add_argument(
         "--check",
@@ -53,6 +53,8 @@ def _fail(line: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output:
+        check_writable(args.output, "snapshot")  # before the target is stopped
     try:
         check_host()
         snap = take_snapshot(args.pid, may_stop=not args.no_stop)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from kpsim.errors import OutOfMemory
-from kpsim.mm.folio import folio_pte_batches, free_unmapped
+from kpsim.mm.folio import folio_pte_batches, free_unmapped, unique_sorted
 from kpsim.mm.gfp import GFP_HIGHUSER_MOVABLE, GFP_PGTABLE_USER, Gfp
 from kpsim.mm.mm_types import (
     ANON,
@@ -143,7 +143,7 @@ def put_pages(ctx: MmContext, pfns: Any) -> None:
     """Drop one mapping of each page; free the pages nobody maps any more."""
     idx = np.asarray(pfns, dtype=np.int64) - ctx.base_pfn
     np.subtract.at(ctx.mapcount, idx, 1)
-    dead = np.unique(idx[ctx.mapcount[idx] == 0])
+    dead = unique_sorted(idx[ctx.mapcount[idx] == 0])
     if dead.size:  # ascending; a THP folio goes whole once all its subpages are unmapped
         free_unmapped(ctx, dead + ctx.base_pfn)
 

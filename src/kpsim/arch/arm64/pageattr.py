@@ -28,6 +28,7 @@ from kpsim.hw.arm64.por import ARCH_MAX_PKEY
 
 EINVAL = -22
 U64 = (1 << 64) - 1
+_TABLE_BITS = d.VALID | d.TYPE
 
 
 class PageattrMixin(MmuMixin, TlbFlushMixin, LazyMmuMixin):
@@ -40,6 +41,11 @@ class PageattrMixin(MmuMixin, TlbFlushMixin, LazyMmuMixin):
             return 0
         if not self._kernel_range_mapped(start, start + size):
             return EINVAL
+        if numpages == 1 and self.force_pte_mapping():
+            pte_pa = self._pte_pa_k(start)
+            if pte_pa is not None:
+                self._change_one_pte(pte_pa, start, set_mask, clear_mask, flush)
+                return 0
         ret = self.split_kernel_leaf_mapping(start, start + size)
         if ret:
             return ret
@@ -52,6 +58,38 @@ class PageattrMixin(MmuMixin, TlbFlushMixin, LazyMmuMixin):
         if flush and not only_validating:
             self.flush_tlb_kernel_range(start, start + size)
         return 0
+
+    def _pte_pa_k(self, addr: int) -> int | None:
+        """The physical address of the kernel PTE for ``addr`` when every level above
+        is a table descriptor (a PTE-mapped address), else None (reads by physical
+        address, as :meth:`read_entry` does)."""
+        read64 = self.k.mem.read64
+        pa = self.swapper_pg_dir + (((addr >> 39) & 0x1FF) << 3)
+        for level in (1, 2, 3):
+            v = read64(pa)
+            if v & _TABLE_BITS != _TABLE_BITS:  # d.kind(v, level - 1) is not TABLE
+                return None
+            pa = (v & d.OA_MASK) + (((addr >> d.LEVEL_SHIFT[level]) & 0x1FF) << 3)
+        return pa
+
+    def _change_one_pte(
+        self, pte_pa: int, start: int, set_mask: int, clear_mask: int, flush: bool
+    ) -> None:
+        """:meth:`change_memory_common` for one page of a PTE-mapped linear map
+        (``force_pte_mapping``: ``split_kernel_leaf_mapping`` returns at once): the
+        same lazy-MMU section around the same single guarded, MMU-checked store of
+        the PTE (rewritten as ``_update_range`` would, an empty one stored back as
+        it is), then ``flush_tlb_kernel_range`` of the page; only the walk is
+        scalar. Same state and counters as the general path."""
+        self.arch_enter_lazy_mmu_mode()
+        try:
+            v = self.k.mem.read64(pte_pa)
+            new = (v & ~clear_mask & U64) | set_mask if v else 0
+            self.pt_store_batch(pte_pa & ~0xFFF, (pte_pa & 0xFFF) >> 3, np.uint64(new))
+        finally:
+            self.arch_leave_lazy_mmu_mode()
+        if flush and not (set_mask == d.VALID and not clear_mask):
+            self.flush_tlb_kernel_range(start, start + 0x1000)
 
     @staticmethod
     def _kernel_range_mapped(start: int, end: int) -> bool:

@@ -30,6 +30,7 @@ from kpsim.hw.arm64.mmu import (
     LeafEntry,
     leaf_perms,
     walk_entry,
+    walk_entry_wc,
     walk_to_pte_table,
 )
 from kpsim.hw.arm64.por import overlay_table
@@ -195,7 +196,8 @@ class Cpu:
         if table is None:
             return _TRANSLATION_L0
         self.walks += 1
-        t = walk_entry(self.mem, table, va)
+        tag = self.asid + 1 if va < USER_VA_END else 0  # the walk cache's ASID tag
+        t = walk_entry_wc(self.mem, table, va, self.tlb.walks, tag)
         if isinstance(t, int):
             return t
         return self._insert(va, t, key)

@@ -7,8 +7,11 @@ walk stops at a block or page descriptor. Hierarchical table permissions (APTabl
 PXNTable, UXNTable) are applied along the way. The walk never writes (no hardware
 Access-flag or dirty-state updates: TCR_EL1.HA/HD = 0).
 
-Left out: walk caches (only leaf translations are cached, by the TLB), 52-bit VA,
-TTBR-level ASID/VMID nuances beyond one ASID per TTBR0.
+A walk cache (:func:`walk_entry_wc`, held per CPU by :class:`~kpsim.hw.arm64.tlb.Tlb`)
+caches the level 0-2 table descriptors of walks that reach a level-3 table, so a TLB
+miss under a cached PTE table reads only the last level.
+
+Left out: 52-bit VA, TTBR-level ASID/VMID nuances beyond one ASID per TTBR0.
 """
 
 from __future__ import annotations
@@ -195,6 +198,60 @@ def walk_entry(mem: PhysicalMemory, table_pa: int, va: int) -> LeafEntry | int:
     pa = desc & _OA
     i = (va >> 12) & 0x1FF
     f = frames.get(pa >> 12)
+    if f is None:
+        mem.check(pa + (i << 3))
+        return _TRANSLATION | 3
+    desc = f.item(i)
+    if desc & 3 != 3:  # invalid, or reserved at level 3
+        return _TRANSLATION | 3
+    if not desc & _AF:
+        return _ACCESS_FLAG | 3
+    el1, el0 = PERMS[((desc >> 6) & 3) | (((desc >> 53) & 3) << 2) | (((strip >> 59) & 0xF) << 4)]
+    return (desc & _OA, el1, el0, (desc >> 60) & 7, 3, desc)
+
+
+def walk_entry_wc(
+    mem: PhysicalMemory,
+    table_pa: int,
+    va: int,
+    walks: dict[int, dict[int, tuple[int, int]]],
+    tag: int,
+) -> LeafEntry | int:
+    """:func:`walk_entry` through the walk cache ``walks[tag]`` (``tag`` 0: the kernel
+    half, ASID + 1: the user half under that ASID): ``va >> 21`` -> (level-3 table pa,
+    the table bits gathered above it), i.e. the level 0-2 table descriptors a walk to
+    a PTE table read, cached together (Arm allows caching table entries). A hit reads
+    only the level-3 entry; a miss walks all levels and caches the prefix when it
+    reaches a level-3 table. Only valid table descriptors are cached; blocks and
+    faults are not."""
+    wc = walks.get(tag)
+    if wc is None:
+        wc = walks[tag] = {}
+    hit = wc.get(va >> 21)
+    if hit is None:
+        frames = mem.frames
+        pa = table_pa
+        strip = 0
+        for level, shift in _TABLE_LEVELS:
+            i = (va >> shift) & 0x1FF
+            f = frames.get(pa >> 12)
+            if f is None:
+                mem.check(pa + (i << 3))
+                return _TRANSLATION | level
+            desc: int = f.item(i)
+            if not desc & 1:
+                return _TRANSLATION | level
+            if not desc & 2:
+                if level == 0:  # a block at level 0 is reserved
+                    return _TRANSLATION
+                return _leaf_entry(desc, level, strip, va, shift)
+            strip |= desc
+            pa = desc & _OA
+        wc[va >> 21] = (pa, strip)
+    else:
+        pa, strip = hit
+    i = (va >> 12) & 0x1FF
+    f = mem.frames.get(pa >> 12)
     if f is None:
         mem.check(pa + (i << 3))
         return _TRANSLATION | 3

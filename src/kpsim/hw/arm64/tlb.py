@@ -15,9 +15,20 @@ block or contiguous leaf is cached page by page but indexed by its span so that 
 TLBI by any VA inside it drops every page of it, as invalidating the one real
 block entry would.
 
+Walk cache (:attr:`Tlb.walks`): per tag (0 for the kernel half, ASID + 1 for the user
+half) the level 0-2 table descriptors of walks that reached a level-3 table, keyed by
+``va >> 21`` (see :func:`~kpsim.hw.arm64.mmu.walk_entry_wc`). Arm allows table entries
+to be cached; invalidation follows the Arm ARM TLBI rules: TLBI by VA (VAE1, VAAE1)
+drops the walk-cache entries used to translate that VA (the ASID's, or every ASID's
+for VAAE1; kernel-half ones for any ASID), ASIDE1 those of the ASID, VMALLE1 all.
+The last-level variants (VALE1, VAALE1) need not drop them: with ``last_level`` they
+keep them (the worst case for staleness). The system's broadcast TLBIs do not say
+which variant they are and pass no ``last_level``, so every TLBI by VA drops the walk
+cache as well (an implementation may invalidate more than required).
+
 Left out: capacity and replacement (entries live until invalidated: the worst case
-for staleness), walk caches, VMIDs, the TLBI "last level only" variants, and nG on
-kernel-half entries (no KPTI: the kernel half is treated as global).
+for staleness), VMIDs, and nG on kernel-half entries (no KPTI: the kernel half is
+treated as global).
 """
 
 from __future__ import annotations
@@ -26,13 +37,16 @@ from collections.abc import Iterator
 from typing import Any
 
 from kpsim.hw.arm64.descriptors import CONT, LEVEL_SHIFT
-from kpsim.hw.arm64.mmu import KERNEL_VA_START, USER_VA_END
+from kpsim.hw.arm64.mmu import KERNEL_VA_START, USER_VA_END, LeafEntry, walk_entry_wc
+from kpsim.hw.physmem import PhysicalMemory
 
 ASID_SHIFT = 52  # above every page number of a 64-bit VA (va >> 12 < 2**52)
 VPN_MASK = (1 << ASID_SHIFT) - 1
 SPAN_SHIFTS = (16, 21, 25, 30, 34)  # 64K contPTE, 2M, 32M contPMD, 1G, 16G contPUD
 
 TlbEntry = tuple[int, int, int, int, int, int, Any]
+#: A walk-cache entry: (level-3 table pa, the table bits gathered above it)
+WalkEntry = tuple[int, int]
 
 
 def asid_tag(asid: int) -> int:
@@ -62,12 +76,45 @@ class Tlb:
     """Global/kernel entries, per-ASID user entries, and the span groups of
     block/contiguous leaves."""
 
-    __slots__ = ("asids", "entries", "spans")
+    __slots__ = ("asids", "entries", "spans", "walks")
 
     def __init__(self) -> None:
         self.entries: dict[int, TlbEntry] = {}
         self.asids: dict[int, dict[int, TlbEntry]] = {}  # ASID + 1 -> key -> entry
         self.spans: dict[tuple[int, int], set[int]] = {}
+        self.walks: dict[int, dict[int, WalkEntry]] = {}  # 0 / ASID + 1 -> va >> 21 -> entry
+
+    # -- walk cache ------------------------------------------------------------------
+    def walk(self, mem: PhysicalMemory, table_pa: int, va: int, tag: int) -> LeafEntry | int:
+        """The table walk of a TLB miss through this CPU's walk cache for ``tag`` (0:
+        the kernel half, ASID + 1: the user half under that ASID)."""
+        return walk_entry_wc(mem, table_pa, va, self.walks, tag)
+
+    def walk_cached(self, va: int, tag: int) -> WalkEntry | None:
+        """The walk-cache entry that would serve ``va`` under ``tag`` (for tests)."""
+        wc = self.walks.get(tag)
+        return None if wc is None else wc.get(va >> 21)
+
+    def _drop_walks(self, lo: int, hi: int, tags: list[int]) -> None:
+        """Drop the walk-cache entries of tags ``tags`` for VAs in [lo, hi)."""
+        for tag in tags:
+            wc = self.walks.get(tag)
+            if not wc:
+                continue
+            a, b = lo >> 21, ((hi - 1) >> 21) + 1
+            if len(wc) <= b - a:
+                for k in [k for k in wc if a <= k < b]:
+                    del wc[k]
+            else:
+                for k in range(a, b):
+                    wc.pop(k, None)
+
+    def _walk_tags(self, va: int, asid: int | None) -> list[int]:
+        if va >= KERNEL_VA_START:
+            return [0]
+        if asid is not None:
+            return [asid + 1]
+        return [t for t in self.walks if t]
 
     def __len__(self) -> int:
         return len(self.entries) + sum(len(d) for d in self.asids.values())
@@ -154,9 +201,12 @@ class Tlb:
                 for k in keys:
                     self._pop(k)
 
-    def invalidate_va(self, va: int, asid: int | None) -> None:
-        """TLBI VAE1 (``asid`` given) or VAAE1 (all ASIDs) for the page holding ``va``."""
+    def invalidate_va(self, va: int, asid: int | None, *, last_level: bool = False) -> None:
+        """TLBI VAE1 (``asid`` given) or VAAE1 (all ASIDs) for the page holding ``va``;
+        with ``last_level`` VALE1/VAALE1, which keep the walk cache."""
         vpn = va >> 12
+        if self.walks and not last_level:
+            self._drop_walks(va, va + 1, self._walk_tags(va, asid))
         self._drop_key(vpn)
         if va >= KERNEL_VA_START:
             return
@@ -166,7 +216,9 @@ class Tlb:
         for tag in [t for t, d in self.asids.items() if d]:
             self._drop_key((tag << ASID_SHIFT) | vpn)
 
-    def invalidate_range(self, start: int, end: int, asid: int | None) -> None:
+    def invalidate_range(
+        self, start: int, end: int, asid: int | None, *, last_level: bool = False
+    ) -> None:
         """Invalidate every page in [start, end): exactly what :meth:`invalidate_va` of
         each page does, done per dict (the cached keys in range, found by scanning
         whichever is smaller: the dict or the range) and per span group overlapping it."""
@@ -176,8 +228,10 @@ class Tlb:
         user = end <= USER_VA_END
         if not user and start < KERNEL_VA_START:  # straddles a half: page by page
             for va in range(start & ~0xFFF, end, 0x1000):
-                self.invalidate_va(va, asid)
+                self.invalidate_va(va, asid, last_level=last_level)
             return
+        if self.walks and not last_level:
+            self._drop_walks(lo << 12, hi << 12, self._walk_tags(start, asid))
         tags: list[int] = [0]
         if user:
             if asid is not None:
@@ -211,6 +265,7 @@ class Tlb:
     def invalidate_asid(self, asid: int) -> None:
         """TLBI ASIDE1: every non-global entry tagged with ``asid``."""
         tag = asid + 1
+        self.walks.pop(tag, None)
         d = self.asids.pop(tag, None)
         if not d or not self.spans:
             return
@@ -224,3 +279,4 @@ class Tlb:
         self.entries.clear()
         self.asids.clear()
         self.spans.clear()
+        self.walks.clear()
