@@ -24,7 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         TIMINGS,
     )
 
-    p = sub.add_parser("attack", help="attack the page tables with a data-only write primitive")
+    p = sub.add_parser(
+        "attack",
+        help="attack the page tables with a data-only write primitive",
+        description="Aim a 64-bit kernel write (the series' threat model) at page-table "
+        "entries from one CPU at several moments, and report per target class how many "
+        "writes the permission overlay blocked and how many landed (docs/attack.md). Exit "
+        "status 1 if an in-threat-model write landed with kpkeys_hardened_pgtables on.",
+    )
     add_machine_options(p)
     g = p.add_argument_group("attack")
     g.add_argument(

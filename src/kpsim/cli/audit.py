@@ -16,7 +16,15 @@ from kpsim.cli.machine_opts import add_machine_options, boot_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("audit", help="check the kpkeys_hardened_pgtables invariants")
+    p = sub.add_parser(
+        "audit",
+        help="check the kpkeys_hardened_pgtables invariants",
+        description="Boot a machine, run a synthetic mixed workload (faults, fork, exec, "
+        "munmap, mprotect, madvise, mremap, brk, vmalloc churn, interrupts) and check "
+        "kpsim's invariants: every live page-table page has pkey 1 in the linear map, no "
+        "other page does, every freed page goes back with pkey 0, CPUs at rest are in the "
+        "default context, TLBs agree with the tables. Exit status 1 on a violation.",
+    )
     add_machine_options(p)
     g = p.add_argument_group("workload")
     g.add_argument(
@@ -77,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         c = console()
         fw = watch.as_dict()
         c.print(
-            f"audit ({args.workload} workload): {len(found)} violation(s); "
+            f"audit ({'no' if args.workload == 'none' else args.workload} workload): "
+            f"{len(found)} violation(s); "
             f"{fw['pgtable_pages_freed']} table pages freed, "
             f"{fw['pgtable_pages_to_buddy']} reached the buddy allocator, "
             f"{fw['pages_freed_checked']} freed pages checked for pkey 0",

@@ -12,7 +12,13 @@ from kpsim.units import format_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("boot", help="boot a machine and summarise it")
+    p = sub.add_parser(
+        "boot",
+        help="boot a machine and summarise it",
+        description="Boot a simulated arm64 machine and print the linear map's leaves by "
+        "size, the kernel page tables by level and the boot's event counts (--json: the "
+        "configuration, the allocator's state and every counter).",
+    )
     add_machine_options(p)
     add_json(p)
     p.set_defaults(func=run)
@@ -51,13 +57,14 @@ def run(args: argparse.Namespace) -> int:
         f"{'on' if cfg['hardened_pgtables'] else 'off'}, allocator {cfg['allocator']}"
     )
     maps = ", ".join(f"{k} {v}" for k, v in lm["mappings"].items())
-    print(f"linear map leaves: {maps}")
+    print(f"linear map leaves (count by size): {maps}")
     pt = ", ".join(f"{k} {v}" for k, v in doc["page_tables"]["kernel"].items())
-    print(f"kernel page tables: {pt}")
+    print(f"kernel page tables (pages by level): {pt}")
     c = doc["counters"]
     print(
         f"events: tlbi {c.get('tlbi', 0)}, splits pud {c.get('split_pud', 0)} "
         f"pmd {c.get('split_pmd', 0)} cont {c.get('split_cont', 0)}, "
-        f"pte writes {c.get('pte_write', 0)}"
+        f"pte writes {c.get('pte_write', 0)} (set_memory_pkey: {c.get('set_memory_pkey', 0)} "
+        f"calls keying {c.get('set_memory_pkey_page', 0)} table pages)"
     )
     return 0

@@ -11,7 +11,14 @@ from kpsim.cli.machine_opts import add_machine_options, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("kunit", help="run the kpkeys_hardened_pgtables KUnit cases")
+    p = sub.add_parser(
+        "kunit",
+        help="run the kpkeys_hardened_pgtables KUnit cases",
+        description="Boot a machine (before mark_rodata_ro, as built-in KUnit tests run) and "
+        "run the series' five KUnit cases: each writes a page-table entry with "
+        "copy_to_kernel_nofault() from the default context and expects -EFAULT "
+        "(-14). Exit status 1 if a case fails.",
+    )
     add_machine_options(p)
     add_json(p)
     p.set_defaults(func=run)
@@ -29,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         emit_json(result)
         return status
     c = console()
-    c.print(f"KTAP suite {result['suite']}")
+    c.print(f"KUnit suite {result['suite']}")
+    c.print("  (level=N: copy_to_kernel_nofault() returned N; -14 = -EFAULT: blocked, 0: landed)")
     for case in result["cases"]:  # type: ignore[attr-defined]
         checks = ", ".join(f"{k['level']}={k['result']}" for k in case["checks"])
         c.print(f"  {case['status']:4}  {case['name']:28} {checks}  {case['message']}")

@@ -17,7 +17,13 @@ from kpsim.workloads.pba_churn import churn, memory_pressure
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "pba", help="table churn: linear-map composition over time, shrink on demand"
+        "pba",
+        help="table churn: linear-map composition over time, shrink on demand",
+        description="Boot a machine, run a table-heavy churn (processes that fork, fault and "
+        "exit, vmalloc churn, a foreign linear-map change every 8 rounds) and print the "
+        "linear map's composition and the kpkeys table allocator's cache, reserve, splits "
+        "and set_memory_pkey() calls over time (docs/pba.md). Use --linear-map block to see "
+        "the pkeys block allocator (PBA).",
     )
     add_machine_options(p)
     p.add_argument(
@@ -92,5 +98,10 @@ def run(args: argparse.Namespace) -> int:
         )
     a = allocator_report(m)
     state = ", ".join(f"{k} {v}" for k, v in a.items() if k not in ("counters", "name"))
+    print(
+        "columns: tables = table pages allocated so far; 1G..4K = linear-map leaves by size; "
+        "cached = free\n  keyed pages in the allocator's cache; rsv = its reserve; pud, pmd = "
+        "block splits so far;\n  smp = set_memory_pkey() calls so far"
+    )
     print(f"shrunk {freed} pages; allocator state: {state or 'none (no cache, no reserve)'}")
     return 0

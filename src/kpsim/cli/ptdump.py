@@ -11,7 +11,13 @@ from kpsim.report.ptdump import REGION_NAMES, ptdump, ptdump_json, ptdump_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("ptdump", help="dump the kernel page tables (kernel_page_tables style)")
+    p = sub.add_parser(
+        "ptdump",
+        help="dump the kernel page tables (kernel_page_tables style)",
+        description="Boot a machine and print its kernel page tables as arm64's "
+        "/sys/kernel/debug/kernel_page_tables does (CONFIG_PTDUMP_DEBUGFS), one line per "
+        "run of like entries, with an extra pkey= column.",
+    )
     p.add_argument(
         "region",
         nargs="?",

@@ -290,9 +290,16 @@ def _fmt(x: float | None, signed: bool = True) -> str:
 def _print(c: Any, table: PublishedTable, result: FitResult, args: argparse.Namespace,
            elapsed: float, runs: int) -> None:  # fmt: skip
     c.print(f"kpsim reproduce: table {table.name} ({table.title})")
-    c.print(f"  fitted on: {args.fit}  ({len(result.fit_rows)} rows); costs fitted: "
+    run_fit = len({r.key for r in result.rows if r.fitted and r.modelled is not None})
+    c.print(f"  fitted on: {args.fit}  ({run_fit} of its {len(result.fit_rows)} rows run)")
+    c.print("  costs fitted: "
             + ", ".join(f"{k} = {v:.4g} cycles" for k, v in result.params.items()))  # fmt: skip
     c.print("")
+    c.print(
+        "published, modelled: % change with the feature on; error: modelled - published, "
+        "in percentage points (pp)"
+    )
+    c.print("(R)/(I): a regression/improvement the publication marked significant")
     head = f"{'benchmark':16} {'class':34} {'mode':11} {'published':>10} {'modelled':>9} " \
            f"{'error':>7}  {'':9} top events (pp)"  # fmt: skip
     c.print(head)

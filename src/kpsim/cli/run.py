@@ -437,11 +437,13 @@ def _machine_line(cfg: Mapping[str, Any]) -> str:
     from kpsim.units import format_size
 
     feature = "on" if cfg["hardened_pgtables"] else "off"
+    if cfg["hardened_pgtables"] and not cfg["poe"]:
+        feature = "inactive (no POE)"
     return (
         f"arm64, {format_size(int(cfg['memory_bytes']))} RAM, {cfg['cpus']} CPUs, "
-        f"POE {'on' if cfg['poe'] else 'off'}; linear map {cfg['linear_map']}; "
-        f"kpkeys_hardened_pgtables {feature} ({cfg['allocator']} allocator, batching "
-        f"{'on' if cfg['batching'] else 'off'}, pt_reclaim {'on' if cfg['pt_reclaim'] else 'off'})"
+        f"POE {'on' if cfg['poe'] else 'off'}; linear map {cfg['linear_map']}\n"
+        f"kernel     kpkeys_hardened_pgtables {feature}: {cfg['allocator']} allocator, batching "
+        f"{'on' if cfg['batching'] else 'off'}, pt_reclaim {'on' if cfg['pt_reclaim'] else 'off'}"
     )
 
 
@@ -538,7 +540,7 @@ def _events_table(doc: Mapping[str, Any]) -> Table:
     hidden = order[_EVENT_ROWS:]
     order = order[:_EVENT_ROWS]
     t = Table(
-        title="events counted per workload with the feature on, +N: more than with it off"
+        title="events counted per workload with the feature on, +N/-N: more/fewer than with it off"
         if feature
         else "priced events counted per workload",
         title_justify="left",
@@ -632,7 +634,7 @@ def _attack_lines(a: Mapping[str, Any] | None) -> list[Text]:
     return out
 
 
-_DEFAULT_COSTS = "report/data/costs.toml (defaults)"
+_DEFAULT_COSTS = "src/kpsim/report/data/costs.toml (the defaults)"
 
 
 def render(doc: Mapping[str, Any]) -> RenderableType:
@@ -640,8 +642,8 @@ def render(doc: Mapping[str, Any]) -> RenderableType:
     sc = doc["scenario"]
     head = Text.assemble(
         ("kpsim run", "bold"),
-        f"  {sc['path']}, seed {sc['seed']}, {len(doc['workloads'])} "
-        "workload(s), each on fresh machines"
+        f"  {sc['path']}, seed {sc['seed']}\nworkloads  {len(doc['workloads'])}, each on "
+        "fresh machines"
         + (" with the feature on and off" if doc["machine"]["hardened_pgtables"] else ""),
     )
     parts: list[RenderableType] = [
@@ -661,8 +663,9 @@ def render(doc: Mapping[str, Any]) -> RenderableType:
     parts.append(
         Text(
             f"cycles per event: {_DEFAULT_COSTS if src == 'built-in' else src}; "
+            "--json has every counter\n"
             "`kpsim reproduce --write-costs F` fits them to the published tables, "
-            "`kpsim run --costs F` uses them. --json has every counter of every run.",
+            "`kpsim run --costs F` uses them",
             style="dim",
         )
     )

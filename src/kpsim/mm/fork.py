@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from kpsim.mm import memory as m
-from kpsim.mm.folio import folio_pte_batch_count
-from kpsim.mm.mm_types import PAGE_SHIFT, PMD_SIZE, SPAN_SHIFT, MmStruct, Vma, VmFlags
+from kpsim.mm.folio import folio_pte_batch_count, folio_pte_batches
+from kpsim.mm.mm_types import ANON, FILE, PAGE_SHIFT, PMD_SIZE, SPAN_SHIFT, MmStruct, Vma, VmFlags
 
 
 def vma_needs_copy(vma: Vma) -> bool:
@@ -61,7 +61,11 @@ def copy_page_range(dst: MmStruct, src: MmStruct, vma: Vma) -> None:
             m.pxd_alloc(dst, level, max(s, slot << sh))
     for slot in m.slots_in(src.thp, s >> 21, (e - 1) >> 21):
         copy_huge_pmd(dst, src, vma, slot)
-    for slot in m.slots_in(src.tables[3], s >> 21, (e - 1) >> 21):
+    slots = m.slots_in(src.tables[3], s >> 21, (e - 1) >> 21)
+    if len(slots) > 1 and getattr(src.ctx.arch, "irq_hook", None) is None:
+        copy_pte_tables(dst, src, vma, slots)
+        return
+    for slot in slots:
         copy_pte_range(dst, src, vma, slot)
 
 
@@ -124,3 +128,68 @@ def copy_pte_range(dst: MmStruct, src: MmStruct, vma: Vma, slot: int) -> None:
         arch.pt_store_batch(dpa, idx, arch.ptes_mkold(vals))
     finally:
         arch.arch_leave_lazy_mmu_mode()
+
+
+def copy_pte_tables(dst: MmStruct, src: MmStruct, vma: Vma, slots: list[int]) -> None:
+    """:func:`copy_pte_range` for each of ``slots`` (ascending), in that order, with the
+    numpy work done once over all the tables: the same child tables allocated in the
+    same order, the same stores in the same lazy-MMU sections, the same counters and
+    page accounting applied table by table (so a failed allocation leaves what the
+    table-by-table loop would). Folio batches are formed over all the tables at once
+    with a gap in the positions between tables, so no batch spans two tables.
+
+    Only used when no interrupt hook can run between the stores (``irq_hook``): the
+    parent's tables are read up front, and only this function writes them."""
+    ctx, arch = src.ctx, src.ctx.arch
+    s, e = vma.start, vma.end
+    n = len(slots)
+    spas = [src.tables[3][sl] << PAGE_SHIFT for sl in slots]
+    tab = np.stack([arch.read_table(pa) for pa in spas])  # a copy, n x 512
+    lo = max(s - (slots[0] << 21), 0) >> PAGE_SHIFT
+    hi = min(e - (slots[-1] << 21), PMD_SIZE) >> PAGE_SHIFT
+    tab[0, :lo] = 0  # outside the VMA: not copied
+    tab[-1, hi:] = 0
+    nzm = tab != 0
+    nnz = np.count_nonzero(nzm, axis=1).tolist()
+    present = arch.ptes_present(tab) & nzm
+    rows, cols = np.nonzero(present)  # table by table, ascending within each
+    pfns = arch.ptes_pfn(tab[rows, cols])
+    ends = np.cumsum(np.count_nonzero(present, axis=1)).tolist()
+    starts, _ = folio_pte_batches(ctx, rows * 1024 + cols, pfns)  # 1024: no batch spans
+    folios = np.bincount(rows[starts], minlength=n).tolist()
+    kinds = ctx.kind[pfns - ctx.base_pfn]
+    anon = np.bincount(rows[kinds == ANON], minlength=n).tolist()
+    file = np.bincount(rows[kinds == FILE], minlength=n).tolist()
+    if vma.shared:
+        wp, wcount = tab, [0] * n
+        wmask = None
+    else:  # is_cow_mapping: write-protect both sides
+        wmask = arch.ptes_write(tab) & nzm
+        wp = np.where(wmask, arch.ptes_wrprotect(tab), tab)
+        wcount = np.count_nonzero(wmask, axis=1).tolist()
+    child = arch.ptes_mkold(wp)
+    counters = ctx.k.counters
+    p1 = 0
+    for i, slot in enumerate(slots):
+        base = slot << 21
+        dpa = m.pxd_alloc(dst, 3, max(s, base))
+        p0, p1 = p1, ends[i]  # this table's present PTEs in rows/cols/pfns
+        if not nnz[i]:
+            continue
+        a = lo if i == 0 else 0
+        b = hi if i == n - 1 else 512
+        idx: Any = slice(a, b) if nnz[i] == b - a else np.flatnonzero(nzm[i])
+        page = pfns[p0:p1]
+        counters["fork_pte_copy"] += p1 - p0
+        counters["fork_folio"] += folios[i]
+        m.get_pages(ctx, page)
+        dst.rss_anon += anon[i]
+        dst.rss_file += file[i]
+        arch.arch_enter_lazy_mmu_mode()
+        try:
+            if wmask is not None and wcount[i]:
+                w = idx if wcount[i] == nnz[i] else np.flatnonzero(wmask[i])
+                arch.pt_store_batch(spas[i], w, wp[i, w])
+            arch.pt_store_batch(dpa, idx, child[i, idx])
+        finally:
+            arch.arch_leave_lazy_mmu_mode()

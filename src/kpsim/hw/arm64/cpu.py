@@ -50,6 +50,16 @@ _ALL = slice(None)
 _SHR12 = (12).__rrshift__  # va >> 12, as a C-level callable for map()
 _FIRST = itemgetter(0)
 _DESC = itemgetter(5)  # host storage for frames made many at a time
+_NOT_OA = np.uint64(~d.OA_MASK & ((1 << 64) - 1))
+
+
+def walk_leaf(desc: int, strip: int) -> LeafEntry | None:
+    """The level-3 leaf :func:`leaf_perms` evaluates for one descriptor (None where
+    the walk would fault: not a valid page or no Access flag)."""
+    ok, el1, el0 = leaf_perms(np.array([desc], dtype=np.uint64), strip)
+    if not ok[0]:
+        return None
+    return (desc & d.OA_MASK, int(el1[0]), int(el0[0]), (desc >> 60) & 7, 3, desc)
 
 
 def overlay_of(por: int) -> tuple[int, ...]:
@@ -114,7 +124,7 @@ class Cpu:
         self.loads = self.stores = self.por_writes = self.isbs = 0
         self.faults: dict[str, int] = {}
         #: frames made zeroed by the last commit_el1_zero_pages: pfn -> row of a block
-        self._fresh: tuple[dict[int, int], Any] | None = None
+        self._fresh: tuple[list[int], Any] | None = None
 
     # -- system registers ------------------------------------------------------
     def write_por_el1(self, value: int) -> None:
@@ -435,6 +445,8 @@ class Cpu:
         tag = (self.asid + 1) << ASID_SHIFT
         hits: list[TlbEntry | None] = list(map(d.get, map(tag.__or__, vpns)))
         if None in hits:  # a global entry in the user half answers where no ASID one does
+            if hits.count(None) == len(hits):  # all missed (the usual batch)
+                return list(map(g.get, vpns))
             hits = [h if h is not None else g.get(v) for h, v in zip(hits, vpns, strict=True)]
         return hits
 
@@ -442,10 +454,27 @@ class Cpu:
         """Level-3 descriptors as :func:`walk_entry` would return them under the table
         bits ``strip`` (None where the walk would fault, and for contiguous-hint leaves,
         whose TLB fill also makes a span group: those go one at a time)."""
-        ok, el1, el0 = leaf_perms(descs, strip)
         a = np.asarray(descs, dtype=np.uint64)
+        n = len(a)
+        if n > 1:
+            attrs = a & _NOT_OA
+            if bool((attrs == attrs[0]).all()):  # one attribute set (e.g. fresh PTEs): one leaf
+                e = walk_leaf(int(a[0]), strip)
+                if e is None or e[5] & d.CONT:
+                    return [None] * n
+                return list(
+                    zip(
+                        (a & np.uint64(d.OA_MASK)).tolist(),
+                        repeat(e[1], n),
+                        repeat(e[2], n),
+                        repeat(e[3], n),
+                        repeat(3, n),
+                        a.tolist(),
+                        strict=True,
+                    )
+                )
+        ok, el1, el0 = leaf_perms(a, strip)
         ok &= (a & np.uint64(d.CONT)) == 0
-        n = len(ok)
         if n and bool(ok.all()):  # every one a page leaf: the tuples made by zip, in C
             po = ((a >> np.uint64(60)) & np.uint64(7)).tolist()
             pas = (a & np.uint64(d.OA_MASK)).tolist()
@@ -572,6 +601,15 @@ class Cpu:
             np.intp
         )
         descs = self.mem.frame_ro(path[0] >> 12)[index]
+        attrs = descs & _NOT_OA
+        if bool((attrs == attrs[0]).all()):  # one attribute set: evaluated once
+            leaf = walk_leaf(int(descs[0]), path[1])
+            if leaf is None or leaf[5] & d.CONT or not leaf[1] & int(ov_arr[leaf[3]]) & W:
+                return ([], [], [], [], [], [])
+            k = len(vas)
+            pas = descs & np.uint64(oa)
+            return (descs.tolist(), [leaf[1]] * k, [leaf[2]] * k, [leaf[3]] * k, pas.tolist(),
+                    (pas >> np.uint64(12)).tolist())  # fmt: skip
         ok, el1, el0 = leaf_perms(descs, path[1])
         po = (descs >> np.uint64(60)).astype(np.int64) & 7
         allowed = ok & ((el1 & ov_arr[po] & W) != 0) & ((descs & np.uint64(d.CONT)) == 0)
@@ -591,7 +629,7 @@ class Cpu:
         self.mem.check(max(fresh) << 12)
         block = _ARENA.take(len(fresh))
         frames.update(zip(fresh, block, strict=True))
-        self._fresh = (dict(zip(fresh, range(len(fresh)), strict=True)), block)
+        self._fresh = (fresh, block)  # fresh[i] is row i of block
 
     def commit_el1_zero_pages(self, vas: list[int], probed: Any) -> None:
         """``store_table(va, slice(None), 0)`` for each page probed by
@@ -599,17 +637,20 @@ class Cpu:
         zero the frames (those made by the probe are zero already)."""
         entries, walked, pfns = probed
         n = len(vas)
-        rows = self._fresh[0] if self._fresh is not None else {}
-        for e in compress(entries[:n], map(not_, map(rows.__contains__, pfns[:n]))):
-            e[6][:] = 0
-        if all(walked[:n]):
-            items = list(zip(map(_SHR12, vas), entries[:n], strict=True))
+        made = self._fresh[0] if self._fresh is not None else []
+        if made != pfns[:n]:  # else every frame was just made by the probe: zero already
+            rows = set(made)
+            for e in compress(entries[:n], map(not_, map(rows.__contains__, pfns[:n]))):
+                e[6][:] = 0
+        if all(walked[:n]):  # Tlb.insert_pages(items, 0), without the list of pairs
+            self.tlb.entries.update(zip(map(_SHR12, vas), entries[:n], strict=True))
+            misses = n
         else:
             items = [
                 (va >> 12, e) for va, e, w in zip(vas, entries[:n], walked[:n], strict=True) if w
             ]
-        self.tlb.insert_pages(items, 0)
-        misses = len(items)
+            self.tlb.insert_pages(items, 0)
+            misses = len(items)
         self.tlb_misses += misses
         self.walks += misses
         self.tlb_hits += n - misses
@@ -632,25 +673,36 @@ class Cpu:
         mem = self.mem
         frames = mem.frames
         pfns = list(map(_SHR12, map(_FIRST, entries)))
-        one_tag: int | None = None  # every key non-global, with this ASID + 1
         if set(map(len, entries)) == {6}:  # all walked (the usual batch): fills, in C
             for p in filterfalse(frames.__contains__, pfns):
                 mem.frame(p)
             if all(map(d.NG.__and__, map(_DESC, entries))):
-                keys = list(map(tag.__or__, map(_SHR12, vas)))
-                one_tag = self.asid + 1
+                # Tlb.insert_pages(items, asid + 1), without the lists of keys and pairs
+                tlb = self.tlb.asids.get(self.asid + 1)
+                if tlb is None:
+                    tlb = self.tlb.asids[self.asid + 1] = {}
+                tlb.update(
+                    zip(
+                        map(tag.__or__, map(_SHR12, vas)),
+                        map(tuple.__add__, entries, zip(map(frames.__getitem__, pfns))),
+                        strict=True,
+                    )
+                )
+                walks = len(entries)
             else:
                 keys = [
                     tag | (va >> 12) if e[5] & d.NG else va >> 12
                     for va, e in zip(vas, entries, strict=True)
                 ]
-            items = list(
-                zip(
-                    keys,
-                    map(tuple.__add__, entries, zip(map(frames.__getitem__, pfns))),
-                    strict=True,
+                items = list(
+                    zip(
+                        keys,
+                        map(tuple.__add__, entries, zip(map(frames.__getitem__, pfns))),
+                        strict=True,
+                    )
                 )
-            )
+                walks = len(items)
+                self.tlb.insert_pages(items, None)
         else:
             for p, e in zip(pfns, entries, strict=True):
                 if len(e) == 6 and p not in frames:  # a hit carries its frame
@@ -661,8 +713,8 @@ class Cpu:
                 for va, e, p in zip(vas, entries, pfns, strict=True)
                 if len(e) == 6
             ]
-        walks = len(items)
-        self.tlb.insert_pages(items, one_tag)
+            walks = len(items)
+            self.tlb.insert_pages(items, None)
         nbytes = len(vas) if extra is None else sum(len(a) for a in extra)
         if write:
             self._write_bytes(pfns, vas, extra, value & 0xFF)
@@ -680,13 +732,19 @@ class Cpu:
         self, pfns: list[int], vas: list[int], extra: list[list[int]] | None, val: int
     ) -> None:
         """Store byte ``val`` at each address (``vas``, or ``extra`` per page)."""
-        rows, block = self._fresh if self._fresh is not None else ({}, None)
+        made, block = self._fresh if self._fresh is not None else ([], None)
         self._fresh = None
-        at = list(map(rows.get, pfns, repeat(-1)))
-        if extra is None and block is not None and -1 not in at:  # all in the block just made
-            offs = np.asarray(vas, dtype=np.int64) & 0xFFF
-            block.view(np.uint8).reshape(-1, 4096)[at, offs] = val
-            return
+        if extra is None and block is not None:
+            at: Any
+            if made == pfns:  # the usual batch: the rows of the block, in order
+                at = np.arange(len(pfns))
+            else:
+                rows = dict(zip(made, range(len(made)), strict=True))
+                at = list(map(rows.get, pfns, repeat(-1)))
+            if -1 not in at:  # all in the block just made
+                offs = np.asarray(vas, dtype=np.int64) & 0xFFF
+                block.view(np.uint8).reshape(-1, 4096)[at, offs] = val
+                return
         frames = self.mem.frames
         for p, va, i in zip(pfns, vas, range(len(vas)), strict=True):
             frame = frames[p]
