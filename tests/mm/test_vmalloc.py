@@ -108,7 +108,7 @@ def test_vmalloc_huge_maps_pmd_blocks() -> None:
 
 
 def test_vmalloc_small_size_ignores_huge() -> None:
-    """huge=True below 2 MiB falls back to page mappings."""
+    """huge=True below 64 KiB (arm64 CONT_PTE_SIZE) falls back to plain page mappings."""
     m = _machine()
     a = vm.vmalloc(m.k, 8192, huge=True)
     t = _mapped(m, a)

@@ -86,10 +86,10 @@ def run(args: argparse.Namespace) -> int:
         fw = watch.as_dict()
         c.print(
             f"audit ({'no' if args.workload == 'none' else args.workload} workload): "
-            f"{len(found)} violation(s); "
-            f"{fw['pgtable_pages_freed']} table pages freed, "
-            f"{fw['pgtable_pages_to_buddy']} reached the buddy allocator, "
-            f"{fw['pages_freed_checked']} freed pages checked for pkey 0",
+            f"{len(found)} violation(s)\n  frees: "
+            f"{fw['pgtable_pages_freed']} table pages "
+            f"({fw['pgtable_pages_to_buddy']} to the buddy allocator); "
+            f"{fw['pages_freed_checked']} freed pages checked to carry pkey 0",
             markup=False,
         )
         for ph, v in found:

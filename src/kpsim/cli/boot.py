@@ -64,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"events: tlbi {c.get('tlbi', 0)}, splits pud {c.get('split_pud', 0)} "
         f"pmd {c.get('split_pmd', 0)} cont {c.get('split_cont', 0)}, "
-        f"pte writes {c.get('pte_write', 0)} (set_memory_pkey: {c.get('set_memory_pkey', 0)} "
-        f"calls keying {c.get('set_memory_pkey_page', 0)} table pages)"
+        f"pte writes {c.get('pte_write', 0)}"
+    )
+    print(
+        f"keying: {c.get('set_memory_pkey', 0)} set_memory_pkey() calls keyed "
+        f"{c.get('set_memory_pkey_page', 0)} table pages"
     )
     return 0

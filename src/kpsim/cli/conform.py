@@ -46,6 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "conform",
         help="run a steps file on the host kernel and on the model; compare table counts",
+        description="Run each [[step]] of FILE (mmap, touch, munmap, mprotect, madvise, "
+        "mremap, fork, brk...) in a child process of this host and in the model (started "
+        "from a copy of the child's address space), and compare the change of page-table "
+        "pages (VmPTE / 4K) step by step. Exit status 1 on a mismatch. Examples: "
+        "examples/steps/.",
     )
     p.add_argument("--steps", required=True, metavar="FILE", help="TOML steps file")
     side = p.add_mutually_exclusive_group()

@@ -237,6 +237,6 @@ def _print(doc: dict[str, Any]) -> None:
             top = ", ".join(f"{k} {v:+.2f}" for k, v in list(cost["contributions"].items())[:4])
             print(
                 f"  cost: hardening overhead {cost['percent']:+.2f}% "
-                f"(on {cost['on_cycles']:.0f} vs off {cost['off_cycles']:.0f} cycles; "
-                f"percentage points: {top})"
+                f"(on {cost['on_cycles']:.0f} vs off {cost['off_cycles']:.0f} cycles)\n"
+                f"    top events, percentage points: {top}"
             )

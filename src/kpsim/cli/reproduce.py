@@ -165,8 +165,11 @@ NOTES: dict[str, str] = {
     "loading, scheduler) is not modelled; it enters only through the assumed `syscall` "
     "cost, so kernbench's system-time figures rest on that prior; user time does not "
     "change by construction.",
-    "vmalloc": "fix_size_alloc h:1 below 2 MiB: the model falls back to small pages where "
-    "arm64 Linux maps 64 KiB contiguous-PTE blocks, so h:1 rows equal h:0 rows.",
+    "vmalloc": "fix_size_alloc h:1 maps 64 KiB contiguous-PTE blocks from split order-4 "
+    "pages, one walk and lazy-MMU section per 64 KiB, as arm64 Linux; but the cost model "
+    "charges an order-4 allocation like an order-0 one (no pcp/buddy or alloc_pages_bulk "
+    "difference), so the h:1 baseline is about half the h:0 one where the published rows "
+    "imply a larger one: h:1 overheads come out too high.",
     "munmap": "micromm h:1: folio batching is a count (fork_folio/zap_folio), the PTE "
     "writes are the same as h:0; THP frees are reported as Linux makes them.",
 }

@@ -608,7 +608,7 @@ def _attack_random(r: Mapping[str, Any]) -> str:
     n = sum(c["attempts"] for c in rnd)
     hit = sum(c.get("hit_page_tables", 0) for c in rnd)
     landed = sum(c["landed"] for c in rnd)
-    return f"; random writes: {hit}/{n} hit a page table, {landed} of those landed"
+    return f"random writes: {hit}/{n} hit a page table, {landed} of those landed"
 
 
 def _attack_lines(a: Mapping[str, Any] | None) -> list[Text]:
@@ -621,16 +621,16 @@ def _attack_lines(a: Mapping[str, Any] | None) -> list[Text]:
         li, ni, lo, no = _attack_side(a[variant])
         text = (
             f"feature {variant}: {li}/{ni} targeted page-table writes landed"
-            + (f", {lo}/{no} outside the threat model" if no else "")
-            + _attack_random(a[variant])
+            + (f" (+ {lo}/{no} outside the threat model)" if no else "")
             + (f", {len(a[variant]['skipped'])} skipped" if a[variant]["skipped"] else "")
         )
-        if variant == "on":
-            style = "bold red" if li else "green"
-        else:
-            style = "dim"
-            text += " (negative control: the same campaign, feature off)"
+        style = ("bold red" if li else "green") if variant == "on" else "dim"
         out.append(Text(f"{'attack' if not out else '':<11}") + Text(text, style=style))
+        rnd = _attack_random(a[variant])
+        if rnd:
+            out.append(Text(" " * 13) + Text(rnd, style=style))
+        if variant == "off":
+            out.append(Text(" " * 13) + Text("(the negative control: same campaign)", style=style))
     return out
 
 
@@ -660,9 +660,10 @@ def render(doc: Mapping[str, Any]) -> RenderableType:
     parts.append(Text("linear map ") + Text(lines[0]))
     parts += [Text("           " + x) for x in lines[1:]]
     src = doc["costs"]["source"]
+    src = _DEFAULT_COSTS if src == "built-in" else f"{src} over the defaults"
     parts.append(
         Text(
-            f"cycles per event: {_DEFAULT_COSTS if src == 'built-in' else src}; "
+            f"cycles per event: {src}; "
             "--json has every counter\n"
             "`kpsim reproduce --write-costs F` fits them to the published tables, "
             "`kpsim run --costs F` uses them",

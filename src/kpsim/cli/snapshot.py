@@ -31,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "snapshot",
         help="read a live process's maps and present pages; --check its table count",
+        description="Read PID's /proc maps, smaps and present pages (PAGEMAP_SCAN, else "
+        "/proc/PID/pagemap; the target is stopped with SIGSTOP meanwhile unless it is "
+        "blocked in a syscall). With --check, compare its VmPTE (in "
+        "4K table pages) with the table count the model derives from the same mappings, "
+        "and with the lower and upper bounds of the page-table lifetime rules.",
     )
     p.add_argument("pid", type=int_arg, metavar="PID", help="process to read")
     p.add_argument("-o", "--output", metavar="FILE", help="write the snapshot as JSON to FILE")

@@ -5,11 +5,18 @@ Models ``vmalloc``/``vfree`` (``__vmalloc_node_range``, ``remove_vm_area``),
 over the free ranges of ``[VMALLOC_START, VMALLOC_END)``, as ``find_vmap_lowest_match``;
 a guard page after every ``vm_struct`` unless ``VM_NO_GUARD``; the kernel image
 pre-registered by ``vm_area_add_early``), the mapping walk
-(``vmap_pages_range`` -> ``vmap_pmd_range`` -> ``vmap_pte_range`` with ``pmd_alloc`` /
+(``vmap_small_pages_range_noflush`` -> ``vmap_pages_pte_range`` with ``pmd_alloc`` /
 ``pte_alloc_kernel`` through ``pagetable_alloc`` and a lazy-MMU section around each PTE
-table's writes), ``VM_ALLOW_HUGE_VMAP`` (2 MiB PMD blocks from order-9 pages where size
-and alignment allow, falling back to pages), and unmapping (``vunmap_range_noflush``:
-cleared PTEs in a lazy-MMU section, tables never freed) with the lazy TLB flush
+table's writes), ``VM_ALLOW_HUGE_VMAP`` (``__vmalloc_node_range_noprof``: PMD_SHIFT from
+2 MiB when ``arch_vmap_pmd_supported``, else ``arch_vmap_pte_supported_shift``, 64 KiB
+contiguous PTEs on arm64; the area sized and aligned to that shift; ``vm_area_alloc_pages``
+takes pages of that order and ``split_page``s them; ``__vmap_pages_range_noflush`` maps
+each ``1 << page_shift`` chunk with its own ``vmap_range_noflush`` walk, so its own
+lazy-MMU section in ``vmap_pte_range``, where ``arch_vmap_pte_range_map_size`` picks
+``set_huge_pte_at`` blocks; any failure retries with small pages), and unmapping
+(``vunmap_range_noflush``:
+cleared PTEs in a lazy-MMU section per PTE table, contiguous blocks entry by entry as
+``huge_ptep_get_and_clear`` does, tables never freed) with the lazy TLB flush
 (``free_vmap_area_noflush`` + ``__purge_vmap_area_lazy``: once more than
 ``lazy_max_pages()`` pages are waiting, one ``flush_tlb_kernel_range`` over the span of
 every purged area, then the areas return to the free ranges).
@@ -17,7 +24,9 @@ every purged area, then the areas return to the free ranges).
 Left out (docs/fidelity.md): per-CPU ``vmap_block`` caches for small ``vm_map_ram``
 (every ``vm_map_ram`` gets its own area, without guard as the large path does), the
 deferred purge worker (the purge runs synchronously when the threshold is crossed),
-node/NUMA placement, ``VM_FLUSH_RESET_PERMS``, KASAN shadow, 1 GiB (PUD) vmalloc blocks.
+node/NUMA placement, ``VM_FLUSH_RESET_PERMS``, KASAN shadow, 1 GiB (PUD) vmalloc blocks,
+``pmd_free_pte_page`` (a PMD block over a stale PTE table is an error here), order-0
+``alloc_pages_bulk`` (one ``alloc_pages`` per page).
 """
 
 from __future__ import annotations
@@ -33,7 +42,6 @@ PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 PMD_SHIFT = 21
 PMD_SIZE = 1 << PMD_SHIFT
-HUGE_ORDER = PMD_SHIFT - PAGE_SHIFT
 LAZY_UNIT_PAGES = (32 << 20) >> PAGE_SHIFT  # lazy_max_pages: 32 MiB per fls(cpus)
 
 
@@ -186,8 +194,9 @@ def _entry_lookup(k: Kernel, addr: int) -> tuple[int, int] | None:
     return 3, ptr
 
 
-def vmap_pte_range(k: Kernel, addr: int, pfns: list[int]) -> int:
-    """Map ``pfns`` from ``addr`` (inside one PTE table); 0 or -ENOMEM."""
+def vmap_pages_pte_range(k: Kernel, addr: int, pfns: list[int]) -> int:
+    """``vmap_pages_pte_range``: map ``pfns`` from ``addr`` (inside one PTE table), one
+    ``set_pte_at`` per page in a lazy-MMU section; 0 or -ENOMEM."""
     arch = k.arch
     ptr = _entry_alloc(k, addr, 3)
     if ptr is None:
@@ -204,15 +213,85 @@ def vmap_pte_range(k: Kernel, addr: int, pfns: list[int]) -> int:
 
 
 def vmap_pages_range(k: Kernel, addr: int, pfns: list[int]) -> int:
-    """``vmap_pages_range_noflush`` with 4 KiB pages: one batch per PTE table."""
+    """``vmap_small_pages_range_noflush`` (4 KiB pages): one batch per PTE table."""
     i = 0
     while i < len(pfns):
         a = addr + (i << PAGE_SHIFT)
         n = min(len(pfns) - i, 512 - ((a >> PAGE_SHIFT) & 0x1FF))
-        ret = vmap_pte_range(k, a, pfns[i : i + n])
+        ret = vmap_pages_pte_range(k, a, pfns[i : i + n])
         if ret:
             return ret
         i += n
+    return 0
+
+
+def vmap_pte_range(k: Kernel, addr: int, end: int, pfn: int, max_page_shift: int) -> int:
+    """``vmap_pte_range``: map the physically contiguous ``[pfn, ...)`` at [addr, end)
+    (inside one PTE table) in one lazy-MMU section; where
+    ``arch_vmap_pte_range_map_size`` allows a larger size, one ``set_huge_pte_at``
+    (contiguous PTEs on arm64), else ``set_pte_at``; 0 or -ENOMEM."""
+    arch = k.arch
+    ptr = _entry_alloc(k, addr, 3)
+    if ptr is None:
+        return -12
+    table_pa = arch.entry_pa(ptr) & ~0xFFF
+    i0 = (addr >> PAGE_SHIFT) & 0x1FF
+    if arch.read_table(table_pa)[i0 : i0 + ((end - addr) >> PAGE_SHIFT)].any():
+        raise ModelInvariantError(f"vmap: remapping already mapped page in [{addr:#x}, {end:#x})")
+    arch.arch_enter_lazy_mmu_mode()
+    try:
+        a = addr
+        while a < end:
+            size = arch.arch_vmap_pte_range_map_size(a, end, pfn, max_page_shift)
+            if size != PAGE_SIZE:
+                arch.set_huge_pte_at_kernel(a, table_pa, pfn, size)
+            else:
+                i = (a >> PAGE_SHIFT) & 0x1FF
+                arch.pt_store_batch(table_pa, slice(i, i + 1), arch.mk_kernel_ptes([pfn]))
+                arch.queue_pte_barriers()
+            pfn += size >> PAGE_SHIFT
+            a += size
+    finally:
+        arch.arch_leave_lazy_mmu_mode()
+    return 0
+
+
+def vmap_range_noflush(k: Kernel, addr: int, end: int, pfn: int, max_page_shift: int) -> int:
+    """``vmap_range_noflush``: map [addr, end) to the physically contiguous pages from
+    ``pfn``, a 2 MiB block where ``vmap_try_huge_pmd`` allows, else through
+    :func:`vmap_pte_range` per PMD; 0 or -ENOMEM."""
+    a = addr
+    while a < end:
+        nxt = min(end, (a | (PMD_SIZE - 1)) + 1)
+        if (
+            max_page_shift >= PMD_SHIFT
+            and k.arch.arch_vmap_pmd_supported()
+            and nxt - a == PMD_SIZE
+            and not a & (PMD_SIZE - 1)
+            and not (pfn << PAGE_SHIFT) & (PMD_SIZE - 1)
+        ):
+            ret = vmap_try_huge_pmd(k, a, pfn)
+        else:
+            ret = vmap_pte_range(k, a, nxt, pfn, max_page_shift)
+        if ret:
+            return ret
+        pfn += (nxt - a) >> PAGE_SHIFT
+        a = nxt
+    return 0
+
+
+def vmap_pages_range_noflush(k: Kernel, addr: int, pfns: list[int], page_shift: int) -> int:
+    """``__vmap_pages_range_noflush``: with ``page_shift == PAGE_SHIFT`` the small-page
+    walk; otherwise one :func:`vmap_range_noflush` per ``1 << page_shift`` chunk (its own
+    walk and lazy-MMU section), each chunk's pages being physically contiguous."""
+    if page_shift == PAGE_SHIFT:
+        return vmap_pages_range(k, addr, pfns)
+    step = 1 << (page_shift - PAGE_SHIFT)
+    for i in range(0, len(pfns), step):
+        a = addr + (i << PAGE_SHIFT)
+        ret = vmap_range_noflush(k, a, a + (1 << page_shift), pfns[i], page_shift)
+        if ret:
+            return ret
     return 0
 
 
@@ -254,65 +333,67 @@ def vunmap_range_noflush(k: Kernel, start: int, end: int) -> None:
 
 
 # -- vmalloc / vfree -------------------------------------------------------------------------
-def _alloc_pages(k: Kernel, nr: int, order: int) -> list[tuple[int, int]] | None:
-    """``vm_area_alloc_pages``: ``nr`` blocks of ``order`` (None after freeing on failure)."""
-    got: list[tuple[int, int]] = []
-    for _ in range(nr):
-        pfn = k.page_alloc.alloc_pages(GFP_KERNEL, order, owner="vmalloc")
+def vm_area_alloc_pages(k: Kernel, order: int, nr_pages: int) -> list[int] | None:
+    """``vm_area_alloc_pages``: ``nr_pages`` pages in blocks of ``order``, each high-order
+    block ``split_page``d into order-0 pages (so vfree frees them one by one); the
+    pfns, or None after freeing what was taken."""
+    pa = k.page_alloc
+    got: list[int] = []
+    while len(got) < nr_pages:
+        pfn = pa.alloc_pages(GFP_KERNEL, order, owner="vmalloc")
         if pfn is None:
-            for p, o in got:
-                k.page_alloc.free_pages(p, o)
+            for p in got:
+                pa.free_pages(p, 0)
             return None
-        got.append((pfn, order))
+        if order:
+            pa.split_page(pfn, order)
+        got.extend(range(pfn, pfn + (1 << order)))
     return got
 
 
 def vmalloc(k: Kernel, size: int, huge: bool = False) -> int:
-    """``vmalloc`` (``vmalloc_huge`` with ``huge``): the area's address, or 0 on failure."""
+    """``vmalloc`` (``vmalloc_huge`` with ``huge``, i.e. ``VM_ALLOW_HUGE_VMAP``):
+    ``__vmalloc_node_range_noprof``; the area's address, or 0 on failure.
+
+    With ``huge`` the mapping shift is PMD_SHIFT from 2 MiB when the arch supports PMD
+    blocks, else ``arch_vmap_pte_supported_shift(size)``; if the huge attempt fails
+    (area or pages), it is retried once with small pages (the ``fail:`` label)."""
     if size <= 0:
         return 0
-    size = (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-    if huge and size >= PMD_SIZE and k.arch.arch_vmap_pmd_supported():
-        addr = _vmalloc_huge(k, size)
+    real_size = (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    shift = PAGE_SHIFT
+    if huge:
+        if k.arch.arch_vmap_pmd_supported() and size >= PMD_SIZE:
+            shift = PMD_SHIFT
+        else:
+            shift = k.arch.arch_vmap_pte_supported_shift(size)
+    if shift > PAGE_SHIFT:
+        addr = _vmalloc_area(k, real_size, shift)
         if addr:
             return addr
         k.counters["vmalloc_huge_fallback"] += 1
-    return _vmalloc_pages(k, size)
+    return _vmalloc_area(k, real_size, PAGE_SHIFT)
 
 
-def _vmalloc_pages(k: Kernel, size: int) -> int:
-    va = alloc_vmap_area(k, size + PAGE_SIZE, PAGE_SIZE, "vmalloc")  # + guard page
+def _vmalloc_area(k: Kernel, real_size: int, shift: int) -> int:
+    """``__get_vm_area_node`` (size aligned to ``1 << shift``, a guard page after it,
+    aligned to ``1 << shift``) + ``__vmalloc_area_node`` (pages of order
+    ``shift - PAGE_SHIFT``, ``vmap_pages_range`` with ``page_shift = shift``)."""
+    unit = 1 << shift
+    size = (real_size + unit - 1) & ~(unit - 1)
+    va = alloc_vmap_area(k, size + PAGE_SIZE, max(unit, PAGE_SIZE), "vmalloc")
     if va is None:
         return 0
-    pages = _alloc_pages(k, size >> PAGE_SHIFT, 0)
-    if pages is None or vmap_pages_range(k, va.start, [p for p, _ in pages]):
-        _undo(k, va, pages)
+    pfns = vm_area_alloc_pages(k, shift - PAGE_SHIFT, size >> PAGE_SHIFT)
+    if pfns is None or vmap_pages_range_noflush(k, va.start, pfns, shift):
+        _undo(k, va, None if pfns is None else [(p, 0) for p in pfns])
         return 0
-    va.pages, va.nr_pages = pages, len(pages)
+    va.pages, va.nr_pages = [(p, 0) for p in pfns], len(pfns)
+    va.huge = shift > PAGE_SHIFT
     k.counters["vmalloc"] += 1
-    k.counters["vmalloc_page"] += len(pages)
-    return va.start
-
-
-def _vmalloc_huge(k: Kernel, size: int) -> int:
-    size = (size + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
-    va = alloc_vmap_area(k, size + PAGE_SIZE, PMD_SIZE, "vmalloc")
-    if va is None:
-        return 0
-    pages = _alloc_pages(k, size >> PMD_SHIFT, HUGE_ORDER)
-    ok = pages is not None
-    for i, (pfn, _o) in enumerate(pages or []):
-        if vmap_try_huge_pmd(k, va.start + i * PMD_SIZE, pfn):
-            ok = False
-            break
-    if not ok:
-        _undo(k, va, pages)
-        return 0
-    assert pages is not None
-    va.pages, va.nr_pages, va.huge = pages, size >> PAGE_SHIFT, True
-    k.counters["vmalloc"] += 1
-    k.counters["vmalloc_huge"] += 1
-    k.counters["vmalloc_page"] += size >> PAGE_SHIFT
+    if va.huge:
+        k.counters["vmalloc_huge"] += 1
+    k.counters["vmalloc_page"] += len(pfns)
     return va.start
 
 

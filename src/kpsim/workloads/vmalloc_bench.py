@@ -8,7 +8,11 @@ Each test is a loop of ``loops`` (``test_loop_count``) iterations on CPU 0, all 
   ``vmap_pages_range`` (tables via ``pte_alloc_kernel``, one lazy-MMU section per PTE
   table); ``vfree`` -> ``vunmap_range_noflush`` (one lazy-MMU section), pages freed,
   the area queued for the lazy purge (``__purge_vmap_area_lazy``: one kernel-range TLB
-  flush once ``lazy_max_pages()`` are waiting).
+  flush once ``lazy_max_pages()`` are waiting). With ``huge`` and 16 pages or more
+  (``arch_vmap_pte_supported_shift``: 64 KiB on arm64) the area is 64 KiB aligned, the
+  pages come as order-4 blocks (``split_page``d, freed one by one by ``vfree``) and each
+  64 KiB is mapped by its own ``vmap_range_noflush`` (own walk, own lazy-MMU section)
+  as 16 contiguous PTEs (``set_huge_pte_at``); below 16 pages ``huge`` changes nothing.
 - ``vmalloc.random_size_alloc`` (``random_size_alloc_test``): the same with a size of
   1..``max_pages`` pages drawn per iteration (the module's ``nr_pages`` is unused by
   this test in Linux too; the published "p:1" label names the module parameter).
@@ -17,9 +21,9 @@ Each test is a loop of ``loops`` (``test_loop_count``) iterations on CPU 0, all 
   ``vm_unmap_ram``.
 
 Departures (docs/fidelity.md): the test's one-byte store through the new mapping is not
-made; ``vmalloc_huge`` below 2 MiB falls back to small pages in the model, while arm64
-Linux maps 64 KiB blocks with contiguous PTEs (``arch_vmap_pte_supported_shift``), so
-the ``huge`` rows below 2 MiB behave as the small ones; ``vm_map_ram`` of a few pages
+made; order-0 pages are taken one ``alloc_pages`` each (Linux: ``alloc_pages_bulk``) and
+an order-4 allocation is one allocator call like an order-0 one, so the cost model
+cannot tell the ``huge`` rows' allocation cost from the small ones'; ``vm_map_ram`` of a few pages
 gets a vmap area of its own instead of a slot of a per-CPU ``vmap_block``
 (kpsim.mm.vmalloc). The counters ``vmalloc``, ``vfree``, ``vm_map_ram`` and
 ``vm_unmap_ram`` (calls) and ``vmalloc_page`` are counted by kpsim.mm.vmalloc.

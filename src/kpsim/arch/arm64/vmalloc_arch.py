@@ -10,8 +10,18 @@ descriptor with UXNTable, written through the guarded helper, except in
 still writable (``rodata_is_rw``), through the fixmap once ``mark_rodata_ro`` has run
 (modelled as a direct store, docs/fidelity.md). Never through the linear alias, which
 ``mark_linear_text_alias_ro`` made read-only.
-Left out: ``arch_vmap_pud_supported`` (1 GiB vmalloc blocks), ``arch_vmap_pte_range_map_size``
-(contiguous-PTE vmalloc mappings).
+
+Contiguous-PTE vmalloc (``VM_ALLOW_HUGE_VMAP`` below 2 MiB): ``arch_vmap_pte_supported_shift``
+(``CONT_PTE_SHIFT`` once the size reaches 64 KiB), ``arch_vmap_pte_range_map_size``
+(``CONT_PTE_SIZE`` where the range, the address and the physical address allow it) and
+``set_huge_pte_at`` on ``init_mm`` (``arch/arm64/mm/hugetlbpage.c``): ``num_contig_ptes``
+gives 16 PAGE_SIZE entries, ``arch_make_huge_pte`` sets PTE_CONT, the "break" step
+(``clear_flush``) only when the first old entry is valid, then ``__set_ptes_anysz``
+writes the 16 entries one ``__set_pte_nosync`` at a time, each under its own
+``kpkeys_hardened_pgtables`` guard (kpkeys v5 15/18 guards ``__set_pte_nosync``, not the
+loop), so the 16 writes go through :meth:`pt_store_batch`, which counts one switch per
+entry outside a batched lazy-MMU section and none inside, as Linux does.
+Left out: ``arch_vmap_pud_supported`` (1 GiB vmalloc blocks).
 """
 
 from __future__ import annotations
@@ -23,10 +33,19 @@ import numpy as np
 from kpsim.arch.arm64.memory import KIMAGE_VADDR, VMALLOC_END, VMALLOC_START
 from kpsim.arch.arm64.pgtable import PAGE_KERNEL, PgtableMixin, sect_prot
 from kpsim.arch.arm64.setup import KIMAGE_SIZE
+from kpsim.arch.arm64.tlbflush import TlbFlushMixin
+from kpsim.errors import ModelInvariantError
 from kpsim.hw.arm64 import descriptors as d
 
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+CONT_PTE_SHIFT = 16  # 4K granule: 16 entries
+CONT_PTE_SIZE = 1 << CONT_PTE_SHIFT
+CONT_PTES = CONT_PTE_SIZE >> PAGE_SHIFT
+_CONT_ARANGE = np.arange(CONT_PTES, dtype=np.uint64)
 
-class VmallocArchMixin(PgtableMixin):
+
+class VmallocArchMixin(PgtableMixin, TlbFlushMixin):
     kimage_pa: int  # set by Arm64.__init__ (the image's physical base)
 
     def vmalloc_range(self) -> tuple[int, int]:
@@ -47,6 +66,39 @@ class VmallocArchMixin(PgtableMixin):
         """``pfn_pte(pfn, PAGE_KERNEL)`` for an array of pfns."""
         arr = np.asarray(pfns, dtype=np.uint64)
         return (arr << np.uint64(12)) | np.uint64(PAGE_KERNEL)
+
+    def arch_vmap_pte_supported_shift(self, size: int) -> int:
+        """``arch_vmap_pte_supported_shift``: ``CONT_PTE_SHIFT`` from 64 KiB up."""
+        return CONT_PTE_SHIFT if size >= CONT_PTE_SIZE else PAGE_SHIFT
+
+    def arch_vmap_pte_range_map_size(
+        self, addr: int, end: int, pfn: int, max_page_shift: int
+    ) -> int:
+        """``arch_vmap_pte_range_map_size``: ``CONT_PTE_SIZE`` if at least 64 KiB remain,
+        ``max_page_shift`` allows it and both ``addr`` and the physical address are
+        64 KiB aligned; otherwise ``PAGE_SIZE``."""
+        if end - addr < CONT_PTE_SIZE or max_page_shift < CONT_PTE_SHIFT:
+            return PAGE_SIZE
+        if addr & (CONT_PTE_SIZE - 1) or (pfn << PAGE_SHIFT) & (CONT_PTE_SIZE - 1):
+            return PAGE_SIZE
+        return CONT_PTE_SIZE
+
+    def set_huge_pte_at_kernel(self, addr: int, table_pa: int, pfn: int, size: int) -> None:
+        """``set_huge_pte_at(&init_mm, addr, ptep, arch_make_huge_pte(pfn_pte(pfn,
+        PAGE_KERNEL), ilog2(size)), size)`` for a ``CONT_PTE_SIZE`` block at ``addr``,
+        whose entries lie in the PTE table at ``table_pa``."""
+        if size != CONT_PTE_SIZE or addr & (CONT_PTE_SIZE - 1):
+            raise ModelInvariantError(f"set_huge_pte_at: {size:#x} block at {addr:#x}")
+        index = (addr >> PAGE_SHIFT) & 0x1FF
+        sl = slice(index, index + CONT_PTES)
+        if int(self.read_table(table_pa)[index]) & d.VALID:  # valid -> valid: clear_flush
+            self.pt_store_batch(table_pa, sl, 0)  # 16 x __ptep_get_and_clear_anysz
+            self.flush_tlb_kernel_range(addr, addr + CONT_PTE_SIZE)
+        vals = ((np.uint64(pfn) + _CONT_ARANGE) << np.uint64(PAGE_SHIFT)) | np.uint64(
+            PAGE_KERNEL | d.CONT
+        )
+        self.pt_store_batch(table_pa, sl, vals)  # __set_ptes_anysz: 16 x __set_pte_nosync
+        self.queue_pte_barriers()
 
     def mk_kernel_pmd_block(self, pfn: int) -> int:
         """``pmd_set_huge``'s value: a 2 MiB PAGE_KERNEL section mapping ``pfn``."""

@@ -623,6 +623,7 @@ class Cpu:
         block (remembered in ``_fresh`` so the next byte stores to them go at once)."""
         frames = self.mem.frames
         fresh = list(filterfalse(frames.__contains__, pfns))
+        self._fresh = None  # a probe that made none must not leave an older one's
         if not fresh:
             return
         self.mem.check(min(fresh) << 12)
@@ -674,8 +675,9 @@ class Cpu:
         frames = mem.frames
         pfns = list(map(_SHR12, map(_FIRST, entries)))
         if set(map(len, entries)) == {6}:  # all walked (the usual batch): fills, in C
-            for p in filterfalse(frames.__contains__, pfns):
-                mem.frame(p)
+            if self._fresh is None or self._fresh[0] != pfns:  # else all just made
+                for p in filterfalse(frames.__contains__, pfns):
+                    mem.frame(p)
             if all(map(d.NG.__and__, map(_DESC, entries))):
                 # Tlb.insert_pages(items, asid + 1), without the lists of keys and pairs
                 tlb = self.tlb.asids.get(self.asid + 1)
