@@ -57,3 +57,8 @@ def check_writable(path: str | Path, what: str) -> None:
         raise InputError(f"cannot write {what}: {err.strerror or err}", file=str(p)) from None
     if not existed:
         p.unlink()
+
+
+def plural(n: int, noun: str, suffix: str = "es") -> str:
+    """``1 process``, ``2 processes`` (``suffix`` for other nouns: ``"s"``)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{suffix}"

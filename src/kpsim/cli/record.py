@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kpsim.cli.common import add_json, check_writable, emit_json
+from kpsim.cli.common import add_json, check_writable, emit_json, plural
 from kpsim.errors import InputError
 
 if TYPE_CHECKING:
@@ -139,7 +139,8 @@ def _status_text(status: int) -> str:
 
 def _print_record(res: RecordResult, summary: dict[str, Any]) -> None:
     cmd = " ".join(res.command)
-    print(f"kpsim record: {res.trace}: {res.lines} lines, {len(summary['processes'])} processes")
+    procs = plural(len(summary["processes"]), "process")
+    print(f"kpsim record: {res.trace}: {res.lines} lines, {procs}")
     print(f"  command {cmd!r} {_status_text(res.exit_status)}")
     if res.missing:
         print(f"  WARNING: recorded without missing tracepoints: {', '.join(res.missing)}")
@@ -152,7 +153,7 @@ def _print_record(res: RecordResult, summary: dict[str, Any]) -> None:
     else:
         print("  no events lost")
     if res.vmpte_file is not None and res.vmpte is not None:
-        print(f"  VmPTE at exit of {len(res.vmpte)} processes: {res.vmpte_file}")
+        print(f"  VmPTE at exit of {plural(len(res.vmpte), 'process')}: {res.vmpte_file}")
     if res.perf_data is not None:
         print(f"  perf data kept at {res.perf_data}")
 
@@ -175,7 +176,9 @@ def _check(path: Path, as_json: bool) -> int:
         emit_json({"trace": str(path), **summary})
         return 0
     n = sum(summary["records"].values())
-    print(f"kpsim record --check: {path}: {n} records, {len(summary['processes'])} processes")
+    print(
+        f"kpsim record --check: {path}: {n} records, {plural(len(summary['processes']), 'process')}"
+    )
     for title in ("records", "ops", "skipped"):
         items = sorted(summary[title].items(), key=lambda kv: (-kv[1], kv[0]))
         if items:

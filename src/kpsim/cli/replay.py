@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kpsim.cli.common import add_json, emit_json
+from kpsim.cli.common import add_json, emit_json, plural
 from kpsim.cli.machine_opts import add_machine_options, config_from_args
 from kpsim.errors import InputError, OutOfMemory
 from kpsim.machine.boot import Machine
@@ -202,7 +202,7 @@ def _cost(
 def _print(doc: dict[str, Any]) -> None:
     procs = doc["processes"]
     print(
-        f"kpsim replay: {doc['trace']}: {doc['records']} records, {len(procs)} processes, "
+        f"kpsim replay: {doc['trace']}: {doc['records']} records, {plural(len(procs), 'process')}, "
         f"{doc['ops'].get('Fault', 0)} faults"
     )
     agreement = doc.get("agreement")
@@ -218,7 +218,7 @@ def _print(doc: dict[str, Any]) -> None:
     if agreement is not None:
         print(
             f"  agreement with the live VmPTE at exit: {agreement['agree']} of "
-            f"{agreement['compared']} processes"
+            f"{plural(agreement['compared'], 'process')}"
         )
     for note in doc["notes"]:
         print(f"  note: {note}")

@@ -459,7 +459,7 @@ def _kunit_line(k: Mapping[str, Any]) -> Text:
         return Text(f"{text}, {k['failed']} FAILED: {', '.join(failed)}", style="bold red")
     if k["skipped"] == total:
         reason = k["cases"][0]["message"] if k["cases"] else ""
-        return Text(f"{text} ({reason})", style="yellow")
+        return Text(f"{text}: {reason}", style="yellow")
     return Text(text, style="green")
 
 
@@ -513,7 +513,7 @@ def _overhead_table(doc: Mapping[str, Any]) -> Table:
 _EVENT_ROWS = 14
 
 
-def _events_table(doc: Mapping[str, Any]) -> Table:
+def _events_table(doc: Mapping[str, Any]) -> _EventTables:
     feature = doc["machine"]["hardened_pgtables"]
     cost = doc["costs"]["cycles"]
     ws = doc["workloads"]
@@ -539,34 +539,67 @@ def _events_table(doc: Mapping[str, Any]) -> Table:
     order = sorted(names, key=weight)
     hidden = order[_EVENT_ROWS:]
     order = order[:_EVENT_ROWS]
-    t = Table(
-        title="events counted per workload with the feature on, +N/-N: more/fewer than with it off"
+    title = (
+        "events counted per workload with the feature on, +N/-N: more/fewer than with it off"
         if feature
-        else "priced events counted per workload",
-        title_justify="left",
-        title_style="bold",
-        box=None,
-        pad_edge=False,
-        header_style="bold",
+        else "priced events counted per workload"
     )
-    t.add_column("event", no_wrap=True)
-    for w in ws:
-        t.add_column(f"#{w['index']}", justify="right")
+    rows: list[list[str]] = []
     for name in order:
-        cells = []
+        cells = [name]
         for w in ws:
             off = w["off"]["counters"].get(name, 0)
             on = w["on"]["counters"].get(name, 0) if feature else off
             cells.append(
                 _n(on) if on == off else f"{_n(on)} {'+' if on > off else '-'}{_n(abs(on - off))}"
             )
-        t.add_row(name, *cells)
+        rows.append(cells)
+    caption = ""
     if unpriced or hidden:
         more = f"{len(hidden)} smaller priced counters and " if hidden else ""
-        t.caption = f"{more}{len(unpriced)} counters that cost 0 cycles: see --json"
-        t.caption_justify = "left"
-        t.caption_style = "dim"
-    return t
+        caption = f"{more}{len(unpriced)} counters that cost 0 cycles: see --json"
+    return _EventTables(title, [f"#{w['index']}" for w in ws], rows, caption)
+
+
+class _EventTables:
+    """The events table, split into as many tables as the console's width needs (one
+    column per workload; a cell never wraps)."""
+
+    def __init__(self, title: str, heads: list[str], rows: list[list[str]], caption: str):
+        self.title, self.heads, self.rows, self.caption = title, heads, rows, caption
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        first = max([len("event"), *(len(r[0]) for r in self.rows)]) + 1
+        widths = [
+            max([len(h), *(len(r[i + 1]) for r in self.rows)]) + 2 for i, h in enumerate(self.heads)
+        ]
+        chunks: list[list[int]] = [[]]
+        used = first
+        for i, wd in enumerate(widths):
+            if chunks[-1] and used + wd > options.max_width:
+                chunks.append([])
+                used = first
+            chunks[-1].append(i)
+            used += wd
+        for n, cols in enumerate(chunks):
+            t = Table(
+                title=self.title if n == 0 else None,
+                title_justify="left",
+                title_style="bold",
+                box=None,
+                pad_edge=False,
+                header_style="bold",
+            )
+            t.add_column("event", no_wrap=True)
+            for i in cols:
+                t.add_column(self.heads[i], justify="right", no_wrap=True)
+            for r in self.rows:
+                t.add_row(r[0], *(r[i + 1] for i in cols))
+            if n == len(chunks) - 1 and self.caption:
+                t.caption = self.caption
+                t.caption_justify = "left"
+                t.caption_style = "dim"
+            yield t
 
 
 def _composition(lm: Mapping[str, Any]) -> str:
