@@ -9,7 +9,6 @@ from kpsim.audit.invariants import audit
 from kpsim.errors import InputError
 from kpsim.hw.arm64.esr import decode_esr
 from kpsim.machine import MachineConfig, boot
-from kpsim.machine.config import ALLOCATORS
 from kpsim.machine.scenario import parse_scenario
 
 ENTRY_CLASSES = tuple(t for t in TARGETS if t != "random")
@@ -20,7 +19,6 @@ def _machine(linear_map, allocator, **kw):
     return pytest.param(
         {"linear_map": linear_map, "allocator": allocator, **kw},
         id="-".join([linear_map, allocator, *(k for k, v in kw.items() if v is False)]),
-        marks=pytest.mark.skipif(allocator not in ALLOCATORS, reason=f"no {allocator} allocator"),
     )
 
 

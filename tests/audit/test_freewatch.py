@@ -79,8 +79,7 @@ def test_a_caching_allocator_holds_pages_back_without_violations():
     """With the PBA on a block-mapped linear map, freed tables stay cached (keyed) and
     are accounted as held; nothing keyed reaches the buddy allocator."""
     m = boot(memory="512M", linear_map="block")
-    if m.config.effective_allocator != "pba":
-        pytest.skip("no caching allocator configured")
+    assert m.config.effective_allocator == "pba"  # chosen automatically on a block map
     with FreeWatch(m) as w:
         mixed_workload(m, seed=2)
     assert w.violations == [] and audit(m) == []

@@ -277,8 +277,7 @@ def test_example_scenarios_validate(path):
     s = load_scenario(path)
     for w in s.workloads:
         registry.validate_params(w.name, w.params, spec=w)
-    if s.kernel.get("allocator", "minimal") not in machine_config_mod.ALLOCATORS:
-        pytest.skip(f"allocator {s.kernel['allocator']!r} is not in the model yet")
+    assert s.kernel.get("allocator", "minimal") in machine_config_mod.ALLOCATORS
     machine_config(s)
 
 
