@@ -129,3 +129,17 @@ def test_bad_input_is_one_line_exit_2(argv, needle, capsys):
     assert ex.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_cost_the_rows_cannot_determine_is_flagged(capsys):
+    """Fitting on vmalloc alone cannot pin set_memory_pkey down (it runs to the fit's
+    bound) nor fork_pte_copy+zap_pte (never counted): both are said, not presented as
+    fitted. The control: a parameter the rows do determine (por_write+isb) gets no
+    warning, and exactly the parameters at a bound are flagged."""
+    assert main(["reproduce", *SMALL, "--rows", "vmalloc", "--fit", "vmalloc", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["unidentified"] == ["fork_pte_copy+zap_pte"]
+    flagged = {w.split(" = ")[0] for w in doc["warnings"] if "bound" in w}
+    at_bound = {k for k, v in doc["params"].items() if v <= 0.00101 or v >= 0.99e8}
+    assert flagged == at_bound == {"set_memory_pkey"}
+    assert 1 < doc["params"]["por_write+isb"] < 1e4

@@ -296,7 +296,9 @@ def _print(c: Any, table: PublishedTable, result: FitResult, args: argparse.Name
     run_fit = len({r.key for r in result.rows if r.fitted and r.modelled is not None})
     c.print(f"  fitted on: {args.fit}  ({run_fit} of its {len(result.fit_rows)} rows run)")
     c.print("  costs fitted: "
-            + ", ".join(f"{k} = {v:.4g} cycles" for k, v in result.params.items()))  # fmt: skip
+            + ", ".join(f"{k} = {v:.4g} cycles" + (" (not fitted: base cost)"
+                                                  if k in result.unidentified else "")
+                        for k, v in result.params.items()))  # fmt: skip
     c.print("")
     c.print(
         "published, modelled: % change with the feature on; error: modelled - published, "

@@ -371,6 +371,13 @@ def fit(table: PublishedTable, counts: Mapping[str, RowCounts], spec: FitSpec) -
     costs = base.replace(updates, status="fitted")
     rows = _rows(table, points, missing, costs)
     warnings = _warnings(fitted, params, events, base, unidentified)
+    warnings += tuple(
+        f"{p.name} = {values[p.name]:.4g} cycles sits at the fit's "
+        f"{'lower' if values[p.name] < 1 else 'upper'} bound: the fitted rows do not "
+        "determine it (they prefer it as small/large as allowed); treat it as unknown"
+        for p in free
+        if values[p.name] <= MIN_CYCLES * 1.01 or values[p.name] >= MAX_CYCLES / 1.01
+    )
     return FitResult(
         table=table.name,
         fit_rows=tuple(k for k in table.keys if k in fit_keys),
