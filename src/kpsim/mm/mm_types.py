@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from kpsim.errors import KpsimError, OutOfMemory
+from kpsim.errors import KpsimError, ModelInvariantError, OutOfMemory
 from kpsim.mm.arch_ops import ArchOps
 from kpsim.mm.gfp import GFP_HIGHUSER_MOVABLE, GFP_PGTABLE_USER, Gfp
 from kpsim.mm.kernel import Kernel
@@ -138,6 +138,11 @@ class MmContext:
         self.page_cache: dict[tuple[int, int], int] = {}
         self.next_mm_id = 1
         self.next_asid = 1
+        #: ASIDs 1..asid_max (16-bit ASIDs; 0 is reserved), those of live mms, and the
+        #: allocator generation (arch/arm64/mm/context.c)
+        self.asid_max = 65535
+        self.live_asids: set[int] = set()
+        self.asid_generation = 1
         self.next_pid = 100
         self.next_anon_vma = 1
         self.next_file = 1
@@ -179,9 +184,29 @@ class MmContext:
         return freed
 
     def alloc_asid(self) -> int:
-        asid = self.next_asid
-        self.next_asid = asid % 65535 + 1
-        return asid
+        """A free ASID for a new mm (arm64 ``new_context``). When the counter wraps, a
+        rollover begins a new generation and invalidates every TLB (``flush_context``:
+        Linux makes each CPU flush its local TLB at its next context switch; the model
+        flushes all at once), so entries a dead mm left behind under a reused ASID can
+        never be hit. ASIDs of live mms are skipped (Linux keeps them as "reserved").
+
+        Departure: Linux assigns ASIDs lazily at context switch and re-assigns live mms a
+        new ASID after a rollover; kpsim assigns at mm creation and keeps it."""
+        for _ in range(self.asid_max):
+            asid = self.next_asid
+            self.next_asid = asid % self.asid_max + 1
+            if self.next_asid == 1:  # the counter wrapped: rollover
+                self.asid_generation += 1
+                self.k.counters["asid_rollover"] += 1
+                self.arch.flush_tlb_all()
+            if asid not in self.live_asids:
+                self.live_asids.add(asid)
+                return asid
+        raise ModelInvariantError(f"no free ASID: {len(self.live_asids)} live address spaces")
+
+    def free_asid(self, asid: int) -> None:
+        """The mm is gone: its ASID may be reused (after the next rollover's flush)."""
+        self.live_asids.discard(asid)
 
     def new_anon_vma(self) -> int:
         self.next_anon_vma += 1

@@ -85,6 +85,7 @@ def exit_mmap(mm: MmStruct) -> None:
                 tlb.free_table(level, slot << SPAN_SHIFT[level])
     tlb.finish()  # tlb_finish_mmu: one ASID flush (arm64 tlb_flush, fullmm)
     ctx.k.pgtable.free_table(mm.pgd_pfn)
+    ctx.free_asid(mm.asid)
 
 
 class Process:
