@@ -97,7 +97,7 @@ def test_replay_reports_a_disagreement(capsys: pytest.CaptureFixture[str], tmp_p
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({pid: pages + 1}))
     rc, out, _ = _run(capsys, "replay", "--memory", "256M", "--vmpte", str(wrong), str(trace))
-    assert rc == 0 and "agreement with the live VmPTE at exit: 0 of 1 process" in out
+    assert rc == 1 and "agreement with the live VmPTE at exit: 0 of 1 process" in out
 
 
 def test_replay_bad_vmpte_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

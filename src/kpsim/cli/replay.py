@@ -33,7 +33,9 @@ Mappings the kernel made at exec (stack, vdso, ELF image, interpreter) are creat
 when first used. Processes running before the trace began start empty."""
 
 EPILOG = """\
-exit status: 0 replayed; 2 unreadable trace (file:line: problem) or bad option.
+exit status: 0 replayed (and, given live VmPTE figures, every process agrees); 1 some
+process's pages at exit differ from the live VmPTE; 2 unreadable trace (file:line:
+problem) or bad option.
 
 examples:
   kpsim record --vmpte -o ls.trace -- ls -l /
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         emit_json(doc)
     else:
         _print(doc)
-    return 0
+    return 1 if live is not None and doc["agreement"]["differ"] else 0
 
 
 def _read_vmpte(path: Path) -> dict[int, int]:
