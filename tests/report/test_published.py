@@ -120,6 +120,7 @@ def test_unknown_table_is_input_error():
 def test_data_files_ship_in_the_wheel(tmp_path):
     """hatchling's wheel contains the four data files of kpsim.report."""
     from hatchling.builders import wheel
+
     built = list(
         wheel.WheelBuilder(str(REPO)).build(directory=str(tmp_path), versions=["standard"])
     )
