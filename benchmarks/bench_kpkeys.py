@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Callable
 
+from benchmarks.bench_user import native_fork_and_munmap
 from kpsim.machine import Machine, boot
 from kpsim.mm.process import Process
 from kpsim.workloads.mixed import mixed_workload
@@ -81,23 +82,6 @@ def timed(fn: Callable[[Machine], None], hardened: bool) -> tuple[float, float]:
     c, w = time.process_time(), time.perf_counter()
     fn(m)
     return time.process_time() - c, time.perf_counter() - w
-
-
-def native_fork_and_munmap(size: int) -> tuple[float, float]:
-    """Fork (child exits at once) and munmap of ``size`` bytes touched, on this host."""
-    from benchmarks.bench_user import _libc, _native_map, _native_touch
-
-    addr = _native_map(size)
-    _native_touch(addr, size)
-    t = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    fork_s = time.perf_counter() - t
-    os.waitpid(pid, 0)
-    t = time.perf_counter()
-    _libc.munmap(addr, size)
-    return fork_s, time.perf_counter() - t
 
 
 def main() -> None:

@@ -61,9 +61,10 @@ def native_faults(length: int) -> float:
     return (length // PAGE) / dt
 
 
-def native_fork_and_munmap() -> tuple[float, float]:
-    addr = _native_map(G)
-    _native_touch(addr, G)
+def native_fork_and_munmap(size: int = G) -> tuple[float, float]:
+    """Fork (child exits at once) and munmap of ``size`` bytes touched, on this host."""
+    addr = _native_map(size)
+    _native_touch(addr, size)
     t = time.perf_counter()
     pid = os.fork()
     if pid == 0:
@@ -71,7 +72,7 @@ def native_fork_and_munmap() -> tuple[float, float]:
     fork_s = time.perf_counter() - t
     os.waitpid(pid, 0)
     t = time.perf_counter()
-    _libc.munmap(addr, G)
+    _libc.munmap(addr, size)
     return fork_s, time.perf_counter() - t
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "machine_config",
     "parse_scenario",
     "parse_toml",
+    "toml_loads",
 ]
 
 KeyPath = tuple[str | int, ...]
@@ -104,18 +105,23 @@ class TomlDoc:
 _TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
-def parse_toml(text: str, file: str) -> TomlDoc:
-    """Parse ``text``; a syntax error becomes an ``InputError`` with file and line."""
+def toml_loads(text: str, file: str | None, what: str = "TOML syntax") -> dict[str, Any]:
+    """``tomllib.loads``; a syntax error becomes an ``InputError`` ``what: problem
+    (column C)`` at tomllib's line."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         msg = str(err)
         m = _TOML_POS.search(msg)
         if m is None:
-            raise InputError(f"TOML syntax: {msg}", file=file) from None
-        problem = f"TOML syntax: {msg[: m.start()]} (column {m.group(2)})"
+            raise InputError(f"{what}: {msg}", file=file) from None
+        problem = f"{what}: {msg[: m.start()]} (column {m.group(2)})"
         raise InputError(problem, file=file, line=int(m.group(1))) from None
-    return TomlDoc(data, _TomlLineScanner(text).scan(), file)
+
+
+def parse_toml(text: str, file: str) -> TomlDoc:
+    """Parse ``text``; a syntax error becomes an ``InputError`` with file and line."""
+    return TomlDoc(toml_loads(text, file), _TomlLineScanner(text).scan(), file)
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import bisect
 import importlib
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from types import ModuleType
 from typing import Any, ClassVar, Protocol, TypeAlias
 
 from kpsim.errors import InputError, OutOfMemory
+from kpsim.machine.scenario import toml_loads
 from kpsim.units import PAGE_SIZE, parse_size
 
 OPS = ("mmap", "touch", "munmap", "mprotect", "madvise", "mremap", "fork", "brk")
@@ -268,20 +268,9 @@ def load_steps(path: str | Path) -> StepsFile:
     return parse_steps(text, file=name)
 
 
-_TOML_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-
-
 def parse_steps(text: str, *, file: str | None = None) -> StepsFile:
     """Parse steps-file text (see the module docstring for the format)."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        msg = str(err)
-        at = _TOML_AT.search(msg)
-        if at is None:
-            raise InputError(f"TOML syntax error: {msg}", file=file) from None
-        problem = f"TOML syntax error: {msg[: at.start()]} (column {at.group(2)})"
-        raise InputError(problem, file=file, line=int(at.group(1))) from None
+    doc = toml_loads(text, file, "TOML syntax error")
     pos = _scan_positions(text)
     for key in doc:
         if key != "step":
