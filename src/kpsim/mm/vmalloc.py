@@ -194,15 +194,23 @@ def _entry_lookup(k: Kernel, addr: int) -> tuple[int, int] | None:
     return 3, ptr
 
 
+def _pte_table_alloc(k: Kernel, addr: int) -> tuple[int, int] | None:
+    """``pte_alloc_kernel``: the PTE table covering ``addr`` (allocated with the tables
+    above it if missing) and ``addr``'s index in it; None on -ENOMEM."""
+    ptr = _entry_alloc(k, addr, 3)
+    if ptr is None:
+        return None
+    return k.arch.entry_pa(ptr) & ~0xFFF, (addr >> PAGE_SHIFT) & 0x1FF
+
+
 def vmap_pages_pte_range(k: Kernel, addr: int, pfns: list[int]) -> int:
     """``vmap_pages_pte_range``: map ``pfns`` from ``addr`` (inside one PTE table), one
     ``set_pte_at`` per page in a lazy-MMU section; 0 or -ENOMEM."""
     arch = k.arch
-    ptr = _entry_alloc(k, addr, 3)
-    if ptr is None:
+    found = _pte_table_alloc(k, addr)
+    if found is None:
         return -12
-    table_pa = arch.entry_pa(ptr) & ~0xFFF
-    i0 = (addr >> PAGE_SHIFT) & 0x1FF
+    table_pa, i0 = found
     arch.arch_enter_lazy_mmu_mode()
     try:
         arch.pt_store_batch(table_pa, slice(i0, i0 + len(pfns)), arch.mk_kernel_ptes(pfns))
@@ -231,11 +239,10 @@ def vmap_pte_range(k: Kernel, addr: int, end: int, pfn: int, max_page_shift: int
     ``arch_vmap_pte_range_map_size`` allows a larger size, one ``set_huge_pte_at``
     (contiguous PTEs on arm64), else ``set_pte_at``; 0 or -ENOMEM."""
     arch = k.arch
-    ptr = _entry_alloc(k, addr, 3)
-    if ptr is None:
+    found = _pte_table_alloc(k, addr)
+    if found is None:
         return -12
-    table_pa = arch.entry_pa(ptr) & ~0xFFF
-    i0 = (addr >> PAGE_SHIFT) & 0x1FF
+    table_pa, i0 = found
     if arch.read_table(table_pa)[i0 : i0 + ((end - addr) >> PAGE_SHIFT)].any():
         raise ModelInvariantError(f"vmap: remapping already mapped page in [{addr:#x}, {end:#x})")
     arch.arch_enter_lazy_mmu_mode()

@@ -158,10 +158,7 @@ class Tlb:
             self.entries.update(items)
             return
         if tag is not None:
-            d = self.asids.get(tag)
-            if d is None:
-                d = self.asids[tag] = {}
-            d.update(items)
+            self.asids.setdefault(tag, {}).update(items)
             return
         keys = [k for k, _ in items]
         lo, hi = min(keys), max(keys)
@@ -169,19 +166,10 @@ class Tlb:
             self.entries.update(items)
             return
         if lo > VPN_MASK and lo >> ASID_SHIFT == hi >> ASID_SHIFT:
-            d = self.asids.get(lo >> ASID_SHIFT)
-            if d is None:
-                d = self.asids[lo >> ASID_SHIFT] = {}
-            d.update(items)
+            self.asids.setdefault(lo >> ASID_SHIFT, {}).update(items)
             return
         for key, entry in items:
-            if key > VPN_MASK:
-                d = self.asids.get(key >> ASID_SHIFT)
-                if d is None:
-                    d = self.asids[key >> ASID_SHIFT] = {}
-                d[key] = entry
-            else:
-                self.entries[key] = entry
+            self.insert(key, entry, 12)
 
     def _pop(self, key: int) -> None:
         if key > VPN_MASK:
