@@ -159,6 +159,27 @@ def reuse_dirty_pages(m: Any, ps: list[Process]) -> None:
     assert p.read_byte(BASE + 8 * M + 8) == 0
 
 
+def global_and_stale_user_entries(m: Any, ps: list[Process]) -> None:
+    """A global TLB entry for a user-half page and a stale ASID entry: the batch's
+    all-miss shortcut must see both (the accesses hit them, as the loop's do)."""
+    p = ps[0]
+    p.mmap(BASE, 6 * M, RW, FIXED)
+    p.touch(BASE, write=True)  # the tables, and a TLB entry for BASE
+    p.touch(BASE + 2 * M, write=True)
+    cpu = m.hw.cpus[0]
+    tlb = cpu.tlb
+    entry = tlb.get(((cpu.asid + 1) << 52) | (BASE >> 12))
+    assert entry is not None
+    tlb.insert((BASE + 7 * 4096) >> 12, entry, 12)  # global, user half: BASE's frame
+    p.munmap(BASE + 2 * M, 4096)  # flushed: no stale entry
+    p.touch(BASE + 2 * M + 4096, write=True)
+    stale = tlb.get(((cpu.asid + 1) << 52) | ((BASE + 2 * M + 4096) >> 12))
+    assert stale is not None
+    tlb.insert(((cpu.asid + 1) << 52) | ((BASE + 2 * M + 9 * 4096) >> 12), stale, 12)
+    p.touch_range(BASE + 4096, 4 * M - 4096, 4096, write=True)
+    assert p.read_byte(BASE) == 0xA5  # the global entry's page took the write
+
+
 def out_of_memory(m: Any, ps: list[Process]) -> None:
     p = ps[0]
     pa = m.k.page_alloc
@@ -169,7 +190,7 @@ def out_of_memory(m: Any, ps: list[Process]) -> None:
 
 
 SCRIPTS = [write_4m, read_then_write, strides, partial_and_prot_none, fork_and_cow,
-           thp_and_fragmented, reuse_dirty_pages]  # fmt: skip
+           thp_and_fragmented, reuse_dirty_pages, global_and_stale_user_entries]  # fmt: skip
 CONFIGS = {
     "kpkeys+batching": {},
     "kpkeys-no-batching": {"batching": False},

@@ -49,11 +49,15 @@ class BatchArch(ArchOps, Protocol):
 
     def user_pte_table(self, va: int) -> tuple[int, int] | None: ...
 
-    def user_probe(self, vas: list[int]) -> list[Any]: ...
+    def user_probe(self, vas: list[int]) -> list[Any] | None: ...
 
     def user_leaf_entries(self, descs: Any, strip: int) -> list[Any]: ...
 
     def user_allows(self, entry: Any, write: bool) -> bool: ...
+
+    def user_commit_fresh(
+        self, vas: list[int], descs: Any, leaf: Any, strip: int, write: bool, value: int
+    ) -> None: ...
 
     def user_commit(
         self,
@@ -132,11 +136,17 @@ def touch_slot(
         leaf = arch.user_leaf_entries(np.array([template], dtype=np.uint64), strip)[0]
         if leaf is None or not arch.user_allows(leaf, write):
             del entries[missing[0] :], missing[:]  # the retry would fault again: one by one
+    fresh = None
     if missing:
-        _fault_in(mm, arch, vma, tpa, strip, vas, entries, missing, template, write)
+        fresh = _fault_in(mm, arch, vma, tpa, strip, vas, entries, missing, template, write)
     npages = len(entries)
     if not npages:
         return 0, False
+    if fresh is not None and extra is None:  # every page faulted in: one leaf shape
+        arch.user_commit_fresh(vas[:npages], fresh, leaf, strip, write, value)
+        return npages, False
+    if fresh is not None:
+        entries[:] = arch.user_leaf_entries(fresh, strip)
     extra = None if extra is None else extra[:npages]
     arch.user_commit(vas[:npages], entries, len(missing), extra, write, value)
     return (npages if extra is None else sum(len(e) for e in extra)), False
@@ -162,11 +172,13 @@ def _classify(
 ) -> tuple[list[Any], list[int]] | None:
     """The leading run of pages that succeed (TLB hit or walk) or are not present:
     (entry per page, None for a not-present one; indices of the not-present pages)."""
-    hits = arch.user_probe(vas)
+    hits = arch.user_probe(vas)  # None: every page misses in the TLB
     table = arch.read_table(tpa)
     descs = table[(np.asarray(vas, dtype=np.int64) >> 12) & 0x1FF]
-    if not any(hits) and not descs.any():  # the common case: none there yet
-        return [_MISSING] * len(vas), list(range(len(vas)))
+    if hits is None:
+        if not descs.any():  # the common case: none there yet
+            return [_MISSING] * len(vas), list(range(len(vas)))
+        hits = [None] * len(vas)
     walked = arch.user_leaf_entries(descs, strip)
     raw = descs.tolist()
     entries: list[Any] = []
@@ -200,9 +212,11 @@ def _fault_in(
     missing: list[int],
     template: int,
     write: bool,
-) -> None:
+) -> Any:
     """``do_anonymous_page`` for every not-present page of the run (trimmed to what the
-    allocator and the linear map can give without the slow path or a fault)."""
+    allocator and the linear map can give without the slow path or a fault). When
+    every page of the run was not present, their new PTEs (an array) are returned and
+    ``entries`` is left for the caller to fill; else None and ``entries`` is filled."""
     ctx = mm.ctx
     pa = ctx.k.page_alloc
     if write:
@@ -212,7 +226,7 @@ def _fault_in(
         if ok < len(missing):
             del entries[missing[ok] :], missing[ok:]
             if not missing:
-                return
+                return None
             plan = pa.plan_bulk(len(missing))
         m.anon_vma_prepare(ctx, vma, mm)
         pfns = pa.alloc_pages_bulk(
@@ -229,9 +243,8 @@ def _fault_in(
     values = arch.ptes_from_pfns(arr, template)
     index = (np.asarray(vas, dtype=np.int64)[missing] >> 12) & 0x1FF
     arch.pt_store_each(tpa, index, values)
-    leaves = arch.user_leaf_entries(values, strip)
     if len(missing) == len(entries):  # every page was missing: missing == 0, 1, 2...
-        entries[:] = leaves
-        return
-    for i, leaf in zip(missing, leaves, strict=True):
+        return values  # the caller makes the leaves (or commits them at once)
+    for i, leaf in zip(missing, arch.user_leaf_entries(values, strip), strict=True):
         entries[i] = leaf
+    return None

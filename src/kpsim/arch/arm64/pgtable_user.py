@@ -222,8 +222,9 @@ class PgtableUserMixin(Arm64Base):
             return None
         return walk_to_pte_table(cpu.mem, cpu.ttbr0, va)
 
-    def user_probe(self, vas: list[int]) -> list[Any]:
-        """The TLB entry the next EL0 access to each page would hit (None: a miss)."""
+    def user_probe(self, vas: list[int]) -> list[Any] | None:
+        """The TLB entry the next EL0 access to each page would hit (None: a miss), or
+        None when all miss."""
         return self.cpu.probe_el0(vas)
 
     def user_leaf_entries(self, descs: Any, strip: int) -> list[Any]:
@@ -246,6 +247,13 @@ class PgtableUserMixin(Arm64Base):
     ) -> None:
         """Account and perform the EL0 accesses of a batch (see ``Cpu.commit_el0``)."""
         self.cpu.commit_el0(vas, entries, faulted, extra, write, value)
+
+    def user_commit_fresh(
+        self, vas: list[int], descs: Any, leaf: Any, strip: int, write: bool, value: int
+    ) -> None:
+        """:meth:`user_commit` of a run whose pages all just faulted in with ``descs``
+        (see ``Cpu.commit_el0_fresh``)."""
+        self.cpu.commit_el0_fresh(vas, descs, leaf, strip, write, value)
 
     def clear_pages_probe(self, pfns: list[int]) -> tuple[int, Any]:
         """How many of ``pfns`` in a row ``clear_page`` could zero now (the linear-map

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from itertools import chain, compress, filterfalse, repeat
 from operator import itemgetter, not_
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from kpsim.hw.arm64.fault import Fault
 from kpsim.hw.arm64.frame_arena import FrameArena
 from kpsim.hw.arm64.mmu import (
     KERNEL_VA_START,
+    PERMS,
     USER_VA_END,
     LeafEntry,
     leaf_perms,
@@ -51,15 +52,16 @@ _SHR12 = (12).__rrshift__  # va >> 12, as a C-level callable for map()
 _FIRST = itemgetter(0)
 _DESC = itemgetter(5)  # host storage for frames made many at a time
 _NOT_OA = np.uint64(~d.OA_MASK & ((1 << 64) - 1))
+_PAGE_OK = d.VALID | d.TYPE | d.AF
 
 
 def walk_leaf(desc: int, strip: int) -> LeafEntry | None:
     """The level-3 leaf :func:`leaf_perms` evaluates for one descriptor (None where
     the walk would fault: not a valid page or no Access flag)."""
-    ok, el1, el0 = leaf_perms(np.array([desc], dtype=np.uint64), strip)
-    if not ok[0]:
+    if desc & _PAGE_OK != _PAGE_OK:
         return None
-    return (desc & d.OA_MASK, int(el1[0]), int(el0[0]), (desc >> 60) & 7, 3, desc)
+    el1, el0 = PERMS[((desc >> 6) & 3) | (((desc >> 53) & 3) << 2) | (((strip >> 59) & 0xF) << 4)]
+    return (desc & d.OA_MASK, el1, el0, (desc >> 60) & 7, 3, desc)
 
 
 def overlay_of(por: int) -> tuple[int, ...]:
@@ -230,6 +232,8 @@ class Cpu:
                 tlb[key] = entry
             else:
                 self.tlb.entries[key] = entry
+                if va < USER_VA_END:
+                    self.tlb.user_global = True
             return entry
         shift = d.LEVEL_SHIFT[t[4]]
         if desc & d.CONT:
@@ -433,19 +437,24 @@ class Cpu:
     # -- batched forms: the TLB state and counters of the same one-by-one accesses ------
     # Per-page work runs through C-level zip/map/numpy where it can (no Python loop per
     # page on the common paths); the results are those of the page-by-page forms.
-    def probe_el0(self, vas: list[int]) -> list[TlbEntry | None]:
-        """The TLB entry each user page's next EL0 access would hit (None: a miss).
+    def probe_el0(self, vas: list[int]) -> list[TlbEntry | None] | None:
+        """The TLB entry each user page's next EL0 access would hit (None: a miss), or
+        None when every one misses.
 
         Looks only: nothing is counted or filled (see :meth:`commit_el0`)."""
         d = self.tlb.asids.get(self.asid + 1)
         g = self.tlb.entries
+        tag = (self.asid + 1) << ASID_SHIFT
+        if (d is None or d.keys().isdisjoint(map(tag.__or__, map(_SHR12, vas)))) and (
+            not self.tlb.user_global or g.keys().isdisjoint(map(_SHR12, vas))
+        ):
+            return None  # every page misses (the usual batch), found without a list
         vpns = list(map(_SHR12, vas))
         if d is None:
             return list(map(g.get, vpns))
-        tag = (self.asid + 1) << ASID_SHIFT
         hits: list[TlbEntry | None] = list(map(d.get, map(tag.__or__, vpns)))
         if None in hits:  # a global entry in the user half answers where no ASID one does
-            if hits.count(None) == len(hits):  # all missed (the usual batch)
+            if hits.count(None) == len(hits):
                 return list(map(g.get, vpns))
             hits = [h if h is not None else g.get(v) for h, v in zip(hits, vpns, strict=True)]
         return hits
@@ -522,21 +531,26 @@ class Cpu:
         g = self.tlb.entries
         if not vas or min(vas) < KERNEL_VA_START or self.ttbr1 is None:
             return 0, ([], [], [])
-        hits = list(map(g.get, map(_SHR12, vas)))
         ov = self._ov1
         ov_arr = np.array(ov, dtype=np.int64)
-        segs: list[Any] = []  # a hit entry, or the columns of a run of walked leaves
-        if not any(hits):
-            i, n = 0, len(vas)  # all misses: runs end only where the 2 MiB region changes
+        if g.keys().isdisjoint(map(_SHR12, vas)):
+            # all misses (the usual batch): runs end only where the 2 MiB region changes;
+            # the entries are made by the commit, straight into the TLB
+            i, n = 0, len(vas)
             r = np.asarray(vas, dtype=np.uint64) >> np.uint64(21)
+            cols: tuple[list[int], ...] = ([], [], [], [], [], [])
             for j in [*(np.flatnonzero(r[1:] != r[:-1]) + 1).tolist(), n]:
-                cols = self._walk_run(vas[i:j], ov_arr)
-                segs.append(cols)
-                if len(cols[0]) < j - i:
+                run = self._walk_run(vas[i:j], ov_arr)
+                for col, part in zip(cols, run, strict=True):
+                    col.extend(part)
+                if len(run[0]) < j - i:
                     break
                 i = j
-        else:
-            self._probe_mixed(vas, hits, ov, ov_arr, segs)
+            self._frames_for(cols[5])
+            return len(cols[0]), (cols, None, cols[5])
+        hits = list(map(g.get, map(_SHR12, vas)))
+        segs: list[Any] = []  # a hit entry, or the columns of a run of walked leaves
+        self._probe_mixed(vas, hits, ov, ov_arr, segs)
         runs = [c for c in segs if len(c) == 6]
         self._frames_for(list(chain.from_iterable(c[5] for c in runs)))
         frames = self.mem.frames
@@ -639,6 +653,23 @@ class Cpu:
         entries, walked, pfns = probed
         n = len(vas)
         made = self._fresh[0] if self._fresh is not None else []
+        if walked is None:  # all walked: the probe's leaf columns (see probe_el1_stores)
+            c, frames = entries, self.mem.frames
+            pfns = pfns[:n]
+            if made != pfns:  # else every frame was just made by the probe: zero already
+                for p in filterfalse(set(made).__contains__, pfns):
+                    frames[p][:] = 0
+            self.tlb.entries.update(
+                zip(
+                    map(_SHR12, vas),
+                    zip(c[4], c[1], c[2], c[3], repeat(3), c[0], map(frames.__getitem__, pfns)),
+                    strict=False,  # the columns may run past the n pages committed
+                )
+            )
+            self.tlb_misses += n
+            self.walks += n
+            self.stores += 512 * n
+            return
         if made != pfns[:n]:  # else every frame was just made by the probe: zero already
             rows = set(made)
             for e in compress(entries[:n], map(not_, map(rows.__contains__, pfns[:n]))):
@@ -729,6 +760,61 @@ class Cpu:
             self.stores += nbytes
         else:
             self.loads += nbytes
+
+    def commit_el0_fresh(
+        self, vas: list[int], descs: Any, leaf: LeafEntry, strip: int, write: bool, value: int
+    ) -> None:
+        """:meth:`commit_el0` of a run in which every page took a translation fault
+        and then walked to its new level-3 descriptor ``descs[i]``: all of them the
+        attributes of ``leaf`` under the table bits ``strip`` (a page leaf; the fresh PTEs
+        of a batch come from one template), one byte access per page. Same TLB
+        entries, insertion order, frames, counters and bytes as :meth:`commit_el0`
+        with ``entries = leaf_entries(descs, strip)`` and ``faulted = len(vas)``,
+        without the intermediate per-page leaf tuples."""
+        if not leaf[5] & d.NG:  # a global user page: the general form
+            leaves = self.leaf_entries(descs, strip)
+            if None in leaves:  # the caller checked the leaf: never
+                raise KpsimError("commit_el0_fresh: a descriptor that does not walk")
+            self.commit_el0(
+                vas, cast("list[TlbEntry | LeafEntry]", leaves), len(vas), None, write, value
+            )
+            return
+        n = len(vas)
+        oa = descs & np.uint64(d.OA_MASK)
+        pas = oa.tolist()
+        pfns = (oa >> np.uint64(12)).tolist()
+        mem = self.mem
+        frames = mem.frames
+        if self._fresh is None or self._fresh[0] != pfns:  # else all just made
+            for p in filterfalse(frames.__contains__, pfns):
+                mem.frame(p)
+        tag = (self.asid + 1) << ASID_SHIFT
+        tlb = self.tlb.asids.get(self.asid + 1)
+        if tlb is None:
+            tlb = self.tlb.asids[self.asid + 1] = {}
+        tlb.update(
+            zip(
+                map(tag.__or__, map(_SHR12, vas)),
+                zip(
+                    pas,
+                    repeat(leaf[1]),
+                    repeat(leaf[2]),
+                    repeat(leaf[3]),
+                    repeat(3),
+                    descs.tolist(),
+                    map(frames.__getitem__, pfns),
+                ),
+                strict=True,
+            )
+        )
+        if write:
+            self._write_bytes(pfns, vas, None, value & 0xFF)
+            self.stores += n
+        else:
+            self.loads += n
+        self.faults["translation"] = self.faults.get("translation", 0) + n
+        self.tlb_misses += 2 * n
+        self.walks += 2 * n
 
     def _write_bytes(
         self, pfns: list[int], vas: list[int], extra: list[list[int]] | None, val: int

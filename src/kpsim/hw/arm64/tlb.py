@@ -42,6 +42,7 @@ from kpsim.hw.physmem import PhysicalMemory
 
 ASID_SHIFT = 52  # above every page number of a 64-bit VA (va >> 12 < 2**52)
 VPN_MASK = (1 << ASID_SHIFT) - 1
+USER_VPN_END = USER_VA_END >> 12
 SPAN_SHIFTS = (16, 21, 25, 30, 34)  # 64K contPTE, 2M, 32M contPMD, 1G, 16G contPUD
 
 TlbEntry = tuple[int, int, int, int, int, int, Any]
@@ -76,13 +77,16 @@ class Tlb:
     """Global/kernel entries, per-ASID user entries, and the span groups of
     block/contiguous leaves."""
 
-    __slots__ = ("asids", "entries", "spans", "walks")
+    __slots__ = ("asids", "entries", "spans", "user_global", "walks")
 
     def __init__(self) -> None:
         self.entries: dict[int, TlbEntry] = {}
         self.asids: dict[int, dict[int, TlbEntry]] = {}  # ASID + 1 -> key -> entry
         self.spans: dict[tuple[int, int], set[int]] = {}
         self.walks: dict[int, dict[int, WalkEntry]] = {}  # 0 / ASID + 1 -> va >> 21 -> entry
+        #: whether a global entry for a user-half VA was ever cached (sticky: a batch
+        #: that finds it False need not look for one; kernel page tables never make one)
+        self.user_global = False
 
     # -- walk cache ------------------------------------------------------------------
     def walk(self, mem: PhysicalMemory, table_pa: int, va: int, tag: int) -> LeafEntry | int:
@@ -145,6 +149,8 @@ class Tlb:
             d[key] = entry
         else:
             self.entries[key] = entry
+            if key < USER_VPN_END:
+                self.user_global = True
         if span_shift > 12:
             self.spans.setdefault((span_shift, key >> (span_shift - 12)), set()).add(key)
 
@@ -154,7 +160,7 @@ class Tlb:
         every key carries that ASID + 1: no need to look."""
         if not items:
             return
-        if tag == 0:
+        if tag == 0:  # kernel-half pages only
             self.entries.update(items)
             return
         if tag is not None:
@@ -164,6 +170,8 @@ class Tlb:
         lo, hi = min(keys), max(keys)
         if hi <= VPN_MASK:
             self.entries.update(items)
+            if lo < USER_VPN_END:
+                self.user_global = True
             return
         if lo > VPN_MASK and lo >> ASID_SHIFT == hi >> ASID_SHIFT:
             self.asids.setdefault(lo >> ASID_SHIFT, {}).update(items)
