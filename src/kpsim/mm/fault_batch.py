@@ -27,6 +27,7 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
+from kpsim.hw.hostgc import gc_paused
 from kpsim.mm import memory as m
 from kpsim.mm.arch_ops import ArchOps
 from kpsim.mm.gfp import GFP_HIGHUSER_MOVABLE, Gfp
@@ -81,6 +82,13 @@ def touch_range(
 ) -> None:
     """``access(a, write, value)`` for every ``a`` in ``range(addr, addr + length, stride)``,
     with runs inside one PTE table done by :func:`touch_slot` when that is exact."""
+    with gc_paused():
+        _touch_range(mm, addr, length, stride, write, value, access)
+
+
+def _touch_range(
+    mm: MmStruct, addr: int, length: int, stride: int, write: bool, value: int, access: Access
+) -> None:
     addrs = range(addr, addr + length, stride)
     arch = mm.ctx.arch
     batch = BATCH and stride > 0 and hasattr(arch, "user_batch_ok")

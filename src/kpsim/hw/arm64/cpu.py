@@ -55,6 +55,11 @@ _NOT_OA = np.uint64(~d.OA_MASK & ((1 << 64) - 1))
 _PAGE_OK = d.VALID | d.TYPE | d.AF
 
 
+def _vpn_array(vas: list[int]) -> Any:
+    """The page numbers of ``vas`` (any half of the address space) as int64."""
+    return (np.asarray(vas, dtype=np.uint64) >> np.uint64(12)).astype(np.int64)
+
+
 def walk_leaf(desc: int, strip: int) -> LeafEntry | None:
     """The level-3 leaf :func:`leaf_perms` evaluates for one descriptor (None where
     the walk would fault: not a valid page or no Access flag)."""
@@ -122,6 +127,7 @@ class Cpu:
         self.ttbr1: int | None = None
         self.asid = 0
         self.tlb = Tlb()
+        self.tlb.mem = self.mem
         self.tlb_hits = self.tlb_misses = self.walks = 0
         self.loads = self.stores = self.por_writes = self.isbs = 0
         self.faults: dict[str, int] = {}
@@ -194,6 +200,11 @@ class Cpu:
 
     def _fill_code(self, va: int, key: int) -> TlbEntry | int:
         """A TLB miss: the filled entry, or the fault status code (kind + level)."""
+        if self.tlb.bulk:  # not a miss after all: an entry a batch filled in bulk
+            b = self.tlb.bulk_take(key)
+            if b is not None:
+                self.tlb_hits += 1
+                return b
         if va < USER_VA_END:
             e = self.tlb.entries.get(va >> 12)  # a global entry in the user half
             if e is not None:
@@ -442,17 +453,25 @@ class Cpu:
         None when every one misses.
 
         Looks only: nothing is counted or filled (see :meth:`commit_el0`)."""
-        d = self.tlb.asids.get(self.asid + 1)
-        g = self.tlb.entries
+        tlb = self.tlb
+        d = tlb.asids.get(self.asid + 1)
+        g = tlb.entries
         tag = (self.asid + 1) << ASID_SHIFT
-        if (d is None or d.keys().isdisjoint(map(tag.__or__, map(_SHR12, vas)))) and (
-            not self.tlb.user_global or g.keys().isdisjoint(map(_SHR12, vas))
+        bulk = tlb.bulk and tlb.bulk_any(self.asid + 1, list(map(_SHR12, vas)))
+        if (
+            not bulk
+            and (d is None or d.keys().isdisjoint(map(tag.__or__, map(_SHR12, vas))))
+            and (not tlb.user_global or g.keys().isdisjoint(map(_SHR12, vas)))
         ):
             return None  # every page misses (the usual batch), found without a list
         vpns = list(map(_SHR12, vas))
-        if d is None:
-            return list(map(g.get, vpns))
-        hits: list[TlbEntry | None] = list(map(d.get, map(tag.__or__, vpns)))
+        hits: list[TlbEntry | None]
+        hits = [None] * len(vpns) if d is None else list(map(d.get, map(tag.__or__, vpns)))
+        if bulk:  # as the dicts would answer if the bulk entries were in them
+            hits = [
+                h if h is not None else tlb.bulk_peek(tag | v)
+                for h, v in zip(hits, vpns, strict=True)
+            ]
         if None in hits:  # a global entry in the user half answers where no ASID one does
             if hits.count(None) == len(hits):
                 return list(map(g.get, vpns))
@@ -533,7 +552,8 @@ class Cpu:
             return 0, ([], [], [])
         ov = self._ov1
         ov_arr = np.array(ov, dtype=np.int64)
-        if g.keys().isdisjoint(map(_SHR12, vas)):
+        bulk = bool(self.tlb.bulk) and self.tlb.bulk_any(0, list(map(_SHR12, vas)))
+        if not bulk and g.keys().isdisjoint(map(_SHR12, vas)):
             # all misses (the usual batch): runs end only where the 2 MiB region changes;
             # the entries are made by the commit, straight into the TLB
             i, n = 0, len(vas)
@@ -549,6 +569,9 @@ class Cpu:
             self._frames_for(cols[5])
             return len(cols[0]), (cols, None, cols[5])
         hits = list(map(g.get, map(_SHR12, vas)))
+        if bulk:  # as the dict would answer if the bulk entries were in it
+            peek = self.tlb.bulk_peek
+            hits = [h if h is not None else peek(va >> 12) for h, va in zip(hits, vas, strict=True)]
         segs: list[Any] = []  # a hit entry, or the columns of a run of walked leaves
         self._probe_mixed(vas, hits, ov, ov_arr, segs)
         runs = [c for c in segs if len(c) == 6]
@@ -659,6 +682,23 @@ class Cpu:
             if made != pfns:  # else every frame was just made by the probe: zero already
                 for p in filterfalse(set(made).__contains__, pfns):
                     frames[p][:] = 0
+            self.tlb_misses += n
+            self.walks += n
+            self.stores += 512 * n
+            el1, el0 = c[1], c[2]
+            if (
+                n
+                and el1.count(el1[0]) >= n
+                and el0.count(el0[0]) >= n
+                and self.tlb.bulk_fill(
+                    0,
+                    _vpn_array(vas),
+                    np.array(c[0][:n], dtype=np.uint64),
+                    el1[0],
+                    el0[0],
+                )
+            ):
+                return
             self.tlb.entries.update(
                 zip(
                     map(_SHR12, vas),
@@ -666,9 +706,6 @@ class Cpu:
                     strict=False,  # the columns may run past the n pages committed
                 )
             )
-            self.tlb_misses += n
-            self.walks += n
-            self.stores += 512 * n
             return
         if made != pfns[:n]:  # else every frame was just made by the probe: zero already
             rows = set(made)
@@ -781,13 +818,28 @@ class Cpu:
             return
         n = len(vas)
         oa = descs & np.uint64(d.OA_MASK)
-        pas = oa.tolist()
         pfns = (oa >> np.uint64(12)).tolist()
         mem = self.mem
         frames = mem.frames
         if self._fresh is None or self._fresh[0] != pfns:  # else all just made
             for p in filterfalse(frames.__contains__, pfns):
                 mem.frame(p)
+        if not self.tlb.bulk_fill(self.asid + 1, _vpn_array(vas), descs, leaf[1], leaf[2]):
+            self._fill_pages_el0(vas, oa.tolist(), descs.tolist(), pfns, leaf)
+        if write:
+            self._write_bytes(pfns, vas, None, value & 0xFF)
+            self.stores += n
+        else:
+            self.loads += n
+        self.faults["translation"] = self.faults.get("translation", 0) + n
+        self.tlb_misses += 2 * n
+        self.walks += 2 * n
+
+    def _fill_pages_el0(
+        self, vas: list[int], pas: list[int], descs: list[int], pfns: list[int], leaf: LeafEntry
+    ) -> None:
+        """Insert the TLB entries of :meth:`commit_el0_fresh` into the ASID's dict."""
+        frames = self.mem.frames
         tag = (self.asid + 1) << ASID_SHIFT
         tlb = self.tlb.asids.get(self.asid + 1)
         if tlb is None:
@@ -801,20 +853,12 @@ class Cpu:
                     repeat(leaf[2]),
                     repeat(leaf[3]),
                     repeat(3),
-                    descs.tolist(),
+                    descs,
                     map(frames.__getitem__, pfns),
                 ),
                 strict=True,
             )
         )
-        if write:
-            self._write_bytes(pfns, vas, None, value & 0xFF)
-            self.stores += n
-        else:
-            self.loads += n
-        self.faults["translation"] = self.faults.get("translation", 0) + n
-        self.tlb_misses += 2 * n
-        self.walks += 2 * n
 
     def _write_bytes(
         self, pfns: list[int], vas: list[int], extra: list[list[int]] | None, val: int

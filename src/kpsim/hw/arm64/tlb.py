@@ -26,6 +26,16 @@ keep them (the worst case for staleness). The system's broadcast TLBIs do not sa
 which variant they are and pass no ``last_level``, so every TLBI by VA drops the walk
 cache as well (an implementation may invalidate more than required).
 
+Bulk tier (:attr:`Tlb.bulk`, a storage layout, not an architectural feature): page
+entries that a batched path fills many at a time (the user pages of a run of faults,
+the linear-map aliases ``clear_page`` wrote) are kept per tag and 2 MiB region as one
+array of their level-3 descriptors with the rights they were filled with, instead of
+one tuple each. Such an entry is the same cached translation as the tuple would be:
+every lookup that misses the dicts consults the bulk tier before walking, and a hit
+there moves the entry into the dicts (:meth:`Tlb.bulk_take`); every invalidation
+drops bulk entries exactly as it drops dict entries; :meth:`Tlb.get`, :meth:`Tlb.items`
+and ``len`` see both. A key is never in both tiers.
+
 Left out: capacity and replacement (entries live until invalidated: the worst case
 for staleness), VMIDs, and nG on kernel-half entries (no KPTI: the kernel half is
 treated as global).
@@ -33,10 +43,13 @@ treated as global).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
-from kpsim.hw.arm64.descriptors import CONT, LEVEL_SHIFT
+import numpy as np
+
+from kpsim.hw.arm64.descriptors import CONT, LEVEL_SHIFT, OA_MASK
 from kpsim.hw.arm64.mmu import KERNEL_VA_START, USER_VA_END, LeafEntry, walk_entry_wc
 from kpsim.hw.physmem import PhysicalMemory
 
@@ -73,11 +86,23 @@ def span_pages(entry: TlbEntry) -> int:
     return 1 << (shift - 12)
 
 
+class BulkRun:
+    """Bulk-filled page entries of one tag and 2 MiB region: the level-3 descriptor of
+    each page (0: not cached), and the EL1 and EL0 rights they were filled with."""
+
+    __slots__ = ("descs", "el0", "el1")
+
+    def __init__(self, el1: int, el0: int) -> None:
+        self.descs: Any = np.zeros(512, dtype=np.uint64)
+        self.el1 = el1
+        self.el0 = el0
+
+
 class Tlb:
     """Global/kernel entries, per-ASID user entries, and the span groups of
     block/contiguous leaves."""
 
-    __slots__ = ("asids", "entries", "spans", "user_global", "walks")
+    __slots__ = ("asids", "bulk", "entries", "mem", "spans", "user_global", "walks")
 
     def __init__(self) -> None:
         self.entries: dict[int, TlbEntry] = {}
@@ -87,6 +112,10 @@ class Tlb:
         #: whether a global entry for a user-half VA was ever cached (sticky: a batch
         #: that finds it False need not look for one; kernel page tables never make one)
         self.user_global = False
+        #: tag (0: global/kernel, ASID + 1) -> region (vpn >> 9) -> bulk-filled entries
+        self.bulk: dict[int, dict[int, BulkRun]] = {}
+        #: where bulk entries find their frames (set by the CPU that owns this TLB)
+        self.mem: PhysicalMemory | None = None
 
     # -- walk cache ------------------------------------------------------------------
     def walk(self, mem: PhysicalMemory, table_pa: int, va: int, tag: int) -> LeafEntry | int:
@@ -121,19 +150,128 @@ class Tlb:
         return [t for t in self.walks if t]
 
     def __len__(self) -> int:
-        return len(self.entries) + sum(len(d) for d in self.asids.values())
+        bulk = sum(int(np.count_nonzero(r.descs)) for t in self.bulk.values() for r in t.values())
+        return len(self.entries) + sum(len(d) for d in self.asids.values()) + bulk
 
     def get(self, key: int) -> TlbEntry | None:
         if key > VPN_MASK:
             d = self.asids.get(key >> ASID_SHIFT)
-            return None if d is None else d.get(key)
-        return self.entries.get(key)
+            e = None if d is None else d.get(key)
+        else:
+            e = self.entries.get(key)
+        return e if e is not None or not self.bulk else self.bulk_peek(key)
 
     def items(self) -> list[tuple[int, TlbEntry]]:
         out = list(self.entries.items())
         for d in self.asids.values():
             out.extend(d.items())
+        for tag, runs in self.bulk.items():
+            for region, run in runs.items():
+                base = (tag << ASID_SHIFT) | (region << 9)
+                for i in np.flatnonzero(run.descs).tolist():
+                    out.append((base | i, self._expand(run.descs.item(i), run)))
         return out
+
+    # -- the bulk tier -----------------------------------------------------------------
+    def _expand(self, desc: int, run: BulkRun) -> TlbEntry:
+        """The entry tuple of a bulk-filled level-3 page descriptor."""
+        assert self.mem is not None
+        pa = desc & OA_MASK
+        return (pa, run.el1, run.el0, (desc >> 60) & 7, 3, desc, self.mem.frames[pa >> 12])
+
+    def bulk_peek(self, key: int) -> TlbEntry | None:
+        """The bulk-filled entry cached for ``key``, left where it is (None: none)."""
+        runs = self.bulk.get(key >> ASID_SHIFT)
+        run = None if runs is None else runs.get((key & VPN_MASK) >> 9)
+        if run is None:
+            return None
+        desc: int = run.descs.item(key & 511)
+        return self._expand(desc, run) if desc else None
+
+    def bulk_take(self, key: int) -> TlbEntry | None:
+        """The bulk-filled entry cached for ``key``, moved into the dicts (a lookup that
+        hits it: from then on it is an ordinary entry); None if there is none."""
+        tag = key >> ASID_SHIFT
+        runs = self.bulk.get(tag)
+        run = None if runs is None else runs.get((key & VPN_MASK) >> 9)
+        if run is None:
+            return None
+        desc: int = run.descs.item(key & 511)
+        if not desc:
+            return None
+        run.descs[key & 511] = 0
+        e = self._expand(desc, run)
+        if tag:
+            d = self.asids.get(tag)
+            if d is None:
+                d = self.asids[tag] = {}
+            d[key] = e
+        else:
+            self.entries[key] = e
+        return e
+
+    def bulk_any(self, tag: int, vpns: Any) -> bool:
+        """Whether any page of ``vpns`` (page numbers, no tag) is cached in the bulk tier
+        under ``tag``."""
+        runs = self.bulk.get(tag)
+        if not runs:
+            return False
+        v = np.asarray(vpns, dtype=np.int64)
+        regions = v >> 9
+        lo, hi = int(regions.min()), int(regions.max())
+        if lo == hi:
+            run = runs.get(lo)
+            return run is not None and bool(run.descs[v & 511].any())
+        for r in np.unique(regions).tolist():
+            run = runs.get(r)
+            if run is not None and run.descs[v[regions == r] & 511].any():
+                return True
+        return False
+
+    def bulk_fill(self, tag: int, vpns: Any, descs: Any, el1: int, el0: int) -> bool:
+        """Cache level-3 page entries for ``vpns`` (distinct page numbers, no tag; none
+        of them cached now: the caller looked) with descriptors ``descs`` (uint64) and
+        the rights ``el1``/``el0``, under ``tag``. False, with nothing cached, when a
+        region already holds bulk entries filled with other rights."""
+        v = np.asarray(vpns, dtype=np.int64)
+        regions = v >> 9
+        runs = self.bulk.get(tag)
+        if runs is None:
+            runs = self.bulk[tag] = {}
+        lo, hi = int(regions[0]), int(regions[-1])
+        if lo == hi:
+            groups = [(lo, slice(None))]
+        else:
+            cuts = [0, *(np.flatnonzero(regions[1:] != regions[:-1]) + 1).tolist(), len(v)]
+            groups = [(int(regions[a]), slice(a, b)) for a, b in itertools.pairwise(cuts)]
+        for r, _ in groups:
+            run = runs.get(r)
+            if run is not None and (run.el1 != el1 or run.el0 != el0):
+                return False
+        for r, part in groups:
+            run = runs.get(r)
+            if run is None:
+                run = runs[r] = BulkRun(el1, el0)
+            run.descs[v[part] & 511] = descs[part]
+        return True
+
+    def _bulk_drop(self, tag: int, lo: int, hi: int) -> None:
+        """Drop the bulk entries of ``tag`` for page numbers [lo, hi)."""
+        runs = self.bulk.get(tag)
+        if not runs:
+            return
+        rlo, rhi = lo >> 9, (hi - 1) >> 9
+        if len(runs) <= rhi - rlo + 1:
+            regions = [r for r in runs if rlo <= r <= rhi]
+        else:
+            regions = [r for r in range(rlo, rhi + 1) if r in runs]
+        for r in regions:
+            a = max(lo - (r << 9), 0)
+            b = min(hi - (r << 9), 512)
+            if a == 0 and b == 512:
+                del runs[r]
+            else:
+                runs[r].descs[a:b] = 0
 
     def cached(self) -> Iterator[tuple[int, int | None, TlbEntry]]:
         """(page VA, ASID or None for global/kernel, entry) for every cached page."""
@@ -204,13 +342,20 @@ class Tlb:
         if self.walks and not last_level:
             self._drop_walks(va, va + 1, self._walk_tags(va, asid))
         self._drop_key(vpn)
+        bulk = self.bulk
+        if bulk:
+            self._bulk_drop(0, vpn, vpn + 1)
         if va >= KERNEL_VA_START:
             return
         if asid is not None:
             self._drop_key(asid_tag(asid) | vpn)
+            if bulk:
+                self._bulk_drop(asid + 1, vpn, vpn + 1)
             return
         for tag in [t for t, d in self.asids.items() if d]:
             self._drop_key((tag << ASID_SHIFT) | vpn)
+        for tag in [t for t in bulk if t]:
+            self._bulk_drop(tag, vpn, vpn + 1)
 
     def invalidate_range(
         self, start: int, end: int, asid: int | None, *, last_level: bool = False
@@ -234,7 +379,10 @@ class Tlb:
                 tags.append(asid + 1)
             else:
                 tags.extend(t for t, d in self.asids.items() if d)
+                tags.extend(t for t in self.bulk if t and t not in tags)
         for tag in tags:
+            if self.bulk:
+                self._bulk_drop(tag, lo, hi)
             d = self.entries if tag == 0 else self.asids.get(tag)
             klo, khi = (tag << ASID_SHIFT) | lo, (tag << ASID_SHIFT) | hi
             if d:
@@ -262,6 +410,7 @@ class Tlb:
         """TLBI ASIDE1: every non-global entry tagged with ``asid``."""
         tag = asid + 1
         self.walks.pop(tag, None)
+        self.bulk.pop(tag, None)
         d = self.asids.pop(tag, None)
         if not d or not self.spans:
             return
@@ -274,5 +423,6 @@ class Tlb:
         """TLBI VMALLE1."""
         self.entries.clear()
         self.asids.clear()
+        self.bulk.clear()
         self.spans.clear()
         self.walks.clear()
