@@ -13,7 +13,7 @@ faults, instruction execution (``fetch`` checks execute permission only).
 
 from __future__ import annotations
 
-from itertools import chain, compress, filterfalse, repeat
+from itertools import chain, compress, filterfalse, pairwise, repeat
 from operator import itemgetter, not_
 from typing import TYPE_CHECKING, Any, cast
 
@@ -457,7 +457,14 @@ class Cpu:
         d = tlb.asids.get(self.asid + 1)
         g = tlb.entries
         tag = (self.asid + 1) << ASID_SHIFT
-        bulk = tlb.bulk and tlb.bulk_any(self.asid + 1, list(map(_SHR12, vas)))
+        runs = tlb.bulk.get(self.asid + 1)
+        bulk = (
+            bool(runs)
+            and (
+                vas[0] >> 21 != vas[-1] >> 21 or vas[0] >> 21 in runs  # type: ignore[operator]
+            )
+            and tlb.bulk_any(self.asid + 1, list(map(_SHR12, vas)))
+        )
         if (
             not bulk
             and (d is None or d.keys().isdisjoint(map(tag.__or__, map(_SHR12, vas))))
@@ -548,18 +555,38 @@ class Cpu:
         (the TLB entry each would use: a hit, or the one its walk would fill, with its
         frame made ready). Changes no architectural state and counts nothing."""
         g = self.tlb.entries
-        if not vas or min(vas) < KERNEL_VA_START or self.ttbr1 is None:
+        if not vas or self.ttbr1 is None:
+            return 0, ([], [], [])
+        v = np.asarray(vas, dtype=np.uint64)
+        if int(v.min()) < KERNEL_VA_START:
             return 0, ([], [], [])
         ov = self._ov1
         ov_arr = np.array(ov, dtype=np.int64)
-        bulk = bool(self.tlb.bulk) and self.tlb.bulk_any(0, list(map(_SHR12, vas)))
-        if not bulk and g.keys().isdisjoint(map(_SHR12, vas)):
+        n = len(vas)
+        r = v >> np.uint64(21)
+        cuts = [0, *(np.flatnonzero(r[1:] != r[:-1]) + 1).tolist(), n]
+        vpns = (v >> np.uint64(12)).astype(np.int64)
+        runs0: dict[int, Any] = self.tlb.bulk.get(0) or {}
+        bulk = (
+            bool(runs0)
+            and any(  # a page cached in the bulk tier: a hit
+                (br := runs0.get(int(r[a]))) is not None and bool(br.descs[vpns[a:b] & 511].any())
+                for a, b in pairwise(cuts)
+            )
+        )
+        if not bulk and g.keys().isdisjoint(vpns.tolist()):
             # all misses (the usual batch): runs end only where the 2 MiB region changes;
             # the entries are made by the commit, straight into the TLB
-            i, n = 0, len(vas)
-            r = np.asarray(vas, dtype=np.uint64) >> np.uint64(21)
+            uniform = self._walk_uniform(vas, cuts, ov_arr)
+            if uniform is not None:
+                descs, leaf = uniform
+                k = len(descs)
+                got = ((descs & np.uint64(d.OA_MASK)) >> np.uint64(12)).tolist()
+                self._frames_for(got)
+                return k, (("bulk", descs, vpns[:k], leaf[1], leaf[2]), None, got)
+            i = 0
             cols: tuple[list[int], ...] = ([], [], [], [], [], [])
-            for j in [*(np.flatnonzero(r[1:] != r[:-1]) + 1).tolist(), n]:
+            for j in cuts[1:]:
                 run = self._walk_run(vas[i:j], ov_arr)
                 for col, part in zip(cols, run, strict=True):
                     col.extend(part)
@@ -616,6 +643,42 @@ class Cpu:
             if len(cols[0]) < j - i:
                 break
             i = j
+
+    def _walk_uniform(self, vas: list[int], cuts: list[int], ov_arr: Any) -> Any:
+        """:meth:`_walk_run` of each 2 MiB group ``vas[cuts[i]:cuts[i + 1]]`` when every
+        group is a run of level-3 page leaves with one attribute set and the same
+        rights: (the leading descriptors up to the first that would fault, as one
+        uint64 array; the leaf of the first), or None for any other shape (the caller
+        takes the general path)."""
+        if self.ttbr1 is None:
+            return None
+        parts: list[Any] = []
+        first: LeafEntry | None = None
+        for a, b in pairwise(cuts):
+            path = walk_to_pte_table(self.mem, self.ttbr1, vas[a])
+            if path is None:
+                return None
+            index = (
+                (np.asarray(vas[a:b], dtype=np.uint64) >> np.uint64(12)) & np.uint64(0x1FF)
+            ).astype(np.intp)
+            descs = self.mem.frame_ro(path[0] >> 12)[index]
+            attrs = descs & _NOT_OA
+            if not bool((attrs == attrs[0]).all()):
+                return None
+            leaf = walk_leaf(int(descs[0]), path[1])
+            if leaf is None or leaf[5] & d.CONT:
+                return None
+            if first is None:
+                first = leaf
+            elif leaf[1:4] != first[1:4]:
+                return None
+            if not leaf[1] & int(ov_arr[leaf[3]]) & W:
+                break  # the walk of the group's first page would fault: the run ends
+            parts.append(descs)
+        if first is None:
+            return None
+        out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+        return out, first
 
     def _walk_run(self, vas: list[int], ov_arr: Any) -> tuple[list[int], ...]:
         """The leading leaves, for EL1 writes at POR_EL1 ``ov_arr``, of kernel pages
@@ -685,6 +748,25 @@ class Cpu:
             self.tlb_misses += n
             self.walks += n
             self.stores += 512 * n
+            if c[0] == "bulk":  # one leaf shape: straight into the bulk tier
+                _, descs, vpns, el1_, el0_ = c
+                if n and not self.tlb.bulk_fill(0, vpns[:n], descs[:n], el1_, el0_):
+                    self.tlb.entries.update(
+                        zip(
+                            vpns[:n].tolist(),
+                            zip(
+                                (descs[:n] & np.uint64(d.OA_MASK)).tolist(),
+                                repeat(el1_),
+                                repeat(el0_),
+                                ((descs[:n] >> np.uint64(60)) & np.uint64(7)).tolist(),
+                                repeat(3),
+                                descs[:n].tolist(),
+                                map(frames.__getitem__, pfns),
+                            ),
+                            strict=True,
+                        )
+                    )
+                return
             el1, el0 = c[1], c[2]
             if (
                 n
