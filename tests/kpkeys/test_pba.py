@@ -27,26 +27,36 @@ def pba(m) -> PkeysBlockAllocator:
     return m.kpkeys
 
 
-USED: dict[int, list[int]] = {}
+#: id(machine) -> (the machine, its tables allocated by the test and not yet freed); the
+#: machine is kept so that its id cannot be reused by a later test's machine
+USED: dict[int, tuple[object, list[int]]] = {}
+
+
+def _used(m) -> list[int]:
+    entry = USED.get(id(m))
+    if entry is None or entry[0] is not m:
+        entry = USED[id(m)] = (m, [])
+    return entry[1]
 
 
 def alloc(m, gfp=GFP_PGTABLE_KERNEL, level=3):
     """A kernel table page; remembered so that :func:`clean` can free it before auditing."""
     pfn = m.k.pgtable.alloc_table(gfp, level, "kernel")
     if pfn is not None:
-        USED.setdefault(id(m), []).append(pfn)
+        _used(m).append(pfn)
     return pfn
 
 
 def release(m, pfns):
     for pfn in pfns:
         m.k.pgtable.free_table(pfn)
-        USED.setdefault(id(m), []).remove(pfn)
+        _used(m).remove(pfn)
 
 
 def clean(m):
     """Free the test's unattached tables, then audit."""
-    release(m, list(USED.get(id(m), [])))
+    release(m, list(_used(m)))
+    USED.pop(id(m), None)
     return not audit(m)
 
 
