@@ -60,6 +60,16 @@ def _vpn_array(vas: list[int]) -> Any:
     return (np.asarray(vas, dtype=np.uint64) >> np.uint64(12)).astype(np.int64)
 
 
+def _disjoint(d: dict[int, Any], klo: int, khi: int, vas: list[int], tag: int) -> bool:
+    """Whether none of the keys ``tag | va >> 12`` (``vas`` ascending, so the keys lie
+    in [klo, khi]) is in ``d``: by looking the keys up, or, when ``d`` is the smaller,
+    by scanning it for keys in range first."""
+    if len(d) >= len(vas):
+        return d.keys().isdisjoint(map(tag.__or__, map(_SHR12, vas)))
+    near = [k for k in d if klo <= k <= khi]
+    return not near or set(map(tag.__or__, map(_SHR12, vas))).isdisjoint(near)
+
+
 def walk_leaf(desc: int, strip: int) -> LeafEntry | None:
     """The level-3 leaf :func:`leaf_perms` evaluates for one descriptor (None where
     the walk would fault: not a valid page or no Access flag)."""
@@ -450,7 +460,7 @@ class Cpu:
     # page on the common paths); the results are those of the page-by-page forms.
     def probe_el0(self, vas: list[int]) -> list[TlbEntry | None] | None:
         """The TLB entry each user page's next EL0 access would hit (None: a miss), or
-        None when every one misses.
+        None when every one misses. ``vas``: ascending user addresses.
 
         Looks only: nothing is counted or filled (see :meth:`commit_el0`)."""
         tlb = self.tlb
@@ -467,7 +477,7 @@ class Cpu:
         )
         if (
             not bulk
-            and (d is None or d.keys().isdisjoint(map(tag.__or__, map(_SHR12, vas))))
+            and (d is None or _disjoint(d, tag | (vas[0] >> 12), tag | (vas[-1] >> 12), vas, tag))
             and (not tlb.user_global or g.keys().isdisjoint(map(_SHR12, vas)))
         ):
             return None  # every page misses (the usual batch), found without a list
@@ -491,6 +501,9 @@ class Cpu:
         whose TLB fill also makes a span group: those go one at a time)."""
         a = np.asarray(descs, dtype=np.uint64)
         n = len(a)
+        if n == 1:  # one descriptor (a batch's PTE template): the scalar evaluation
+            e = walk_leaf(int(a[0]), strip)
+            return [None if e is None or e[5] & d.CONT else e]
         if n > 1:
             attrs = a & _NOT_OA
             if bool((attrs == attrs[0]).all()):  # one attribute set (e.g. fresh PTEs): one leaf
