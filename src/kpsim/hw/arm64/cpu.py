@@ -843,10 +843,7 @@ class Cpu:
                     mem.frame(p)
             if all(map(d.NG.__and__, map(_DESC, entries))):
                 # Tlb.insert_pages(items, asid + 1), without the lists of keys and pairs
-                tlb = self.tlb.asids.get(self.asid + 1)
-                if tlb is None:
-                    tlb = self.tlb.asids[self.asid + 1] = {}
-                tlb.update(
+                self._asid_entries().update(
                     zip(
                         map(tag.__or__, map(_SHR12, vas)),
                         map(tuple.__add__, entries, zip(map(frames.__getitem__, pfns))),
@@ -930,16 +927,20 @@ class Cpu:
         self.tlb_misses += 2 * n
         self.walks += 2 * n
 
+    def _asid_entries(self) -> dict[int, TlbEntry]:
+        """The current ASID's dict of non-global entries, made if it has none yet."""
+        tlb = self.tlb.asids.get(self.asid + 1)
+        if tlb is None:
+            tlb = self.tlb.asids[self.asid + 1] = {}
+        return tlb
+
     def _fill_pages_el0(
         self, vas: list[int], pas: list[int], descs: list[int], pfns: list[int], leaf: LeafEntry
     ) -> None:
         """Insert the TLB entries of :meth:`commit_el0_fresh` into the ASID's dict."""
         frames = self.mem.frames
         tag = (self.asid + 1) << ASID_SHIFT
-        tlb = self.tlb.asids.get(self.asid + 1)
-        if tlb is None:
-            tlb = self.tlb.asids[self.asid + 1] = {}
-        tlb.update(
+        self._asid_entries().update(
             zip(
                 map(tag.__or__, map(_SHR12, vas)),
                 zip(
