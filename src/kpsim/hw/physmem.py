@@ -75,7 +75,8 @@ class PhysicalMemory:
         if f is None:
             self.check(pa)
             return 0
-        return int(f[(pa & (PAGE_SIZE - 1)) >> 3])
+        v: int = f.item((pa & (PAGE_SIZE - 1)) >> 3)  # a Python int (no numpy scalar)
+        return v
 
     def write64(self, pa: int, value: int) -> None:
         self.frame(pa >> PAGE_SHIFT)[(pa & (PAGE_SIZE - 1)) >> 3] = value

@@ -29,7 +29,20 @@ import numpy as np
 
 from kpsim.mm import memory as m
 from kpsim.mm.folio import folio_pte_batch_count, folio_pte_batches
-from kpsim.mm.mm_types import ANON, FILE, PAGE_SHIFT, PMD_SIZE, SPAN_SHIFT, MmStruct, Vma, VmFlags
+from kpsim.mm.mm_types import (
+    ANON,
+    FILE,
+    HPAGE_PMD_ORDER,
+    PAGE_SHIFT,
+    PMD_SIZE,
+    SPAN_SHIFT,
+    ZERO,
+    MmStruct,
+    Vma,
+    VmFlags,
+)
+
+_DONTCOPY, _WIPEONFORK = int(VmFlags.DONTCOPY), int(VmFlags.WIPEONFORK)
 
 
 def vma_needs_copy(vma: Vma) -> bool:
@@ -41,9 +54,10 @@ def dup_mm(parent: MmStruct) -> MmStruct:
     child = MmStruct(parent.ctx)
     child.mmap_base, child.start_brk, child.brk = parent.mmap_base, parent.start_brk, parent.brk
     for vma in parent.vmas:
-        if vma.flags & VmFlags.DONTCOPY:
+        flags = int(vma.flags)  # plain ints: IntFlag arithmetic is slow
+        if flags & _DONTCOPY:
             continue
-        wipe = bool(vma.flags & VmFlags.WIPEONFORK)  # a clean slate: no anon_vma, no copy
+        wipe = bool(flags & _WIPEONFORK)  # a clean slate: no anon_vma, no copy
         anon = parent.ctx.new_anon_vma() if vma.anon_vma is not None and not wipe else None
         child.insert_vma(Vma(vma.start, vma.end, vma.flags, vma.file, vma.pgoff, anon, vma.name))
         if vma_needs_copy(vma) and not wipe:
@@ -59,7 +73,7 @@ def copy_page_range(dst: MmStruct, src: MmStruct, vma: Vma) -> None:
         sh = SPAN_SHIFT[level]
         for slot in m.slots_in(src.tables[level], s >> sh, (e - 1) >> sh):
             m.pxd_alloc(dst, level, max(s, slot << sh))
-    for slot in m.slots_in(src.thp, s >> 21, (e - 1) >> 21):
+    for slot in m.slots_in(src.thp, s >> 21, (e - 1) >> 21) if src.thp else ():
         copy_huge_pmd(dst, src, vma, slot)
     slots = m.slots_in(src.tables[3], s >> 21, (e - 1) >> 21)
     if len(slots) > 1 and getattr(src.ctx.arch, "irq_hook", None) is None:
@@ -105,15 +119,16 @@ def copy_pte_range(dst: MmStruct, src: MmStruct, vma: Vma, slot: int) -> None:
     full = nz.size == arr.size  # every entry in range used: slices, no index arrays
     vals = arr.copy() if full else arr[nz]
     idx: Any = slice(a, b) if full else nz + a
-    present = arch.ptes_present(vals)
-    allp = bool(present.all())
-    pfns = arch.ptes_pfn(vals if allp else vals[present])
-    pidx = nz if allp else nz[present]
-    counters = ctx.k.counters
-    counters["fork_pte_copy"] += int(pfns.size)
-    counters["fork_folio"] += folio_pte_batch_count(ctx, pidx, pfns)  # copy_present_ptes
-    m.get_pages(ctx, pfns)
-    m.rss_delta(dst, pfns, 1)
+    if nz.size > COPY_SMALL or not _account_small(dst, vals):
+        present = arch.ptes_present(vals)
+        allp = bool(present.all())
+        pfns = arch.ptes_pfn(vals if allp else vals[present])
+        pidx = nz if allp else nz[present]
+        counters = ctx.k.counters
+        counters["fork_pte_copy"] += int(pfns.size)
+        counters["fork_folio"] += folio_pte_batch_count(ctx, pidx, pfns)  # copy_present_ptes
+        m.get_pages(ctx, pfns)
+        m.rss_delta(dst, pfns, 1)
     arch.arch_enter_lazy_mmu_mode()
     try:
         if not vma.shared:  # is_cow_mapping: write-protect both sides
@@ -128,6 +143,39 @@ def copy_pte_range(dst: MmStruct, src: MmStruct, vma: Vma, slot: int) -> None:
         arch.pt_store_batch(dpa, idx, arch.ptes_mkold(vals))
     finally:
         arch.arch_leave_lazy_mmu_mode()
+
+
+#: Tables with at most this many entries to copy are accounted by :func:`_account_small`.
+COPY_SMALL = 48
+
+
+def _account_small(dst: MmStruct, vals: Any) -> bool:
+    """:func:`copy_pte_range`'s accounting of a few copied entries ``vals`` with Python
+    scalars: ``fork_pte_copy``, ``fork_folio`` (each small folio a batch, the zero
+    page none), the map counts and the child's RSS, as the whole-array calls do. False
+    (nothing done) when a pfn lies in a THP frame: the general path handles it."""
+    ctx, arch = dst.ctx, dst.ctx.arch
+    present = arch.pte_present
+    pte_pfn = arch.pte_pfn
+    pfns = [pte_pfn(v) for v in vals.tolist() if present(v)]
+    pa = ctx.k.page_alloc
+    if pa.memmap.pages:  # _thp_frames: any pfn in a live THP folio?
+        order = pa.compound_order
+        for f in {p >> HPAGE_PMD_ORDER for p in pfns}:
+            if order(f << HPAGE_PMD_ORDER) == HPAGE_PMD_ORDER:
+                return False
+    base = ctx.base_pfn
+    kind = ctx.kind
+    kinds = [kind.item(p - base) for p in pfns]
+    counters = ctx.k.counters
+    counters["fork_pte_copy"] += len(pfns)
+    counters["fork_folio"] += len(kinds) - kinds.count(ZERO)
+    mc = ctx.mapcount  # get_pages
+    for p in pfns:
+        mc[p - base] += 1
+    dst.rss_anon += kinds.count(ANON)  # rss_delta(dst, pfns, 1)
+    dst.rss_file += kinds.count(FILE)
+    return True
 
 
 def copy_pte_tables(dst: MmStruct, src: MmStruct, vma: Vma, slots: list[int]) -> None:

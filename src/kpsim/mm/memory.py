@@ -148,6 +148,15 @@ def put_pages(ctx: MmContext, pfns: Any) -> None:
         free_unmapped(ctx, dead + ctx.base_pfn)
 
 
+def put_page(ctx: MmContext, pfn: int) -> None:
+    """:func:`put_pages` of one page, as scalars (freed through the same
+    :func:`~kpsim.mm.folio.free_unmapped` when its last mapping goes)."""
+    i = pfn - ctx.base_pfn
+    ctx.mapcount[i] -= 1
+    if ctx.mapcount.item(i) == 0:
+        free_unmapped(ctx, np.array([pfn], dtype=np.int64))
+
+
 def rss_delta(mm: MmStruct, pfns: Any, sign: int) -> None:
     kinds = mm.ctx.kind[np.asarray(pfns, dtype=np.int64) - mm.ctx.base_pfn]
     mm.rss_anon += sign * int(np.count_nonzero(kinds == ANON))
@@ -269,7 +278,8 @@ def do_pte_missing(mm: MmStruct, vma: Vma, addr: int, write: bool, ptr: int) -> 
         if not write:
             arch.pt_store(ptr, arch.pfn_pte(ctx.zero_pfn, prot))
             return
-        anon_vma_prepare(ctx, vma, mm)
+        if vma.anon_vma is None:
+            anon_vma_prepare(ctx, vma, mm)
         pfn = alloc_user_page(ctx)
     else:
         pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
@@ -284,7 +294,7 @@ def do_pte_missing(mm: MmStruct, vma: Vma, addr: int, write: bool, ptr: int) -> 
         raise OutOfMemory(f"user page for {mm.owner}")
     i = pfn - ctx.base_pfn  # get_pages + rss_delta for one page
     ctx.mapcount[i] += 1
-    kind = ctx.kind[i]
+    kind = ctx.kind.item(i)
     if kind == ANON:
         mm.rss_anon += 1
     elif kind == FILE:
@@ -297,7 +307,7 @@ def do_pte_missing(mm: MmStruct, vma: Vma, addr: int, write: bool, ptr: int) -> 
 
 def _rss_one(mm: MmStruct, pfn: int, sign: int) -> None:
     """:func:`rss_delta` of one page."""
-    kind = mm.ctx.kind[pfn - mm.ctx.base_pfn]
+    kind = mm.ctx.kind.item(pfn - mm.ctx.base_pfn)
     if kind == ANON:
         mm.rss_anon += sign
     elif kind == FILE:
@@ -315,15 +325,17 @@ def do_wp_page(mm: MmStruct, vma: Vma, addr: int, ptr: int, v: int) -> None:
     ctx, arch = mm.ctx, mm.ctx.arch
     old = arch.pte_pfn(v)
     i = old - ctx.base_pfn
-    if vma.shared or (ctx.kind[i] == ANON and ctx.mapcount[i] == 1):  # wp_page_reuse
+    kind = ctx.kind.item(i)  # the old page's kind (allocating the copy leaves it)
+    if vma.shared or (kind == ANON and ctx.mapcount.item(i) == 1):  # wp_page_reuse
         arch.pt_store(ptr, arch.pte_mkwrite(arch.pte_mkdirty(arch.pte_mkyoung(v))))
         arch.flush_tlb_page(mm.asid, addr)
         return
-    anon_vma_prepare(ctx, vma, mm)  # wp_page_copy
-    pfn = alloc_user_page(ctx, zero=ctx.kind[i] == ZERO)
+    if vma.anon_vma is None:  # wp_page_copy
+        anon_vma_prepare(ctx, vma, mm)
+    pfn = alloc_user_page(ctx, zero=kind == ZERO)
     if pfn is None:
         raise OutOfMemory(f"COW page for {mm.owner}")
-    if ctx.kind[i] != ZERO:
+    if kind != ZERO:
         copy_user_pages(ctx, pfn, old)
     _account_one(mm, pfn)  # get_pages + rss_delta of one page, as scalars
     _rss_one(mm, old, -1)
@@ -331,7 +343,7 @@ def do_wp_page(mm: MmStruct, vma: Vma, addr: int, ptr: int, v: int) -> None:
     arch.flush_tlb_page(mm.asid, addr)
     entry = arch.pte_mkwrite(arch.pte_mkdirty(arch.pfn_pte(pfn, vma.page_prot(arch))))
     arch.pt_store(ptr, entry)
-    put_pages(ctx, [old])
+    put_page(ctx, old)
 
 
 # --------------------------------------------------------------------------- THP
@@ -482,7 +494,7 @@ def zap_page_range(
         return 0
     own = tlb is None
     gather = MmuGather(mm) if tlb is None else tlb
-    for slot in slots_in(mm.thp, start >> 21, (end - 1) >> 21):
+    for slot in slots_in(mm.thp, start >> 21, (end - 1) >> 21) if mm.thp else ():
         if slot << 21 >= start and (slot + 1) << 21 <= end:
             zap_huge_pmd(mm, slot, gather)
         else:
@@ -523,6 +535,8 @@ def zap_pte_range(
     tpa, a, arr, nz = pte_table_slice(mm, slot, start, end)
     if nz.size == 0:
         return 0
+    if nz.size <= ZAP_SMALL and _zap_small(mm, slot, tpa, a, arr, nz, tlb):
+        return int(nz.size)
     vals = arr[nz]
     present = arch.ptes_present(vals)
     pidx = nz[present] + a
@@ -545,6 +559,62 @@ def zap_pte_range(
     else:
         tlb.remove_ptes((slot << 21) + (pidx << PAGE_SHIFT), starts, sizes)
     return int(nz.size)
+
+
+#: Tables with at most this many non-empty entries in the zapped range take
+#: :func:`_zap_small` (Python scalars instead of whole-array numpy calls).
+ZAP_SMALL = 48
+
+
+def _zap_small(
+    mm: MmStruct, slot: int, tpa: int, a: int, arr: Any, nz: Any, tlb: MmuGather | None
+) -> bool:
+    """:func:`zap_pte_range` for a few entries and no large folio: the same stores,
+    counters, map counts, frees and gather calls, computed per entry in Python (the
+    whole-array path's numpy calls cost more than the work on a handful of PTEs).
+    False (nothing done) when a pfn lies in a THP frame: the general path handles it."""
+    ctx, arch = mm.ctx, mm.ctx.arch
+    base = ctx.base_pfn
+    present = arch.pte_present
+    pte_pfn = arch.pte_pfn
+    pidx: list[int] = []
+    pfns: list[int] = []
+    for i, v in zip(nz.tolist(), arr[nz].tolist(), strict=True):
+        if present(v):
+            pidx.append(i + a)
+            pfns.append(pte_pfn(v))
+    if ctx.k.page_alloc.memmap.pages:  # _thp_frames: any pfn in a live THP folio?
+        order = ctx.k.page_alloc.compound_order
+        for f in {p >> HPAGE_PMD_ORDER for p in pfns}:
+            if order(f << HPAGE_PMD_ORDER) == HPAGE_PMD_ORDER:
+                return False
+    arch.arch_enter_lazy_mmu_mode()
+    try:
+        arch.pt_store_batch(tpa, nz + a, np.uint64(0))
+    finally:
+        arch.arch_leave_lazy_mmu_mode()
+    kind = ctx.kind
+    kinds = [kind.item(p - base) for p in pfns]
+    starts = [j for j, k in enumerate(kinds) if k != ZERO]  # each small folio a batch
+    counters = ctx.k.counters
+    counters["zap_pte"] += len(pidx)
+    counters["zap_folio"] += len(starts)
+    mm.rss_anon -= kinds.count(ANON)  # rss_delta(mm, pfns, -1)
+    mm.rss_file -= kinds.count(FILE)
+    mc = ctx.mapcount  # put_pages: drop a mapping each, free the unmapped ones
+    for p in pfns:
+        mc[p - base] -= 1
+    dead = sorted({p for p in pfns if mc.item(p - base) == 0})
+    if dead:
+        ctx.k.page_alloc.free_pages_bulk(dead)
+    addrs = [(slot << 21) + (i << PAGE_SHIFT) for i in pidx]
+    if tlb is None:
+        gather = MmuGather(mm)
+        gather.remove_pte_pages(addrs, starts)
+        gather.finish()
+    else:
+        tlb.remove_pte_pages(addrs, starts)
+    return True
 
 
 def unmap_vmas(mm: MmStruct, vmas: Iterable[Vma], tlb: MmuGather | None = None) -> None:

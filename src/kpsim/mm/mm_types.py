@@ -45,6 +45,7 @@ MMAP_MIN_GAP = 128 << 20
 #: page kinds in :attr:`MmContext.kind`
 ANON, FILE, ZERO = 0, 1, 2
 _PINNED = 1 << 40  # map count bias of pages never freed by unmapping (zero pages, cache)
+_GFP_PINNED = GFP_HIGHUSER_MOVABLE | Gfp.ZERO
 
 
 class VmFlags(enum.IntFlag):
@@ -102,7 +103,7 @@ class Vma:
 
     @property
     def shared(self) -> bool:
-        return bool(self.flags & VmFlags.SHARED)
+        return bool(int(self.flags) & 0x8)  # VM_SHARED, on ints (IntFlag ``&`` is slow)
 
     def page_prot(self, arch: ArchOps) -> int:
         """``vm_get_page_prot`` of the READ/WRITE/EXEC/SHARED bits (a pure function of
@@ -151,12 +152,16 @@ class MmContext:
         self.huge_zero_pfn = self._pinned_page(HPAGE_PMD_ORDER, ZERO)
 
     def _pinned_page(self, order: int, kind: int) -> int:
-        pfn = self.k.page_alloc.alloc_pages(GFP_HIGHUSER_MOVABLE | Gfp.ZERO, order)
+        pfn = self.k.page_alloc.alloc_pages(_GFP_PINNED, order)
         if pfn is None:
             raise OutOfMemory("zero page")
         i = pfn - self.base_pfn
-        self.mapcount[i : i + (1 << order)] = _PINNED
-        self.kind[i : i + (1 << order)] = kind
+        if order == 0:
+            self.mapcount[i] = _PINNED
+            self.kind[i] = kind
+        else:
+            self.mapcount[i : i + (1 << order)] = _PINNED
+            self.kind[i : i + (1 << order)] = kind
         return int(pfn)
 
     def new_file(self, size: int) -> FileRef:

@@ -57,6 +57,12 @@ VM_DATA_DEFAULT = (
     | VmFlags.ANON
 )
 _NO_MERGE = VmFlags.NONE
+_VM_READ, _VM_WRITE, _VM_EXEC = int(VmFlags.READ), int(VmFlags.WRITE), int(VmFlags.EXEC)
+_VM_MAY = int(VmFlags.MAYREAD | VmFlags.MAYWRITE | VmFlags.MAYEXEC)
+_VM_SHARED_MAYSHARE = int(VmFlags.SHARED | VmFlags.MAYSHARE)
+_VM_ANON, _VM_NORESERVE = int(VmFlags.ANON), int(VmFlags.NORESERVE)
+_VM_ACCOUNT = int(VmFlags.ACCOUNT)
+_VM_NORESERVE_SHARED_WRITE = int(VmFlags.NORESERVE | VmFlags.SHARED | VmFlags.WRITE)
 
 
 def page_align(n: int) -> int:
@@ -64,14 +70,14 @@ def page_align(n: int) -> int:
 
 
 def prot_to_vm(prot: int) -> VmFlags:
-    f = VmFlags.NONE
+    f = 0  # plain ints, one VmFlags at the end (IntFlag arithmetic is slow)
     if prot & PROT_READ:
-        f |= VmFlags.READ
+        f |= _VM_READ
     if prot & PROT_WRITE:
-        f |= VmFlags.WRITE
+        f |= _VM_WRITE
     if prot & PROT_EXEC:
-        f |= VmFlags.EXEC
-    return f
+        f |= _VM_EXEC
+    return VmFlags(f)
 
 
 def _einval(what: str) -> SyscallError:
@@ -212,19 +218,19 @@ def mmap(
     else:
         thp_align = addr is None and _thp_align(file, shared, length)
         addr = get_unmapped_area(mm, length, addr, thp_align)
-    vm = prot_to_vm(prot) | VmFlags.MAYREAD | VmFlags.MAYWRITE | VmFlags.MAYEXEC
+    vm = int(prot_to_vm(prot)) | _VM_MAY  # plain ints until the Vma is made
     if shared:
-        vm |= VmFlags.SHARED | VmFlags.MAYSHARE
+        vm |= _VM_SHARED_MAYSHARE
         if file is None:  # shared anonymous memory is shmem: a file of its own
             file = mm.ctx.new_file(length)
     if file is None:
-        vm |= VmFlags.ANON
+        vm |= _VM_ANON
         pgoff = addr >> PAGE_SHIFT  # do_mmap: a private anonymous VMA's pgoff is its address
     if flags & MAP_NORESERVE:
-        vm |= VmFlags.NORESERVE
-    if vm & (VmFlags.NORESERVE | VmFlags.SHARED | VmFlags.WRITE) == VmFlags.WRITE:
-        vm |= VmFlags.ACCOUNT  # accountable_mapping: merging compares it
-    vma_merge(mm, _insert(mm, Vma(addr, addr + length, vm, file, pgoff)))
+        vm |= _VM_NORESERVE
+    if vm & _VM_NORESERVE_SHARED_WRITE == _VM_WRITE:
+        vm |= _VM_ACCOUNT  # accountable_mapping: merging compares it
+    vma_merge(mm, _insert(mm, Vma(addr, addr + length, VmFlags(vm), file, pgoff)))
     if flags & MAP_POPULATE:
         populate_range(mm, addr, addr + length, write=bool(prot & PROT_WRITE) and not shared)
     return addr
@@ -349,7 +355,7 @@ def change_protection(mm: MmStruct, vma: Vma, start: int, end: int) -> int:
     arch = mm.ctx.arch
     prot = vma.page_prot(arch)
     pages = 0
-    for slot in m.slots_in(mm.thp, start >> 21, (end - 1) >> 21):
+    for slot in m.slots_in(mm.thp, start >> 21, (end - 1) >> 21) if mm.thp else ():
         ptr = m.entry_ptr(mm, m.table_pa(mm, 2, slot << 21) or 0, 2, slot << 21)
         v = m.read_entry(mm, m.table_pa(mm, 2, slot << 21) or 0, 2, slot << 21)
         arch.pt_store(ptr, arch.pte_modify(v, prot) & ~2)  # change_huge_pmd (stays a block)
@@ -366,7 +372,7 @@ def change_pte_range(mm: MmStruct, vma: Vma, slot: int, start: int, end: int, pr
     if nz.size == 0:
         return 0
     new = arch.ptes_modify(arr[nz], prot)
-    if vma.flags & VmFlags.WRITE and not vma.shared:  # MM_CP_TRY_CHANGE_WRITABLE
+    if int(vma.flags) & _VM_WRITE and not vma.shared:  # MM_CP_TRY_CHANGE_WRITABLE
         idx = arch.ptes_pfn(new) - ctx.base_pfn
         excl = (ctx.kind[idx] == ANON) & (ctx.mapcount[idx] == 1) & arch.ptes_present(new)
         if excl.any():

@@ -204,6 +204,26 @@ class MmuGather:
         if first < n:
             self.flush_pte_range(int(addrs[first]), int(addrs[-1]) - int(addrs[first]) + PAGE_SIZE)
 
+    def remove_pte_pages(self, addrs: list[int], starts: list[int]) -> None:
+        """:meth:`remove_ptes` when every batch is one page (no large folio): the same
+        range widening, slot filling and flushes, on Python lists."""
+        n = len(addrs)
+        if n == 0:
+            return
+        first = 0
+        b, e = 0, len(starts)
+        while b < e:
+            taken, full = self._add(e - b, 1)
+            b += taken
+            if full:
+                last = starts[b - 1]
+                lo = addrs[first]
+                self.flush_pte_range(lo, addrs[last] - lo + PAGE_SIZE)
+                self.flush_mmu()
+                first = last + 1
+        if first < n:
+            self.flush_pte_range(addrs[first], addrs[-1] - addrs[first] + PAGE_SIZE)
+
     def remove_folio(self) -> bool:
         """``tlb_remove_page_size`` for a PMD-mapped folio (one slot); True: now full."""
         return self._add(1, 1)[1]

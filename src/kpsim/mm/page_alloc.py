@@ -209,8 +209,11 @@ class PageAllocator:
         """``prep_new_page()``: zero (``__GFP_ZERO``), compound head, owner tag."""
         if g & _ZERO:
             clear = self.clear_page
-            for p in range(pfn, pfn + (1 << order)):
-                clear(p)
+            if order == 0:
+                clear(pfn)
+            else:
+                for p in range(pfn, pfn + (1 << order)):
+                    clear(p)
             self.counters["clear_page"] += 1 << order
         if owner is None and not (order and g & _COMP):
             return

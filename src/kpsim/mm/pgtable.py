@@ -21,6 +21,8 @@ from kpsim.mm.gfp import Gfp
 from kpsim.mm.kernel import Kernel
 
 LEVEL_NAMES = ("pgd", "pud", "pmd", "pte")
+#: ``gfp | __GFP_COMP`` by ``gfp`` (a pure function; IntFlag ``|`` is slow per call)
+_WITH_COMP: dict[Gfp, Gfp] = {}
 
 
 @dataclass(slots=True)
@@ -41,7 +43,10 @@ class PgtableAllocator:
 
     def pagetable_alloc(self, gfp: Gfp, order: int = 0) -> int | None:
         """Allocate a table page (pfn) or return None; ``__GFP_COMP`` is always added."""
-        gfp |= Gfp.COMP
+        comp = _WITH_COMP.get(gfp)
+        if comp is None:
+            comp = _WITH_COMP[gfp] = gfp | Gfp.COMP
+        gfp = comp
         if self.kpkeys_alloc is not None:
             pfn = self.kpkeys_alloc(gfp, order)
         else:

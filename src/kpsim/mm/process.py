@@ -17,8 +17,8 @@ Left out: threads (one task per mm), signals (an unresolvable fault raises
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import sys
+from contextlib import AbstractContextManager
 from typing import Any
 
 from kpsim.mm import fault_batch
@@ -88,6 +88,42 @@ def exit_mmap(mm: MmStruct) -> None:
     ctx.free_asid(mm.asid)
 
 
+class KernelSection:
+    """The context manager :meth:`Process.kernel` returns. On entry: refuse an exited
+    process, run on its CPU (``arch.on_cpu``) and make it current (``switch_to``)
+    unless it is; on exit: leave the CPU section. (A plain class rather than a
+    generator-based context manager: the replay enters one per operation.)"""
+
+    __slots__ = ("on", "proc")
+
+    def __init__(self, proc: Process) -> None:
+        self.proc = proc
+        self.on: AbstractContextManager[None] | None = None
+
+    def __enter__(self) -> None:
+        if self.on is not None:  # as a generator-based one, not re-entrant
+            raise RuntimeError("kernel section entered twice")
+        p = self.proc
+        if not p.alive:
+            raise ProcessLookupError(f"pid {p.task.pid} has exited")
+        arch = p.ctx.arch
+        on = arch.on_cpu(p.cpu)
+        on.__enter__()
+        self.on = on
+        try:
+            if arch.current() is not p.task:
+                arch.switch_to(p.cpu, p.task)
+        except BaseException:
+            self.on = None
+            on.__exit__(*sys.exc_info())
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        on, self.on = self.on, None
+        if on is not None:
+            on.__exit__(*exc)
+
+
 class Process:
     """A single-threaded simulated process (see module docstring)."""
 
@@ -127,16 +163,9 @@ class Process:
             self.mm.insert_vma(Vma(base, STACK_TOP, vm, pgoff=base >> 12, name="[stack]"))
         self.touch(STACK_TOP - PAGE_SIZE, write=True)
 
-    @contextlib.contextmanager
-    def kernel(self) -> Iterator[None]:
+    def kernel(self) -> KernelSection:
         """Run kernel code for this process on its CPU, with it current."""
-        if not self.alive:
-            raise ProcessLookupError(f"pid {self.task.pid} has exited")
-        arch = self.ctx.arch
-        with arch.on_cpu(self.cpu):
-            if arch.current() is not self.task:
-                arch.switch_to(self.cpu, self.task)
-            yield
+        return KernelSection(self)
 
     def run(self, cpu: int) -> None:
         """Schedule the process on ``cpu`` (``switch_to``)."""

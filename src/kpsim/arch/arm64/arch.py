@@ -16,7 +16,7 @@ from kpsim.arch.arm64.kpkeys import (
     arch_kpkeys_set_context,
     por_el1_init,
 )
-from kpsim.arch.arm64.memory import Layout
+from kpsim.arch.arm64.memory import PAGE_OFFSET, Layout
 from kpsim.arch.arm64.pgtable_user import PgtableUserMixin
 from kpsim.arch.arm64.setup import SetupMixin
 from kpsim.arch.arm64.vmalloc_arch import VmallocArchMixin
@@ -66,15 +66,18 @@ class Arm64(SetupMixin, EntryMixin, VmallocArchMixin, PgtableUserMixin):
         arch_kpkeys_restore_pkey_reg(self.cpu, value)
 
     # -- ArchOps -------------------------------------------------------------------------
+    # (Layout.phys_to_virt's arithmetic inlined: these run per page and per entry, and
+    # the VirtAddr NewType call is not free at run time)
     def page_to_virt(self, pfn: int) -> int:
-        return self.layout.pfn_to_virt(pfn)
+        return PAGE_OFFSET + ((pfn << 12) - self.layout.memstart_addr)
 
     def phys_to_virt(self, pa: int) -> int:
-        return self.layout.phys_to_virt(pa)
+        return PAGE_OFFSET + (pa - self.layout.memstart_addr)
 
     def clear_page(self, pfn: int) -> None:
         """``clear_page`` through the linear map on the current CPU (MMU-checked)."""
-        self.cpu.zero_page(self.layout.pfn_to_virt(pfn))
+        va = PAGE_OFFSET + ((pfn << 12) - self.layout.memstart_addr)  # pfn_to_virt
+        self.system.cpus[self.cpu_id].zero_page(va)
 
     def secondary_start(self) -> None:
         """Bring every CPU up: POE enabled with POR_EL1_INIT, TTBR1 = swapper_pg_dir."""

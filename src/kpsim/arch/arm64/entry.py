@@ -8,9 +8,8 @@ return path restores it); ``switch_to`` saves and restores the per-thread value.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kpsim.arch.arm64.base import Arm64Base
 from kpsim.arch.arm64.kpkeys import (
@@ -24,16 +23,30 @@ from kpsim.mm.sched import Task
 T = TypeVar("T")
 
 
-class EntryMixin(Arm64Base):
-    @contextmanager
-    def on_cpu(self, cpu_id: int) -> Iterator[None]:
-        """Run the enclosed kernel code on ``cpu_id`` (what ``smp_processor_id`` returns)."""
-        prev = self.cpu_id
+class OnCpu:
+    """The context manager :meth:`EntryMixin.on_cpu` returns: ``cpu_id`` set on entry,
+    the previous one restored on exit (a plain class: entered once per kernel entry,
+    cheaper than a generator-based one)."""
+
+    __slots__ = ("arch", "cpu_id", "prev")
+
+    def __init__(self, arch: Arm64Base, cpu_id: int) -> None:
+        self.arch = arch
         self.cpu_id = cpu_id
-        try:
-            yield
-        finally:
-            self.cpu_id = prev
+        self.prev = 0
+
+    def __enter__(self) -> None:
+        self.prev = self.arch.cpu_id
+        self.arch.cpu_id = self.cpu_id
+
+    def __exit__(self, *exc: Any) -> None:
+        self.arch.cpu_id = self.prev
+
+
+class EntryMixin(Arm64Base):
+    def on_cpu(self, cpu_id: int) -> OnCpu:
+        """Run the enclosed kernel code on ``cpu_id`` (what ``smp_processor_id`` returns)."""
+        return OnCpu(self, cpu_id)
 
     def interrupt(self, cpu_id: int, handler: Callable[[], T]) -> T:
         """Take an IRQ on ``cpu_id`` and run ``handler`` as its handler."""

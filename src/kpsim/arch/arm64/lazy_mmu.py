@@ -17,28 +17,33 @@ from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES, KPKEYS_PKEY_REG_INVAL
 
 
 class LazyMmuMixin(Arm64Base):
+    # (in_interrupt(), current() and cpu read through one per-CPU lookup: hot paths)
     def arch_enter_lazy_mmu_mode(self) -> None:
-        if self.in_interrupt():
+        pc = self.percpu[self.cpu_id]
+        if pc.irq_depth > 0:  # in_interrupt()
             return
-        task = self.current()
+        task = pc.current
         task.lazy_mmu_nesting += 1
+        counters = self.k.counters
         if task.lazy_mmu_nesting > 1:
-            self.k.counters["lazy_mmu_nested"] += 1
+            counters["lazy_mmu_nested"] += 1
             return
         task.tif_lazy_mmu = True
-        self.k.counters["lazy_mmu_sections"] += 1
+        counters["lazy_mmu_sections"] += 1
         if self.hardened_pgtables and self.batching:
-            task.thread.por_el1_lazy_mmu = arch_kpkeys_set_context(self.cpu, KPKEYS_CTX_PGTABLES)
-            self.k.counters["kpkeys_guard_entries"] += 1
+            cpu = self.system.cpus[self.cpu_id]
+            task.thread.por_el1_lazy_mmu = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES)
+            counters["kpkeys_guard_entries"] += 1
 
     def arch_leave_lazy_mmu_mode(self) -> None:
-        if self.in_interrupt():
+        pc = self.percpu[self.cpu_id]
+        if pc.irq_depth > 0:  # in_interrupt()
             return
-        task = self.current()
+        task = pc.current
         task.lazy_mmu_nesting -= 1
         if task.lazy_mmu_nesting > 0:
             return
-        cpu = self.cpu
+        cpu = self.system.cpus[self.cpu_id]
         pending = task.tif_pending
         if self.hardened_pgtables and self.batching:
             saved = task.thread.por_el1_lazy_mmu

@@ -27,6 +27,7 @@ from kpsim.arch.arm64.kpkeys import (
     arch_kpkeys_set_context,
     por_set_kpkeys_context,
 )
+from kpsim.arch.arm64.memory import PAGE_OFFSET
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES
 
@@ -39,6 +40,8 @@ PAGE_KERNEL_ROX = (PAGE_KERNEL_RO & ~d.PXN & ~d.SW_DIRTY) | d.AP_RDONLY
 PAGE_KERNEL_EXEC = PAGE_KERNEL & ~d.PXN
 PROT_SECT_NORMAL = (PAGE_KERNEL & ~d.TYPE) | d.VALID  # block form of PAGE_KERNEL
 PTE_ADDR_MASK = d.OA_MASK
+#: ``por_set_kpkeys_context(por, KPKEYS_CTX_PGTABLES)`` by ``por`` (a pure function)
+_PGTABLES_POR: dict[int, int] = {}
 
 
 def sect_prot(prot: int) -> int:
@@ -107,7 +110,12 @@ class PgtableMixin(Arm64Base):
             pc = self.percpu[self.cpu_id]
             guard = pc.irq_depth > 0 or not pc.current.tif_lazy_mmu
         if guard and cpu.poe:  # arch_kpkeys_set_context, the store, restore_pkey_reg
-            por = por_set_kpkeys_context(cpu.por_el1, KPKEYS_CTX_PGTABLES)
+            prev = cpu.por_el1
+            por = _PGTABLES_POR.get(prev)
+            if por is None:
+                if len(_PGTABLES_POR) > 4096:
+                    _PGTABLES_POR.clear()
+                por = _PGTABLES_POR[prev] = por_set_kpkeys_context(prev, KPKEYS_CTX_PGTABLES)
             self.k.counters["kpkeys_guard_entries"] += 1
             cpu.store_with_por_el1(ptr, value, por)
         elif guard:
@@ -132,8 +140,8 @@ class PgtableMixin(Arm64Base):
         entry's check would be identical) and accounts the remaining n-1 switches
         arithmetically, so the counters match an entry-by-entry loop.
         """
-        cpu = self.cpu
-        va = self.layout.phys_to_virt(table_pa)
+        cpu = self.system.cpus[self.cpu_id]
+        va = PAGE_OFFSET + (table_pa - self.layout.memstart_addr)  # phys_to_virt
         if self._guard_needed():
             saved = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES)
             try:

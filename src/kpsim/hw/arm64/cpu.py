@@ -170,8 +170,10 @@ class Cpu:
 
     def context_sync(self) -> None:
         """A context-synchronisation event (ISB, exception entry, ERET)."""
-        self._ov1 = overlay_of(self.por_el1) if self.tcr2_poe else _NO_OVERLAY
-        self._ov0 = overlay_of(self.por_el0) if self.tcr2_e0poe else _NO_OVERLAY
+        ovs = _OVERLAYS  # overlay_of(), its cache looked up inline (a miss calls it)
+        p1, p0 = self.por_el1, self.por_el0
+        self._ov1 = (ovs.get(p1) or overlay_of(p1)) if self.tcr2_poe else _NO_OVERLAY
+        self._ov0 = (ovs.get(p0) or overlay_of(p0)) if self.tcr2_e0poe else _NO_OVERLAY
 
     @property
     def por_el1_in_effect(self) -> tuple[int, ...]:
@@ -240,10 +242,12 @@ class Cpu:
         if not desc & d.NG and key >= (1 << ASID_SHIFT) and va < USER_VA_END:
             key = va >> 12
         page_pa = t[0]
-        frame = self.mem.frames.get(page_pa >> 12)
+        mem = self.mem
+        frame = mem.frames.get(page_pa >> 12)
         if frame is None:  # PhysicalMemory.frame, with host storage from the arena
-            self.mem.check(page_pa)
-            frame = self.mem.frames[page_pa >> 12] = _ARENA.take(1)[0]
+            if not mem.base <= page_pa < mem.end:
+                mem.check(page_pa)  # raises ExternalAbort
+            frame = mem.frames[page_pa >> 12] = _ARENA.take(1)[0]
         entry: TlbEntry = (*t, frame)
         if t[4] == 3 and not desc & d.CONT:  # a 4 KiB page: Tlb.insert without a span
             if key > VPN_MASK:
@@ -319,9 +323,11 @@ class Cpu:
         if not self.poe:
             raise Undefined(f"cpu{self.cpu_id}: MSR POR_EL1 without FEAT_S1POE")
         prev = self.por_el1
-        ov0 = overlay_of(self.por_el0) if self.tcr2_e0poe else _NO_OVERLAY
+        ovs = _OVERLAYS  # overlay_of(), its cache looked up inline (a miss calls it)
+        por0 = self.por_el0
+        ov0 = (ovs.get(por0) or overlay_of(por0)) if self.tcr2_e0poe else _NO_OVERLAY
         self.por_el1 = por
-        self._ov1 = overlay_of(por) if self.tcr2_poe else _NO_OVERLAY
+        self._ov1 = (ovs.get(por) or overlay_of(por)) if self.tcr2_poe else _NO_OVERLAY
         self._ov0 = ov0
         self.por_writes += 1
         self.isbs += 1
@@ -337,7 +343,10 @@ class Cpu:
         finally:
             if prev != 0:
                 self.por_el1 = prev
-                self._ov1 = overlay_of(prev) if self.tcr2_poe else _NO_OVERLAY
+                if self.tcr2_poe:
+                    self._ov1 = ovs.get(prev) or overlay_of(prev)
+                else:
+                    self._ov1 = _NO_OVERLAY
                 self._ov0 = ov0
                 self.por_writes += 1
                 self.isbs += 1
