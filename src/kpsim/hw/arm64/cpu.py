@@ -247,7 +247,7 @@ class Cpu:
         if frame is None:  # PhysicalMemory.frame, with host storage from the arena
             if not mem.base <= page_pa < mem.end:
                 mem.check(page_pa)  # raises ExternalAbort
-            frame = mem.frames[page_pa >> 12] = _ARENA.take(1)[0]
+            frame = mem.frames[page_pa >> 12] = _ARENA.take_one()
         entry: TlbEntry = (*t, frame)
         if t[4] == 3 and not desc & d.CONT:  # a 4 KiB page: Tlb.insert without a span
             if key > VPN_MASK:

@@ -29,17 +29,29 @@ class FrameArena:
         self._rows: Any = None
         self._left = 0
 
+    def take_one(self) -> Any:
+        """One zeroed frame: a ``uint64[512]`` row (one view, not a block and a row)."""
+        if not self._left:
+            self._grow(1)
+        row = self._rows[len(self._rows) - self._left]
+        self._left -= 1
+        return row
+
     def take(self, n: int) -> Any:
         """``n`` zeroed frames as the rows of one contiguous 2-D array."""
         if n > self._left:
-            size = max(ARENA_BYTES, n * _ROW)
-            buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            advise = getattr(mmap, "MADV_HUGEPAGE", None)
-            if advise is not None:
-                with contextlib.suppress(OSError):  # no THP on this host: ordinary pages
-                    buf.madvise(advise)
-            self._rows = np.frombuffer(buf, dtype=np.uint64).reshape(-1, _ROW // 8)
-            self._left = size // _ROW
+            self._grow(n)
         start = len(self._rows) - self._left
         self._left -= n
         return self._rows[start : start + n]
+
+    def _grow(self, n: int) -> None:
+        """A new arena for at least ``n`` frames (what was left of the old one is dropped)."""
+        size = max(ARENA_BYTES, n * _ROW)
+        buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        advise = getattr(mmap, "MADV_HUGEPAGE", None)
+        if advise is not None:
+            with contextlib.suppress(OSError):  # no THP on this host: ordinary pages
+                buf.madvise(advise)
+        self._rows = np.frombuffer(buf, dtype=np.uint64).reshape(-1, _ROW // 8)
+        self._left = size // _ROW
