@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 
 from kpsim.hw.arm64 import frame_arena
@@ -30,3 +32,27 @@ def test_a_write_to_one_frame_leaves_its_neighbour(monkeypatch) -> None:
     assert not b.any()
     alias = a[:]
     assert int(alias[3]) == 7
+
+
+def test_a_dead_arena_is_reused_zeroed_and_a_live_one_never(monkeypatch) -> None:
+    """An arena goes back to the pool only once all its frames died; reused, its rows
+    come out zeroed although they were written."""
+    gc.collect()  # earlier tests' dead arenas go to the real pool first
+    monkeypatch.setattr(frame_arena, "ARENA_BYTES", 4 * 4096)
+    monkeypatch.setattr(frame_arena, "_POOL", [])
+    arena = FrameArena()
+    old = [arena.take_one() for _ in range(4)]
+    for f in old:
+        f[:] = 0xFF
+    keep = old[2]
+    del old, f
+    arena.take_one()  # a new arena: the old one still has a live frame
+    gc.collect()
+    assert frame_arena.pooled_arenas() == 0  # negative control: not reused while in use
+    del keep
+    gc.collect()
+    assert frame_arena.pooled_arenas() == 1
+    other = FrameArena()
+    fresh = [other.take_one() for _ in range(3)] + list(other.take(1))
+    assert frame_arena.pooled_arenas() == 0  # taken from the pool
+    assert all(not f.any() for f in fresh)  # written before, zeroed now
