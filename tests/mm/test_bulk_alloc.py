@@ -10,6 +10,8 @@ from kpsim.hw.physmem import PhysicalMemory
 from kpsim.mm.gfp import GFP_KERNEL, Gfp
 from kpsim.mm.page_alloc import PageAllocator
 
+from .user_rig import buddy_state
+
 BASE = 0x4000_0000
 B = BASE >> 12
 
@@ -22,15 +24,7 @@ def make(pages: int) -> PageAllocator:
 
 def state(pa: PageAllocator) -> tuple[object, ...]:
     """Everything that decides later allocations: lists in order, orders, runs, counters."""
-    lists = []
-    for o in range(11):
-        s, out, p = -1 - o, [], pa._next[-1 - o]
-        while p != s:
-            out.append(p)
-            p = pa._next[p]
-        lists.append(out)
-    return (lists, dict(pa._order), dict(pa._runs), dict(pa._alloc), pa.nr_free,
-            dict(pa.counters))  # fmt: skip
+    return (*buddy_state(pa), dict(pa.counters))
 
 
 def fragment(pa: PageAllocator, rng: random.Random) -> list[int]:

@@ -16,21 +16,12 @@ from kpsim.mm import madvise as madv
 from kpsim.mm import mmap as mm_
 from kpsim.mm.process import Process, mm_context
 
+from .user_rig import buddy_state
+
 M = 1 << 20
 RW = mm_.PROT_READ | mm_.PROT_WRITE
 BASE = 0x7F00_0000_0000
 FIXED = mm_.MAP_PRIVATE | mm_.MAP_ANONYMOUS | mm_.MAP_FIXED_NOREPLACE
-
-
-def alloc_state(pa: Any) -> tuple[Any, ...]:
-    lists = []
-    for o in range(11):
-        s, out, p = -1 - o, [], pa._next[-1 - o]
-        while p != s:
-            out.append(p)
-            p = pa._next[p]
-        lists.append(out)
-    return lists, dict(pa._order), dict(pa._runs), dict(pa._alloc), pa.nr_free
 
 
 def tlb_state(tlb: Any) -> dict[int, tuple[Any, ...]]:
@@ -47,7 +38,7 @@ def state(m: Any, procs: list[Process]) -> dict[str, Any]:
         "cpu": [(c.counters(), dict(c.faults), c.por_el1, c.por_el0, c._ov1, c._ov0) for c in cpus],
         "tlb": [tlb_state(c.tlb) for c in cpus],
         "spans": [dict(c.tlb.spans) for c in cpus],
-        "alloc": alloc_state(m.k.page_alloc),
+        "alloc": buddy_state(m.k.page_alloc),
         "pa_counters": dict(m.k.page_alloc.counters),
         "mapcount": ctx.mapcount.tobytes(),
         "kind": ctx.kind.tobytes(),

@@ -28,18 +28,7 @@ from kpsim.mm import mmap as mm_
 from kpsim.mm.mm_types import PAGE_SIZE, VmFlags
 from kpsim.mm.mmu_gather import MAX_GATHER_BATCH, MAX_GATHER_BATCH_COUNT, MMU_GATHER_BUNDLE
 
-from .user_rig import RW, M, T, machine, proc, region
-
-
-def _alloc_state(pa: Any) -> tuple[Any, ...]:
-    lists = []
-    for o in range(11):
-        s, out, p = -1 - o, [], pa._next[-1 - o]
-        while p != s:
-            out.append(p)
-            p = pa._next[p]
-        lists.append(out)
-    return lists, dict(pa._order), dict(pa._runs), dict(pa._alloc), pa.nr_free
+from .user_rig import RW, M, T, buddy_state, machine, proc, region
 
 
 def _state(m: Any, ps: list[Any]) -> dict[str, Any]:
@@ -50,7 +39,7 @@ def _state(m: Any, ps: list[Any]) -> dict[str, Any]:
         "tlb": [sorted((k, e[:6], e[6].tobytes()) for k, e in c.tlb.items()) for c in m.hw.cpus],
         "walks": [{t: dict(w) for t, w in c.tlb.walks.items()} for c in m.hw.cpus],
         "spans": [dict(c.tlb.spans) for c in m.hw.cpus],
-        "alloc": _alloc_state(m.k.page_alloc),
+        "alloc": buddy_state(m.k.page_alloc),
         "memmap": {p: repr(pg) for p, pg in m.k.page_alloc.memmap.pages.items()},
         "live": dict(m.k.pgtable.live),
         "mapcount": ctx.mapcount.tobytes(),

@@ -37,3 +37,16 @@ def slots(ranges: list[tuple[int, int]]) -> int:
             s.update(range(a >> sh, ((b - 1) >> sh) + 1))
         total += len(s)
     return total
+
+
+def buddy_state(pa) -> tuple[object, ...]:
+    """What decides later allocations: each free list in order, the orders, the runs,
+    the allocated blocks and the free count."""
+    lists = []
+    for o in range(11):
+        s, out, p = -1 - o, [], pa._next[-1 - o]
+        while p != s:
+            out.append(p)
+            p = pa._next[p]
+        lists.append(out)
+    return lists, dict(pa._order), dict(pa._runs), dict(pa._alloc), pa.nr_free
