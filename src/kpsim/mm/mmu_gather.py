@@ -181,8 +181,7 @@ class MmuGather:
 
         The batches are taken in runs of equal slot count (found with one
         ``np.flatnonzero``), each run added arithmetically by :meth:`_add`."""
-        n = len(addrs)
-        if n == 0:
+        if len(addrs) == 0:
             return
         first = 0  # first PTE not yet in a flushed range
         nb = len(starts)
@@ -191,38 +190,37 @@ class MmuGather:
             bounds = [0, *(np.flatnonzero(two[1:] != two[:-1]) + 1).tolist(), nb]
             for r in range(len(bounds) - 1):
                 b, e = bounds[r], bounds[r + 1]
-                slots = 2 if two[b] else 1
-                while b < e:
-                    taken, full = self._add(e - b, slots)
-                    b += taken
-                    if full:
-                        last = int(starts[b - 1]) + int(sizes[b - 1]) - 1
-                        lo = int(addrs[first])
-                        self.flush_pte_range(lo, int(addrs[last]) - lo + PAGE_SIZE)
-                        self.flush_mmu()
-                        first = last + 1
-        if first < n:
-            self.flush_pte_range(int(addrs[first]), int(addrs[-1]) - int(addrs[first]) + PAGE_SIZE)
+                first = self._add_batches(addrs, starts, sizes, b, e, 2 if two[b] else 1, first)
+        self._flush_rest(addrs, first)
 
     def remove_pte_pages(self, addrs: list[int], starts: list[int]) -> None:
         """:meth:`remove_ptes` when every batch is one page (no large folio): the same
         range widening, slot filling and flushes, on Python lists."""
-        n = len(addrs)
-        if n == 0:
-            return
-        first = 0
-        b, e = 0, len(starts)
+        if addrs:
+            self._flush_rest(addrs, self._add_batches(addrs, starts, None, 0, len(starts), 1, 0))
+
+    def _add_batches(
+        self, addrs: Any, starts: Any, sizes: Any, b: int, e: int, slots: int, first: int
+    ) -> int:
+        """Batches ``b``..``e - 1`` (``slots`` slots each; ``sizes`` None: one page each)
+        into the gather, flushing the PTE range so far whenever it runs full. Returns
+        the first PTE not yet in a flushed range."""
         while b < e:
-            taken, full = self._add(e - b, 1)
+            taken, full = self._add(e - b, slots)
             b += taken
             if full:
-                last = starts[b - 1]
-                lo = addrs[first]
-                self.flush_pte_range(lo, addrs[last] - lo + PAGE_SIZE)
+                last = int(starts[b - 1]) + (0 if sizes is None else int(sizes[b - 1]) - 1)
+                lo = int(addrs[first])
+                self.flush_pte_range(lo, int(addrs[last]) - lo + PAGE_SIZE)
                 self.flush_mmu()
                 first = last + 1
-        if first < n:
-            self.flush_pte_range(addrs[first], addrs[-1] - addrs[first] + PAGE_SIZE)
+        return first
+
+    def _flush_rest(self, addrs: Any, first: int) -> None:
+        """Widen the flush range over the PTEs after the last full-batch flush."""
+        if first < len(addrs):
+            lo = int(addrs[first])
+            self.flush_pte_range(lo, int(addrs[-1]) - lo + PAGE_SIZE)
 
     def remove_folio(self) -> bool:
         """``tlb_remove_page_size`` for a PMD-mapped folio (one slot); True: now full."""
