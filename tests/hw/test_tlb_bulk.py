@@ -139,6 +139,10 @@ def test_bulk_tier_is_invisible(fills, ops, more) -> None:
         assert bulk.bulk_any(tag, vpns) == any(
             bulk.bulk_peek((tag << ASID_SHIFT) | v) is not None for v in vpns
         )
+        for lo in range(0, 1400, 300):  # bulk_near is conservative: never a false "no"
+            few = vpns[lo // 7 : lo // 7 + 40]
+            if few and not bulk.bulk_near(tag, few[0], few[-1]):
+                assert not bulk.bulk_any(tag, few)
 
 
 def test_state_comparison_sees_a_missing_entry() -> None:

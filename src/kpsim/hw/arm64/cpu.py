@@ -476,13 +476,8 @@ class Cpu:
         d = tlb.asids.get(self.asid + 1)
         g = tlb.entries
         tag = (self.asid + 1) << ASID_SHIFT
-        runs = tlb.bulk.get(self.asid + 1)
-        bulk = (
-            bool(runs)
-            and (
-                vas[0] >> 21 != vas[-1] >> 21 or vas[0] >> 21 in runs  # type: ignore[operator]
-            )
-            and tlb.bulk_any(self.asid + 1, list(map(_SHR12, vas)))
+        bulk = tlb.bulk_near(self.asid + 1, vas[0] >> 12, vas[-1] >> 12) and tlb.bulk_any(
+            self.asid + 1, list(map(_SHR12, vas))
         )
         if (
             not bulk
@@ -588,14 +583,7 @@ class Cpu:
         r = v >> np.uint64(21)
         cuts = [0, *(np.flatnonzero(r[1:] != r[:-1]) + 1).tolist(), n]
         vpns = (v >> np.uint64(12)).astype(np.int64)
-        runs0: dict[int, Any] = self.tlb.bulk.get(0) or {}
-        bulk = (
-            bool(runs0)
-            and any(  # a page cached in the bulk tier: a hit
-                (br := runs0.get(int(r[a]))) is not None and bool(br.descs[vpns[a:b] & 511].any())
-                for a, b in pairwise(cuts)
-            )
-        )
+        bulk = self.tlb.bulk_any(0, vpns)  # a page cached in the bulk tier: a hit
         if not bulk and g.keys().isdisjoint(vpns.tolist()):
             # all misses (the usual batch): runs end only where the 2 MiB region changes;
             # the entries are made by the commit, straight into the TLB

@@ -179,28 +179,30 @@ class Tlb:
         pa = desc & OA_MASK
         return (pa, run.el1, run.el0, (desc >> 60) & 7, 3, desc, self.mem.frames[pa >> 12])
 
-    def bulk_peek(self, key: int) -> TlbEntry | None:
-        """The bulk-filled entry cached for ``key``, left where it is (None: none)."""
+    def _bulk_find(self, key: int) -> tuple[BulkRun, int] | None:
+        """The run holding a bulk-filled entry for ``key``, and its descriptor."""
         runs = self.bulk.get(key >> ASID_SHIFT)
         run = None if runs is None else runs.get((key & VPN_MASK) >> 9)
         if run is None:
             return None
         desc: int = run.descs.item(key & 511)
-        return self._expand(desc, run) if desc else None
+        return (run, desc) if desc else None
+
+    def bulk_peek(self, key: int) -> TlbEntry | None:
+        """The bulk-filled entry cached for ``key``, left where it is (None: none)."""
+        found = self._bulk_find(key)
+        return None if found is None else self._expand(found[1], found[0])
 
     def bulk_take(self, key: int) -> TlbEntry | None:
         """The bulk-filled entry cached for ``key``, moved into the dicts (a lookup that
         hits it: from then on it is an ordinary entry); None if there is none."""
-        tag = key >> ASID_SHIFT
-        runs = self.bulk.get(tag)
-        run = None if runs is None else runs.get((key & VPN_MASK) >> 9)
-        if run is None:
+        found = self._bulk_find(key)
+        if found is None:
             return None
-        desc: int = run.descs.item(key & 511)
-        if not desc:
-            return None
+        run, desc = found
         run.descs[key & 511] = 0
         e = self._expand(desc, run)
+        tag = key >> ASID_SHIFT
         if tag:
             d = self.asids.get(tag)
             if d is None:
@@ -210,21 +212,28 @@ class Tlb:
             self.entries[key] = e
         return e
 
-    def bulk_any(self, tag: int, vpns: Any) -> bool:
-        """Whether any page of ``vpns`` (page numbers, no tag) is cached in the bulk tier
-        under ``tag``."""
+    def bulk_near(self, tag: int, lo: int, hi: int) -> bool:
+        """A cheap, conservative look before :meth:`bulk_any`: False only when no bulk
+        entry of ``tag`` can lie between page numbers ``lo`` and ``hi``."""
         runs = self.bulk.get(tag)
         if not runs:
             return False
+        rlo, rhi = lo >> 9, hi >> 9
+        return rhi - rlo > 8 or any(r in runs for r in range(rlo, rhi + 1))
+
+    def bulk_any(self, tag: int, vpns: Any) -> bool:
+        """Whether any page of ``vpns`` (page numbers, no tag, any order) is cached in the
+        bulk tier under ``tag``; consecutive pages of one 2 MiB region are looked at
+        together."""
+        runs = self.bulk.get(tag)
+        if not runs or not len(vpns):
+            return False
         v = np.asarray(vpns, dtype=np.int64)
-        regions = v >> 9
-        lo, hi = int(regions.min()), int(regions.max())
-        if lo == hi:
-            run = runs.get(lo)
-            return run is not None and bool(run.descs[v & 511].any())
-        for r in np.unique(regions).tolist():
-            run = runs.get(r)
-            if run is not None and run.descs[v[regions == r] & 511].any():
+        r = v >> 9
+        cuts = [0, *(np.flatnonzero(r[1:] != r[:-1]) + 1).tolist(), len(v)]
+        for a, b in itertools.pairwise(cuts):
+            run = runs.get(int(r[a]))
+            if run is not None and run.descs[v[a:b] & 511].any():
                 return True
         return False
 
