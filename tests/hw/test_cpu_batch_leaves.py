@@ -102,3 +102,29 @@ def test_walk_run_matches_walk_entry(where: str) -> None:
     else:
         attrs = {c & ~d.OA_MASK for c in cols[0]}
         assert len(attrs) > 1 or k < len(vas)  # not the one-attribute short cut
+
+
+def test_uniform_walk_columns_match_walk_run() -> None:
+    """The array form of a one-shape run (``_walk_uniform``) gives back exactly
+    ``_walk_run``'s columns; a run with keyed table pages among others has no such form."""
+    from kpsim.hw.arm64.cpu import _UniformRun
+
+    m = boot(memory="256M", cpus=1)
+    cpu = m.hw.cpus[0]
+    layout = m.arch.layout
+    ov = np.array(cpu.por_el1_in_effect, dtype=np.int64)
+    pfns = [p for _, pfn, take in m.k.page_alloc.plan_bulk(600) for p in range(pfn, pfn + take)]
+    vas = [int(layout.pfn_to_virt(p)) for p in pfns]
+    r = np.asarray(vas, dtype=np.uint64) >> np.uint64(21)
+    cuts = [0, *(np.flatnonzero(r[1:] != r[:-1]) + 1).tolist(), len(vas)]
+    uniform = cpu._walk_uniform(vas, cuts, ov)
+    assert uniform is not None
+    descs, leaf = uniform
+    run = _UniformRun(descs, np.zeros(len(descs), dtype=np.int64), leaf[1], leaf[2])
+    want = [cpu._walk_run(vas[a:b], ov) for a, b in itertools.pairwise(cuts)]
+    assert run.columns(len(descs)) == tuple(
+        list(itertools.chain(*(w[i] for w in want))) for i in range(6)
+    )
+    pfn0 = max(m.k.pgtable.live)  # negative control: keyed table pages among free ones
+    mixed = [int(layout.pfn_to_virt(p)) for p in range(pfn0 & ~0x1FF, (pfn0 & ~0x1FF) + 512)]
+    assert cpu._walk_uniform(mixed, [0, len(mixed)], ov) is None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from itertools import chain, compress, filterfalse, pairwise, repeat
 from operator import itemgetter, not_
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
@@ -26,12 +26,12 @@ from kpsim.hw.arm64.fault import Fault
 from kpsim.hw.arm64.frame_arena import FrameArena
 from kpsim.hw.arm64.mmu import (
     KERNEL_VA_START,
-    PERMS,
     USER_VA_END,
     LeafEntry,
     leaf_perms,
     walk_entry,
     walk_entry_wc,
+    walk_leaf,
     walk_to_pte_table,
 )
 from kpsim.hw.arm64.por import overlay_table
@@ -52,7 +52,6 @@ _SHR12 = (12).__rrshift__  # va >> 12, as a C-level callable for map()
 _FIRST = itemgetter(0)
 _DESC = itemgetter(5)  # host storage for frames made many at a time
 _NOT_OA = np.uint64(~d.OA_MASK & ((1 << 64) - 1))
-_PAGE_OK = d.VALID | d.TYPE | d.AF
 
 
 def _vpn_array(vas: list[int]) -> Any:
@@ -70,15 +69,6 @@ def _disjoint(d: dict[int, Any], klo: int, khi: int, vas: list[int], tag: int) -
     return not near or set(map(tag.__or__, map(_SHR12, vas))).isdisjoint(near)
 
 
-def walk_leaf(desc: int, strip: int) -> LeafEntry | None:
-    """The level-3 leaf :func:`leaf_perms` evaluates for one descriptor (None where
-    the walk would fault: not a valid page or no Access flag)."""
-    if desc & _PAGE_OK != _PAGE_OK:
-        return None
-    el1, el0 = PERMS[((desc >> 6) & 3) | (((desc >> 53) & 3) << 2) | (((strip >> 59) & 0xF) << 4)]
-    return (desc & d.OA_MASK, el1, el0, (desc >> 60) & 7, 3, desc)
-
-
 def overlay_of(por: int) -> tuple[int, ...]:
     """:func:`overlay_table` of ``por``, computed once per register value."""
     t = _OVERLAYS.get(por)
@@ -87,6 +77,24 @@ def overlay_of(por: int) -> tuple[int, ...]:
             _OVERLAYS.clear()
         t = _OVERLAYS[por] = overlay_table(por)
     return t
+
+
+class _UniformRun(NamedTuple):
+    """Walked level-3 leaves of one shape, as :meth:`Cpu.probe_el1_stores` finds them
+    in the usual batch: descriptors and page numbers (arrays) and the rights."""
+
+    descs: Any
+    vpns: Any
+    el1: int
+    el0: int
+
+    def columns(self, n: int) -> tuple[list[int], ...]:
+        """The first ``n`` leaves as :meth:`Cpu._walk_run`'s six columns."""
+        descs = self.descs[:n]
+        pas = descs & np.uint64(d.OA_MASK)
+        return (descs.tolist(), [self.el1] * n, [self.el0] * n,
+                ((descs >> np.uint64(60)) & np.uint64(7)).tolist(), pas.tolist(),
+                (pas >> np.uint64(12)).tolist())  # fmt: skip
 
 
 class Undefined(KpsimError):
@@ -593,7 +601,7 @@ class Cpu:
                 k = len(descs)
                 got = ((descs & np.uint64(d.OA_MASK)) >> np.uint64(12)).tolist()
                 self._frames_for(got)
-                return k, (("bulk", descs, vpns[:k], leaf[1], leaf[2]), None, got)
+                return k, (_UniformRun(descs, vpns[:k], leaf[1], leaf[2]), None, got)
             i = 0
             cols: tuple[list[int], ...] = ([], [], [], [], [], [])
             for j in cuts[1:]:
@@ -758,39 +766,16 @@ class Cpu:
             self.tlb_misses += n
             self.walks += n
             self.stores += 512 * n
-            if c[0] == "bulk":  # one leaf shape: straight into the bulk tier
-                _, descs, vpns, el1_, el0_ = c
-                if n and not self.tlb.bulk_fill(0, vpns[:n], descs[:n], el1_, el0_):
-                    self.tlb.entries.update(
-                        zip(
-                            vpns[:n].tolist(),
-                            zip(
-                                (descs[:n] & np.uint64(d.OA_MASK)).tolist(),
-                                repeat(el1_),
-                                repeat(el0_),
-                                ((descs[:n] >> np.uint64(60)) & np.uint64(7)).tolist(),
-                                repeat(3),
-                                descs[:n].tolist(),
-                                map(frames.__getitem__, pfns),
-                            ),
-                            strict=True,
-                        )
-                    )
+            if not n:
                 return
-            el1, el0 = c[1], c[2]
-            if (
-                n
-                and el1.count(el1[0]) >= n
-                and el0.count(el0[0]) >= n
-                and self.tlb.bulk_fill(
-                    0,
-                    _vpn_array(vas),
-                    np.array(c[0][:n], dtype=np.uint64),
-                    el1[0],
-                    el0[0],
-                )
-            ):
-                return
+            if isinstance(c, _UniformRun):  # one leaf shape: straight into the bulk tier
+                if self.tlb.bulk_fill(0, c.vpns[:n], c.descs[:n], c.el1, c.el0):
+                    return
+                c = c.columns(n)  # a region holds other rights: the per-page form
+            elif c[1].count(c[1][0]) >= n and c[2].count(c[2][0]) >= n:  # one set of rights
+                descs = np.array(c[0][:n], dtype=np.uint64)
+                if self.tlb.bulk_fill(0, _vpn_array(vas), descs, c[1][0], c[2][0]):
+                    return
             self.tlb.entries.update(
                 zip(
                     map(_SHR12, vas),

@@ -36,6 +36,7 @@ _TRANSLATION = int(FaultKind.TRANSLATION)
 _ACCESS_FLAG = int(FaultKind.ACCESS_FLAG)
 _OA = d.OA_MASK
 _AF = d.AF
+_PAGE_OK = d.VALID | d.TYPE | d.AF
 _BLOCK_OA = (0, d.BLOCK_OA_MASK[1], d.BLOCK_OA_MASK[2], d.BLOCK_OA_MASK[3])
 #: A leaf as the TLB caches it: (page_pa, perm_el1, perm_el0, po_index, level, desc).
 LeafEntry = tuple[int, int, int, int, int, int]
@@ -155,6 +156,15 @@ def _leaf_entry(desc: int, level: int, strip: int, va: int, shift: int) -> LeafE
     el1, el0 = PERMS[((desc >> 6) & 3) | (((desc >> 53) & 3) << 2) | (((strip >> 59) & 0xF) << 4)]
     page_pa = (desc & _BLOCK_OA[level]) + (va & ((1 << shift) - 1) & ~0xFFF)
     return (page_pa, el1, el0, (desc >> 60) & 7, level, desc)
+
+
+def walk_leaf(desc: int, strip: int) -> LeafEntry | None:
+    """The level-3 leaf a walk reaching ``desc`` under the table bits ``strip`` caches
+    (None where it would fault: not a valid page, or no Access flag)."""
+    if desc & _PAGE_OK != _PAGE_OK:
+        return None
+    el1, el0 = PERMS[_perm_key(desc, strip)]
+    return (desc & _OA, el1, el0, (desc >> 60) & 7, 3, desc)
 
 
 def walk_entry(mem: PhysicalMemory, table_pa: int, va: int) -> LeafEntry | int:
