@@ -484,16 +484,19 @@ class Cpu:
         d = tlb.asids.get(self.asid + 1)
         g = tlb.entries
         tag = (self.asid + 1) << ASID_SHIFT
-        bulk = tlb.bulk_near(self.asid + 1, vas[0] >> 12, vas[-1] >> 12) and tlb.bulk_any(
-            self.asid + 1, list(map(_SHR12, vas))
-        )
+        vpns: list[int] | None = None
+        bulk = False
+        if tlb.bulk_near(self.asid + 1, vas[0] >> 12, vas[-1] >> 12):
+            vpns = list(map(_SHR12, vas))
+            bulk = tlb.bulk_any(self.asid + 1, vpns)
         if (
             not bulk
             and (d is None or _disjoint(d, tag | (vas[0] >> 12), tag | (vas[-1] >> 12), vas, tag))
             and (not tlb.user_global or g.keys().isdisjoint(map(_SHR12, vas)))
         ):
             return None  # every page misses (the usual batch), found without a list
-        vpns = list(map(_SHR12, vas))
+        if vpns is None:
+            vpns = list(map(_SHR12, vas))
         hits: list[TlbEntry | None]
         hits = [None] * len(vpns) if d is None else list(map(d.get, map(tag.__or__, vpns)))
         if bulk:  # as the dicts would answer if the bulk entries were in them
