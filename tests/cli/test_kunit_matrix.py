@@ -66,6 +66,7 @@ def test_kunit_json_carries_the_counters(capsys):
 
 
 def test_kunit_text_output(capsys):
-    assert main(["kunit", "--memory", "256M"]) == 0
+    """--text: the table, whatever stdout is (piped output is KTAP by default)."""
+    assert main(["kunit", "--memory", "256M", "--text"]) == 0
     out = capsys.readouterr().out
     assert "passed 5, failed 0, skipped 0" in out and "write_user_pmd" in out

@@ -6,6 +6,10 @@ Each case picks one page-table entry, writes its own value back with
 write must be stopped by the overlay because the table page carries pkey 1. Cases
 skip when kpkeys are not supported (no POE). With the feature off every write lands,
 so every case fails: the suite can fail.
+
+Each check keeps what the exception handler saw for a blocked write (ESR_EL1 and
+FAR_EL1 of the fixed-up abort, :func:`copy_to_kernel_nofault_fault`) so that
+``kpsim kunit`` can show why it was blocked; the kernel's test only sees ``-EFAULT``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from kpsim.errors import KpsimError
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.kpkeys.context import kpkeys_enabled
 from kpsim.mm.gfp import GFP_KERNEL
-from kpsim.mm.maccess import EFAULT, copy_to_kernel_nofault
+from kpsim.mm.maccess import EFAULT, copy_to_kernel_nofault_fault
 from kpsim.mm.process import kunit_vm_mmap
 
 LEVELS = {1: "pud", 2: "pmd", 3: "pte"}
@@ -26,12 +30,28 @@ LEVELS = {1: "pud", 2: "pmd", 3: "pte"}
 
 @dataclass
 class Check:
+    """One ``copy_to_kernel_nofault()`` of an entry onto itself: the entry's level and
+    linear-map address, the return value, and the fault (ESR, FAR) if it was blocked."""
+
     level: str
     result: int
     expected: int = EFAULT
+    entry_va: int = 0
+    esr: int | None = None
+    far: int | None = None
+    far_leaf: tuple[int, int] | None = None  # (level, descriptor) mapping FAR at the fault
 
     def as_dict(self) -> dict[str, object]:
-        return {"level": self.level, "result": self.result, "expected": self.expected}
+        leaf = self.far_leaf
+        return {
+            "level": self.level,
+            "result": self.result,
+            "expected": self.expected,
+            "entry_va": f"{self.entry_va:#x}",
+            "esr": None if self.esr is None else f"{self.esr:#018x}",
+            "far": None if self.far is None else f"{self.far:#018x}",
+            "far_leaf": None if leaf is None else {"level": leaf[0], "value": f"{leaf[1]:#018x}"},
+        }
 
 
 @dataclass
@@ -66,6 +86,18 @@ def _entry_ptrs_from(arch: Any, pgdp: int, addr: int) -> dict[int, int]:
     return out
 
 
+def _leaf_of(arch: Any, addr: int) -> tuple[int, int] | None:
+    """(level, descriptor) of the swapper leaf mapping ``addr`` now, or None."""
+    ptr = arch.pgd_offset_k(addr)
+    for level in range(4):
+        value = arch.read_entry(ptr)
+        k = d.kind(value, level)
+        if k is not d.Kind.TABLE or level == 3:
+            return (level, value) if d.is_leaf(value, level) else None
+        ptr = arch.next_offset(ptr, addr, level + 1)
+    return None
+
+
 def _probe(case: Case, arch: Any, ptrs: dict[int, int], levels: tuple[int, ...]) -> None:
     cpu = arch.cpu
     for level in levels:
@@ -74,11 +106,18 @@ def _probe(case: Case, arch: Any, ptrs: dict[int, int], levels: tuple[int, ...])
             case.message += f"no {LEVELS[level]} entry; "
             continue
         ptr = ptrs[level]
-        ret = copy_to_kernel_nofault(cpu, ptr, arch.read_entry(ptr))
-        case.checks.append(Check(LEVELS[level], ret))
+        ret, fault = copy_to_kernel_nofault_fault(cpu, ptr, arch.read_entry(ptr))
+        check = Check(LEVELS[level], ret, entry_va=ptr)
+        if fault is not None:
+            check.esr, check.far = fault.esr, fault.far
+            check.far_leaf = _leaf_of(arch, fault.far)
+        case.checks.append(check)
         if ret != EFAULT:
             case.status = "fail"
-            case.message += f"write to {LEVELS[level]} entry at {ptr:#x} succeeded; "
+            case.message += (
+                f"Direct {LEVELS[level].upper()} write wasn't prevented "
+                f"(write to {LEVELS[level]} entry at {ptr:#x} succeeded); "
+            )
 
 
 def write_direct_map_pgtables(m: Any, case: Case) -> None:
