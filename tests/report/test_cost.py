@@ -179,3 +179,35 @@ def test_replace_rejects_unknown_event():
     """Replacing a cost that does not exist is an InputError, never a silent new entry."""
     with pytest.raises(InputError, match="nosuch"):
         default_costs().replace({"nosuch": 1.0})
+
+
+def test_every_default_says_where_its_number_comes_from():
+    """Provenance (issue 13): each default has a source; cited and derived ones name the
+    citation or reasoning; every non-definition entry says when it was set against the
+    published tables. The control: definitions are exactly the zero-or-one entries."""
+    from kpsim.report.cost import SOURCES
+
+    costs = default_costs()
+    for name in costs.names:
+        e = costs.entries[name]
+        assert e.source in SOURCES, name
+        if e.source in ("cited", "derived"):
+            assert len(e.ref) > 20, name
+        if e.status == "definition":
+            assert e.source == "definition" and e.cycles in (0.0, 1.0), name
+        else:
+            assert e.source != "definition" and "published tables" in e.history, name
+
+
+def test_defaults_with_a_bad_source_are_rejected():
+    """The defaults' loader refuses a source outside SOURCES or a missing one (file and
+    line); the control: the same entry with a valid source loads."""
+    from kpsim.report.cost import parse_defaults
+
+    head = '[costs]\nisb = { cycles = 1, status = "unknown"'
+    ok = parse_defaults(head + ', source = "assumed" }\n', "c")
+    assert ok.entries["isb"].source == "assumed"
+    with pytest.raises(InputError, match=r"c:2.*bad source 'guess'"):
+        parse_defaults(head + ', source = "guess" }\n', "c")
+    with pytest.raises(InputError, match="expected"):
+        parse_defaults(head + " }\n", "c")

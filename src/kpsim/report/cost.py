@@ -29,6 +29,7 @@ from kpsim.machine.scenario import TomlDoc, parse_toml
 
 __all__ = [
     "EVENTS",
+    "SOURCES",
     "CostEntry",
     "CostTable",
     "Estimate",
@@ -56,7 +57,12 @@ EVENTS: Final[tuple[str, ...]] = (
     "syscall", "context_switches", "lazy_mmu_sections", "kpkeys_guard_entries", "other_cycles",
 )  # fmt: skip
 STATUSES: Final[tuple[str, ...]] = ("unknown", "definition", "override", "fitted")
+#: Where a default's number comes from (costs.toml header): a published measurement, a
+#: derivation from what the operation does, a measurement on the host, an assumption,
+#: or the counter's definition.
+SOURCES: Final[tuple[str, ...]] = ("cited", "derived", "host", "assumed", "definition")
 _DEFAULTS_NAME: Final = "kpsim/report/data/costs.toml"
+_DEFAULT_FIELDS: Final = frozenset({"cycles", "status", "source", "ref", "history"})
 _BARE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -66,11 +72,17 @@ class ZeroBaselineError(KpsimError, ZeroDivisionError):
 
 @dataclass(frozen=True, slots=True)
 class CostEntry:
-    """The cost of one event in cycles; ``status`` says where the number comes from."""
+    """The cost of one event in cycles; ``status`` says whether it was fitted or
+    overridden, ``source`` where a default's number comes from (``SOURCES``), ``ref``
+    the citation or derivation, ``history`` when it was set against the published tables.
+    """
 
     name: str
     cycles: float
     status: str
+    source: str = "definition"
+    ref: str = ""
+    history: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +116,8 @@ class CostTable:
             raise InputError(f"unknown cost event(s): {', '.join(unknown)}")
         entries = dict(self.entries)
         for name, cycles in updates.items():
-            entries[name] = CostEntry(name, float(cycles), status)
+            old = entries[name]
+            entries[name] = CostEntry(name, float(cycles), status, old.source, old.ref, old.history)
         return CostTable(MappingProxyType(entries))
 
 
@@ -112,15 +125,34 @@ class CostTable:
 def default_costs() -> CostTable:
     """The shipped defaults (``report/data/costs.toml``)."""
     text = resources.files("kpsim.report").joinpath("data", "costs.toml").read_text("utf-8")
-    doc = parse_toml(text, _DEFAULTS_NAME)
+    return parse_defaults(text, _DEFAULTS_NAME)
+
+
+def parse_defaults(text: str, file: str) -> CostTable:
+    """A cost table in the defaults' form: ``name = { cycles, status, source[, ref,
+    history] }`` per entry; a malformed entry is ``InputError`` with file and line."""
+    doc = parse_toml(text, file)
     entries: dict[str, CostEntry] = {}
     for name, value in _costs_table(doc).items():
-        if not isinstance(value, dict) or set(value) != {"cycles", "status"}:
-            raise doc.error(("costs", name), f"{name}: expected {{ cycles = N, status = S }}")
+        if not isinstance(value, dict) or not (
+            {"cycles", "status", "source"} <= set(value) <= _DEFAULT_FIELDS
+        ):
+            raise doc.error(
+                ("costs", name), f"{name}: expected {{ cycles = N, status = S, source = P }}"
+            )
         if value["status"] not in STATUSES[:2]:
             raise doc.error(("costs", name), f"{name}: bad status {value['status']!r}")
+        if value["source"] not in SOURCES:
+            raise doc.error(("costs", name), f"{name}: bad source {value['source']!r}")
         cycles = _cycles(doc, name, value["cycles"])
-        entries[name] = CostEntry(name, cycles, str(value["status"]))
+        entries[name] = CostEntry(
+            name,
+            cycles,
+            str(value["status"]),
+            str(value["source"]),
+            str(value.get("ref", "")),
+            str(value.get("history", "")),
+        )
     return CostTable(MappingProxyType(entries))
 
 
@@ -160,7 +192,7 @@ def parse_cost_overrides(
             near = ", ".join(sorted(n for n in names if n[:3] == name[:3])) or "see costs.toml"
             raise doc.error(("costs", name), f"costs.{name}: unknown event (known: {near})")
         if isinstance(value, dict):
-            if "cycles" not in value or not set(value) <= {"cycles", "status"}:
+            if "cycles" not in value or not set(value) <= _DEFAULT_FIELDS:
                 raise doc.error(("costs", name), f"costs.{name}: expected {{ cycles = N }}")
             value = value["cycles"]
         out[name] = _cycles(doc, name, value)
