@@ -14,3 +14,10 @@ from hypothesis import settings
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_report_header(config: object) -> str:
+    """Say whether this run tests the compiled core or pure Python (src/kpsim/_core.py)."""
+    from kpsim import _core
+
+    return f"kpsim core: {_core.STATE}"

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kpsim import _core
+
+_core.install()  # before anything imports a module the compiled core may replace
+
 __all__ = ["Machine", "boot"]
 __version__ = "0.1.0"
 
