@@ -12,6 +12,7 @@ import pytest
 
 from kpsim.cli.main import main
 from kpsim.cli.run import DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME
+from kpsim.engine.job import execute
 from kpsim.machine import config as machine_config_mod
 from kpsim.machine.scenario import load_scenario, machine_config, parse_scenario
 from kpsim.workloads import registry
@@ -56,8 +57,6 @@ def run_json(capsys, argv):
 def small_doc(tmp_path_factory):
     """One run of SMALL, shared by the structure tests (each run boots 5 machines)."""
     path = write(tmp_path_factory.mktemp("run"), SMALL)
-    from kpsim.cli.run import execute
-
     return execute(load_scenario(path))
 
 

@@ -1,39 +1,24 @@
-"""``kpsim run [SCENARIO]``: the main job (issue 7, item 5).
+"""``kpsim run [SCENARIO]``: the main job (issue 7, item 5), parsing and printing only.
 
-Reads a scenario (``kpsim.machine.scenario``; with no argument the built-in
-:data:`DEFAULT_SCENARIO`, shipped as ``examples/scenarios/default.toml``), then:
-
-1. boots the scenario's machine before ``mark_rodata_ro`` and runs the KUnit suite
-   ``kpkeys_hardened_pgtables`` on it, marks rodata read-only and audits it;
-2. runs every ``[[workload]]`` twice, each time on a freshly booted machine: with
-   ``kpkeys_hardened_pgtables`` on and with it off (same machine, same seed), keeps the
-   counter delta of each run and audits each machine afterwards;
-3. prices both runs with the cost model (``report/cost.py``; ``--costs FILE``
-   overrides entries): the overhead is the estimate on against off, decomposed into
-   the events that differ;
-4. records the linear map's composition at boot and after each feature-on run;
-5. runs the ``[attack]`` campaign (``kpsim.attack``) on a fresh feature-on machine
-   and, as its negative control, on a feature-off one.
-
-It prints one screen, or with ``--json`` one document; ``--out DIR`` also writes
-``run.json``, ``run.txt`` and the ``scenario.toml`` used. Machine options override the
-scenario's ``[machine]``/``[kernel]`` fields. Exit status 1 if a KUnit case fails or
-the audit finds a violation, or an in-threat-model attack write lands with the
-feature on; 2 on bad input (checked before anything runs).
-
-A scenario whose ``[kernel]`` turns ``hardened_pgtables`` off runs each workload once,
-feature off, and reports no overhead (there is nothing to compare).
+The job itself is :func:`kpsim.engine.job.execute` (KUnit, audit, every workload with
+the feature on and off, the overhead, the linear map, the attack campaign); this verb
+reads the scenario (with no argument the built-in
+:data:`~kpsim.engine.job.DEFAULT_SCENARIO`, shipped as
+``examples/scenarios/default.toml``), passes the command-line overrides, shows a
+progress bar on a terminal, and prints one screen, or with ``--json`` the engine's
+document; ``--out DIR`` also writes ``run.json``, ``run.txt`` and the ``scenario.toml``
+used. Exit status 1 if a KUnit case fails or the audit finds a violation, or an
+in-threat-model attack write lands with the feature on; 2 on bad input (checked before
+anything runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,90 +28,15 @@ from rich.text import Text
 
 from kpsim.cli.common import add_json, console, emit_json
 from kpsim.cli.machine_opts import add_machine_options
-from kpsim.errors import ConfigError, InputError, OutOfMemory
-from kpsim.machine.boot import Machine
-from kpsim.machine.config import MachineConfig
-from kpsim.machine.scenario import Scenario, WorkloadSpec, machine_config, parse_scenario
+from kpsim.engine.job import DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME, OPTION_FIELDS, execute
+from kpsim.errors import InputError
+from kpsim.machine.scenario import Scenario, parse_scenario
 
 __all__ = ["DEFAULT_SCENARIO", "DEFAULT_SCENARIO_NAME", "execute", "register", "render", "run"]
 
-DEFAULT_SCENARIO_NAME = "<built-in default scenario>"
-
-#: The scenario ``kpsim run`` runs with no argument (``examples/scenarios/default.toml``
-#: holds the same text). micromm maps 128 MiB instead of the series' 1 GiB so that the
-#: whole run takes seconds; its costs grow linearly with the size on both sides, so the
-#: overhead (a ratio) barely moves (see docs/fidelity.md).
-DEFAULT_SCENARIO = """\
-# kpsim's built-in default scenario: what `kpsim run` runs with no argument.
-# A small arm64 machine with POE, kpkeys_hardened_pgtables on (PTE-mapped linear map,
-# minimal allocator, batching on), running the series' benchmarks (RFC v5 cover letter)
-# at reduced sizes. Each workload runs with the feature on and off on fresh machines.
-seed = 0
-
-[machine]
-memory = "1G"
-cpus = 2
-poe = true
-
-[kernel]
-linear_map = "pte"
-hardened_pgtables = true
-batching = true
-pt_reclaim = true
-
-[[workload]]
-name = "kernbench"
-processes = 24
-
-[[workload]]
-name = "micromm.fork"
-size = "128M"
-h = 0
-
-[[workload]]
-name = "micromm.fork"
-size = "128M"
-h = 1
-
-[[workload]]
-name = "micromm.munmap"
-size = "128M"
-h = 0
-
-[[workload]]
-name = "micromm.munmap"
-size = "128M"
-h = 1
-
-[[workload]]
-name = "vmalloc.fix_size_alloc"
-pages = 1
-
-[[workload]]
-name = "vmalloc.fix_size_alloc"
-pages = 256
-
-[[workload]]
-name = "vmalloc.random_size_alloc"
-
-[[workload]]
-name = "vmalloc.vm_map_ram"
-pages = 16
-"""
-
 # Machine options whose value was not given on the command line stay None, so that
 # only explicit options override the scenario.
-_OPTION_FIELDS = (
-    "memory",
-    "cpus",
-    "poe",
-    "linear_map",
-    "seed",
-    "hardened_pgtables",
-    "allocator",
-    "batching",
-    "allow_unsafe_split",
-)
+_OPTION_FIELDS = OPTION_FIELDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -174,41 +84,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in _OPTION_FIELDS if getattr(args, k, None) is not None}
 
 
-def _validate_workloads(scenario: Scenario) -> list[dict[str, Any]]:
-    """Each workload's parameters, checked by the registry (defaults filled in)."""
-    from kpsim.workloads.registry import WORKLOADS, validate_params
-
-    out = []
-    for spec in scenario.workloads:
-        if spec.name not in WORKLOADS:
-            known = ", ".join(sorted(WORKLOADS))
-            raise spec.error("name", f"unknown workload {spec.name!r} (known: {known})")
-        out.append(validate_params(spec.name, spec.params, spec=spec))
-    return out
-
-
-def _boot(
-    cfg: MachineConfig, scenario: Scenario, overrides: Mapping[str, Any], **kw: Any
-) -> Machine:
-    """Boot ``cfg``; a configuration refused at boot is blamed on the scenario's line."""
-    try:
-        return Machine.boot(cfg, **kw)
-    except ConfigError as err:
-        for key in ("allocator", "linear_map", "hardened_pgtables", "poe"):
-            if key in overrides:
-                raise
-            if scenario.section(key) is not None:
-                raise scenario.error(key, err.problem, config=True) from None
-        raise
-
-
 # --------------------------------------------------------------------------- progress
 
 
 class _Progress:
-    """A rich progress bar on a terminal (stdout a tty, not --json); no-op otherwise."""
+    """A rich progress bar on a terminal (stdout a tty, not --json); no-op otherwise.
+    Called by the engine as each step starts (:data:`kpsim.engine.job.ProgressFn`)."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, enabled: bool) -> None:
         self._bar: Any = None
         self._task: Any = None
         if not enabled:
@@ -231,188 +114,23 @@ class _Progress:
             console=Console(stderr=False),
             transient=True,
         )
-        self._task = self._bar.add_task("booting", total=total)
 
-    @contextmanager
-    def step(self, label: str) -> Iterator[None]:
-        if self._bar is not None:
-            self._bar.update(self._task, description=label)
-        yield
-        if self._bar is not None:
-            self._bar.advance(self._task)
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if self._bar is None:
+            return
+        if self._task is None:
+            self._task = self._bar.add_task(label, total=total)
+        self._bar.update(self._task, description=label, completed=done, total=total)
 
-    def __enter__(self) -> _Progress:
-        if self._bar is not None:
-            self._bar.start()
+    def __enter__(self) -> _Progress | None:
+        if self._bar is None:
+            return None
+        self._bar.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
-
-
-# --------------------------------------------------------------------------- the run
-
-
-def _attack_config(scenario: Scenario, cfg: MachineConfig) -> Any:
-    """The validated ``[attack]`` campaign (``None`` without one); bad input is exit 2."""
-    if scenario.attack is None:
-        return None
-    from kpsim.attack import validate_attack
-
-    config = validate_attack(scenario.attack)
-    if not 0 <= config.cpu < cfg.cpus:
-        problem = f"attacker cpu {config.cpu}: the machine has {cfg.cpus} CPU(s)"
-        raise scenario.attack.error("cpu", problem)
-    return config
-
-
-def _label(spec: WorkloadSpec) -> str:
-    shown = " ".join(f"{k}={_short(v)}" for k, v in spec.params.items())
-    return f"{spec.name} {shown}".strip()
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, list):
-        return ",".join(_short(v) for v in value)
-    return str(value)
-
-
-def execute(
-    scenario: Scenario,
-    *,
-    overrides: Mapping[str, Any] | None = None,
-    costs_path: str | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Run ``scenario``; the whole result as one JSON-able document."""
-    from kpsim.audit.invariants import audit
-    from kpsim.kpkeys.kunit import run_suite
-    from kpsim.report.cost import (
-        ZeroBaselineError,
-        estimate,
-        load_costs,
-        overhead_breakdown,
-    )
-    from kpsim.report.linear_map import linear_map_report
-    from kpsim.workloads.registry import run_workload
-
-    over = dict(overrides or {})
-    costs = load_costs(costs_path)
-    cfg = machine_config(scenario, over)
-    params = _validate_workloads(scenario)
-    feature = cfg.hardened_pgtables
-    variants: list[tuple[str, MachineConfig]] = [("on", cfg)] if feature else []
-    variants.append(("off", dataclasses.replace(cfg, hardened_pgtables=False)))
-    attack_cfg = _attack_config(scenario, cfg)
-    steps = 1 + len(scenario.workloads) * len(variants)
-    steps += len(variants) if attack_cfg is not None else 0
-
-    violations: list[dict[str, Any]] = []
-    audited = 0
-
-    def check(m: Machine, where: str) -> None:
-        nonlocal audited
-        audited += 1
-        for v in audit(m):
-            violations.append({"machine": where, **v.as_dict()})
-
-    workloads: list[dict[str, Any]] = []
-    after: dict[str, Any] = {}
-    attack: dict[str, Any] | None = None
-    with _Progress(steps, progress) as bar:
-        with bar.step("boot, KUnit kpkeys_hardened_pgtables, audit"):
-            m = _boot(cfg, scenario, over, rodata_ro=False)
-            if feature:
-                kunit: dict[str, Any] = dict(run_suite(m))
-            else:
-                kunit = {"suite": "kpkeys_hardened_pgtables", "run": False,
-                         "reason": "kpkeys_hardened_pgtables is off in this scenario",
-                         "cases": [], "passed": 0, "failed": 0, "skipped": 0}  # fmt: skip
-            m.mark_rodata_ro()
-            check(m, "boot")
-            at_boot = linear_map_report(m)
-            del m
-        for i, (spec, values) in enumerate(zip(scenario.workloads, params, strict=True)):
-            entry: dict[str, Any] = {
-                "index": i + 1,
-                "name": spec.name,
-                "label": _label(spec),
-                "params": values,
-                "line": spec.line,
-            }
-            for variant, vcfg in variants:
-                with bar.step(f"{_label(spec)} (feature {variant})"):
-                    m = _boot(vcfg, scenario, over)
-                    try:
-                        counts = dict(run_workload(m, spec.name, values, seed=cfg.seed))
-                    except OutOfMemory as err:
-                        problem = (
-                            f"the simulated machine ran out of memory ({err}); "
-                            "use smaller sizes or more [machine] memory"
-                        )
-                        raise spec.error(None, problem) from None
-                    check(m, f"#{i + 1} {spec.name} (feature {variant})")
-                    if variant == "on":
-                        lm = linear_map_report(m)
-                        if lm["mappings"] != at_boot["mappings"]:
-                            after[f"#{i + 1} {spec.name}"] = lm
-                    del m
-                e = estimate(counts, costs)
-                entry[variant] = {
-                    "counters": dict(sorted(counts.items())),
-                    "cycles": e.total,
-                    "breakdown": dict(e.breakdown),
-                }
-            if feature:
-                try:
-                    ov = overhead_breakdown(
-                        entry["on"]["counters"], entry["off"]["counters"], costs
-                    )
-                    entry["overhead"] = {
-                        "percent": ov.percent,
-                        "contributions": dict(ov.contributions),
-                    }
-                except ZeroBaselineError:
-                    entry["overhead"] = None
-            else:
-                entry["overhead"] = None
-            workloads.append(entry)
-        if attack_cfg is not None:
-            from kpsim.attack import run_attack
-
-            attack = {}
-            for variant, vcfg in variants:
-                with bar.step(f"attack campaign (feature {variant})"):
-                    m = _boot(vcfg, scenario, over)
-                    attack[variant] = run_attack(m, attack_cfg).as_json()
-                    check(m, f"attack (feature {variant})")
-                    del m
-
-    status = 1 if kunit.get("failed") or violations or _attack_succeeded(attack) else 0
-    return {
-        "scenario": {
-            "path": scenario.path,
-            "seed": scenario.seed,
-            "workloads": [{"name": s.name, "params": s.params} for s in scenario.workloads],
-            "attack": scenario.attack.params if scenario.attack is not None else None,
-        },
-        "machine": cfg.as_dict(),
-        "kunit": kunit,
-        "audit": {"machines": audited, "violations": violations},
-        "workloads": workloads,
-        "linear_map": {"at_boot": at_boot, "after": after},
-        "attack": attack,
-        "costs": {"source": costs_path or "built-in", "cycles": costs.as_dict()},
-        "status": status,
-    }
-
-
-def _attack_succeeded(attack: Mapping[str, Any] | None) -> bool:
-    """An in-threat-model write landed with the feature on."""
-    return bool(attack and attack.get("on", {}).get("exit_status"))
 
 
 # --------------------------------------------------------------------------- the screen
@@ -763,7 +481,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as err:
             raise InputError(f"--out: cannot write: {err.strerror or err}", file=args.out) from None
     tty = sys.stdout.isatty() and not args.json
-    doc = execute(scenario, overrides=_overrides(args), costs_path=args.costs, progress=tty)
+    with _Progress(tty) as bar:
+        doc = execute(scenario, overrides=_overrides(args), costs_path=args.costs, progress=bar)
     if args.out:
         _write_out(args.out, doc, text)
     if args.json:
