@@ -15,6 +15,7 @@ anything runs).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import sys
@@ -28,15 +29,24 @@ from rich.text import Text
 
 from kpsim.cli.common import add_json, console, emit_json
 from kpsim.cli.machine_opts import add_machine_options
-from kpsim.engine.job import DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME, OPTION_FIELDS, execute
+from kpsim.engine.job import (
+    AUDIT_MODES,
+    DEFAULT_SCENARIO,
+    DEFAULT_SCENARIO_NAME,
+    OPTION_FIELDS,
+    execute,
+)
 from kpsim.errors import InputError
 from kpsim.machine.scenario import Scenario, parse_scenario
+from kpsim.machine.scenario_text import parse_workload_option, scenario_toml
 
 __all__ = ["DEFAULT_SCENARIO", "DEFAULT_SCENARIO_NAME", "execute", "register", "render", "run"]
 
 # Machine options whose value was not given on the command line stay None, so that
 # only explicit options override the scenario.
 _OPTION_FIELDS = OPTION_FIELDS
+
+COMMAND_LINE = "<command line>"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -54,6 +64,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--out", metavar="DIR", help="also write run.json, run.txt, scenario.toml")
     p.add_argument("--costs", metavar="FILE", help="TOML [costs] table overriding event costs")
     p.add_argument(
+        "--workload",
+        action="append",
+        metavar="NAME[:KEY=VALUE,...]",
+        help="run this workload (repeatable; replaces the scenario's workloads; without "
+        "SCENARIO, on the default machine), e.g. micromm.fork:size=1G,h=0",
+    )
+    p.add_argument(
+        "--audit",
+        choices=AUDIT_MODES,
+        default="end",
+        help="end: audit every machine after its run (default); full: also check every "
+        "free while workloads run; none: no audit (large machines)",
+    )
+    p.add_argument(
         "--list-workloads",
         action="store_true",
         help="list the built-in workloads and their parameters, then exit",
@@ -68,7 +92,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _load(args: argparse.Namespace) -> tuple[Scenario, str]:
+    """The scenario to run and its text as given (``--workload`` options replace its
+    workloads; with no file they run on the default machine configuration)."""
+    options = [parse_workload_option(t) for t in args.workload or ()]
     if args.scenario is None:
+        if options:
+            s = Scenario({}, {}, options, None, 0, COMMAND_LINE)
+            return s, scenario_toml(s)
         return parse_scenario(DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME), DEFAULT_SCENARIO
     path = Path(args.scenario)
     try:
@@ -77,7 +107,33 @@ def _load(args: argparse.Namespace) -> tuple[Scenario, str]:
         raise InputError(f"cannot read scenario: {err.strerror or err}", file=str(path)) from None
     except UnicodeDecodeError as err:
         raise InputError(f"scenario is not UTF-8 text ({err.reason})", file=str(path)) from None
-    return parse_scenario(text, str(path)), text
+    s = parse_scenario(text, str(path))
+    return (dataclasses.replace(s, workloads=options), text) if options else (s, text)
+
+
+def _saved_scenario(args: argparse.Namespace, scenario: Scenario, text: str) -> str:
+    """What ``--out`` saves as scenario.toml: the text as given if nothing on the command
+    line changed it, else the scenario that ran, every override applied."""
+    over = _overrides(args)
+    if not over and not args.workload:
+        return text
+    shown = " ".join(_option_words(args))
+    header = (
+        f"The scenario `kpsim run` ran: {scenario.path} with {shown} applied.\n"
+        "Re-running this file reproduces the run."
+    )
+    return scenario_toml(scenario, over, header=header)
+
+
+def _option_words(args: argparse.Namespace) -> list[str]:
+    words = [f"--workload {w}" for w in args.workload or ()]
+    for key, value in _overrides(args).items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else flag.replace("--", "--no-", 1))
+        else:
+            words.append(f"{flag} {value}")
+    return words
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -183,7 +239,12 @@ def _kunit_line(k: Mapping[str, Any]) -> Text:
 
 def _audit_lines(a: Mapping[str, Any]) -> list[Text]:
     v = a["violations"]
+    mode = a.get("mode", "end")
+    if mode == "none":
+        return [Text("not run (--audit none)", style="yellow")]
     where = f"{a['machines']} machines (after boot and after every run)"
+    if mode == "full":
+        where = f"{a['machines']} machines (after boot and after every run, every free watched)"
     if not v:
         return [Text(f"clean: 0 violations on {where}", style="green")]
     out = [Text(f"{len(v)} VIOLATION(S) on {where}", style="bold red")]
@@ -482,9 +543,15 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--out: cannot write: {err.strerror or err}", file=args.out) from None
     tty = sys.stdout.isatty() and not args.json
     with _Progress(tty) as bar:
-        doc = execute(scenario, overrides=_overrides(args), costs_path=args.costs, progress=bar)
+        doc = execute(
+            scenario,
+            overrides=_overrides(args),
+            costs_path=args.costs,
+            audit=args.audit,
+            progress=bar,
+        )
     if args.out:
-        _write_out(args.out, doc, text)
+        _write_out(args.out, doc, _saved_scenario(args, scenario, text))
     if args.json:
         emit_json(doc)
     else:

@@ -308,7 +308,7 @@ def execute(
     workloads = []
     for i, (spec, values) in enumerate(zip(scenario.workloads, params, strict=True)):
         entry: dict[str, Any] = {"index": i + 1, "name": spec.name, "label": workload_label(spec),
-                                 "params": values, "line": spec.line}  # fmt: skip
+                                 "params": values}  # fmt: skip
         for variant, vcfg in variants:
             with steps.step(f"{workload_label(spec)} (feature {variant})"):
                 counts, lm = _run_one(vcfg, scenario, over, spec, values, auditor,
@@ -325,7 +325,7 @@ def execute(
     return {
         "scenario": {
             "path": scenario.path,
-            "seed": scenario.seed,
+            "seed": cfg.seed,  # the seed that ran (an override's, else the scenario's)
             "workloads": [{"name": s.name, "params": s.params} for s in scenario.workloads],
             "attack": scenario.attack.params if scenario.attack is not None else None,
         },
