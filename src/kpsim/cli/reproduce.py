@@ -4,9 +4,17 @@ Each published row names a built-in workload (``row.workload`` with ``row.params
 kpsim's names, report/data/published_*.toml). The row's workload is run on fresh
 machines: feature off, feature on with lazy-MMU batching, feature on without it (for
 the v5-as-posted table, whose mock made ``set_memory_pkey()`` a no-op, the ON runs
-are made with that call a no-op too). The counted events of each run go to
-:func:`kpsim.report.fit.reproduce`, which fits the unknown costs on the ``--fit`` rows
-and predicts the others. Runs are cached per (workload, parameters, configuration),
+are made with that call a no-op too). What is done with the counted events of each run:
+
+- by default they are priced with the shipped calibration
+  (:mod:`kpsim.report.calibration`: the costs ``kpsim run`` and ``replay --cost``
+  quote), every figure with its interval;
+- ``--fit ROWS`` fits the ``--params`` costs on those rows and predicts the others
+  (:func:`kpsim.report.fit.fit`);
+- ``--cv`` cross-validates leaving one benchmark family out at a time, next to the
+  trivial baselines, and checks the fit on the v4 table as a second test set
+  (:mod:`kpsim.report.validate`); ``--write-calibration FILE`` writes the calibration.
+ Runs are cached per (workload, parameters, configuration),
 so a run shared by several rows or modes is made once.
 
 kernbench rows: ``system time`` is every counted event except the user-space cycles
@@ -26,14 +34,18 @@ from typing import Any
 from kpsim.cli.common import add_json, check_writable, console, emit_json, int_arg
 from kpsim.errors import InputError
 from kpsim.events import Counters
-from kpsim.report.cost import CostTable, load_costs
+from kpsim.report.calibration import calibration, calibration_toml, costs_for, describe
+from kpsim.report.cost import CostTable, load_costs, overhead
+from kpsim.report.validate import CVResult, constant_rows, cross_validate
 from kpsim.report.fit import (
     DEFAULT_FIT_ROWS,
     DEFAULT_PARAMS,
     FitResult,
     FitSpec,
+    collect_counts,
+    evaluate,
+    fit,
     parse_params,
-    reproduce,
 )
 from kpsim.report.published import (
     TABLE_NAMES,
@@ -182,9 +194,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "reproduce",
         help="run the series' benchmarks in the model and compare with a published table",
-        description="Fit the unknown costs on some published rows (--fit) and predict the "
-        "others; prints published, modelled and error per row and the mean absolute error "
-        "over the predicted rows.",
+        description="Price the series' benchmarks with the shipped calibrated costs (the "
+        "figures kpsim run quotes), or fit costs on some rows (--fit) and predict the "
+        "others, or cross-validate leaving one benchmark family out (--cv).",
     )
     p.add_argument(
         "--table",
@@ -194,20 +206,38 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--fit",
-        default=DEFAULT_FIT_ROWS,
+        default=None,
         metavar="ROWS",
-        help=f"rows the costs are fitted on (default {DEFAULT_FIT_ROWS}); "
-        "groups kernbench, fork, munmap, vmalloc, vm_map_ram, tests or keys",
+        help="fit the --params costs on these rows and predict the others (e.g. "
+        f"{DEFAULT_FIT_ROWS}); groups kernbench, fork, munmap, vmalloc, vm_map_ram, tests "
+        "or keys. Without it the shipped calibration's costs are used, no fit",
+    )
+    p.add_argument(
+        "--cv",
+        action="store_true",
+        help="leave-one-family-out cross-validation with trivial baselines and the v4 "
+        "table as a second test set",
     )
     p.add_argument("--rows", default="all", metavar="ROWS", help="rows to run at all (default all)")
     p.add_argument(
         "--params",
-        default=DEFAULT_PARAMS,
+        default=None,
         metavar="GROUPS",
-        help=f"costs fitted, '+' groups scale together (default {DEFAULT_PARAMS})",
+        help="costs fitted, '+' groups scale together (default: the calibration's, "
+        f"{DEFAULT_PARAMS})",
     )
-    p.add_argument("--costs", metavar="FILE", help="cost file: overrides the defaults")
+    p.add_argument(
+        "--costs",
+        metavar="FILE",
+        help="cost file over the priors ('defaults': the priors alone) instead of the "
+        "calibration; with --fit/--cv the fit starts from it",
+    )
     p.add_argument("--write-costs", metavar="FILE", help="write the fitted costs here")
+    p.add_argument(
+        "--write-calibration",
+        metavar="FILE",
+        help="with --cv: write the calibration (full-fit costs, interval spreads) here",
+    )
     p.add_argument(
         "--size",
         default="1G",
@@ -239,16 +269,26 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--loops", args.loops), ("--processes", args.processes)):
         if value < 1:
             raise InputError(f"{flag}: must be at least 1, got {value}")
-    if args.write_costs:
-        check_writable(args.write_costs, "costs")
+    if args.cv and args.fit is not None:
+        raise InputError("--cv fits every fold itself: it takes no --fit")
+    if args.write_calibration and not args.cv:
+        raise InputError("--write-calibration FILE applies only with --cv")
+    if args.write_costs and args.fit is None and not args.cv:
+        raise InputError("--write-costs FILE applies only with --fit or --cv")
+    for path, what in ((args.write_costs, "costs"), (args.write_calibration, "calibration")):
+        if path:
+            check_writable(path, what)
     table = load_table(args.table)
     rows = select_rows(table, args.rows)
-    fit_rows = select_rows(table, args.fit)
-    if not fit_rows & rows:
+    if args.fit is not None and not select_rows(table, args.fit) & rows:
         raise InputError(f"--fit {args.fit}: none of those rows is in --rows {args.rows}")
-    base: CostTable = load_costs(args.costs)
-    parse_params(args.params, base)  # a bad --params: before the model runs, not after
-    c = console()
+    params = args.params or (calibration().params if args.fit is None else DEFAULT_PARAMS)
+    if args.fit is not None or args.cv:
+        base: CostTable = load_costs(None if args.costs == "defaults" else args.costs)
+        label = "priors" if args.costs in (None, "defaults") else f"file {args.costs}"
+        parse_params(params, base)  # a bad --params: before the model runs, not after
+    else:
+        base, label = costs_for(args.costs)
     err = console() if sys.stderr.isatty() else None
 
     def progress(msg: str) -> None:
@@ -259,23 +299,123 @@ def run(args: argparse.Namespace) -> int:
     runs = ModelRuns(size=size, loops=args.loops, processes=args.processes,
                      progress=progress)  # fmt: skip
     t0 = time.perf_counter()
-    spec = FitSpec(fit_rows=args.fit, params=args.params, costs=base)
-    result = reproduce(runs.provider(table, rows), table, spec)
+    counts = collect_counts(runs.provider(table, rows), table)
+    model = {"micromm_size": size, "vmalloc_loops": args.loops,
+             "kernbench_processes": args.processes}  # fmt: skip
+    if args.cv:
+        spec = FitSpec(params=params, costs=base)
+        cv = cross_validate(table, counts, spec)
+        second = None
+        if table.name != "v4":
+            v4 = load_table("v4")
+            second = _second_set(v4, collect_counts(runs.provider(v4), v4), cv)
+        _finish(err)
+        elapsed = time.perf_counter() - t0
+        if args.write_calibration:
+            _write(args.write_calibration, calibration_toml(cv, _command(args)), "calibration")
+        if args.write_costs:
+            cv.full.write_costs(args.write_costs)
+        if args.json:
+            doc = cv.to_json()
+            doc["start_costs"] = label
+            doc["second_test_set"] = second
+            doc["model"] = dict(model, seconds=round(elapsed, 2), runs=len(runs.cache))
+            emit_json(doc)
+            return 0
+        _print_cv(console(), table, cv, second, label, elapsed, len(runs.cache))
+        return 0
+    if args.fit is not None:
+        result = fit(table, counts, FitSpec(fit_rows=args.fit, params=params, costs=base))
+        label = f"fitted on {args.fit} (from {label})"
+    else:
+        result = evaluate(table, counts, base)
+    _finish(err)
     elapsed = time.perf_counter() - t0
-    if err is not None:
-        sys.stderr.write("\r\x1b[K")
     if args.write_costs:
         result.write_costs(args.write_costs)
+    constant = constant_rows(table, counts)
     if args.json:
         doc = result.to_json()
+        doc["costs_used"] = label
+        doc["calibration"] = describe(calibration())
+        doc["constant_rows"] = sorted(constant)
+        for r, d in zip(result.rows, doc["rows"], strict=True):
+            d["interval"] = _interval_json(r.modelled, r.mode, label)
+            d["scored"] = r.key not in constant and r.modelled is not None
         doc["notes"] = _notes(table, result)
-        doc["model"] = {"micromm_size": size, "vmalloc_loops": args.loops,
-                        "kernbench_processes": args.processes, "seconds": round(elapsed, 2),
-                        "runs": len(runs.cache)}  # fmt: skip
+        doc["model"] = dict(model, seconds=round(elapsed, 2), runs=len(runs.cache))
         emit_json(doc)
         return 0
-    _print(c, table, result, args, elapsed, len(runs.cache))
+    _print(console(), table, result, args, label, constant, elapsed, len(runs.cache))
     return 0
+
+
+def _finish(err: Any) -> None:
+    if err is not None:
+        sys.stderr.write("\r\x1b[K")
+
+
+def _write(path: str, text: str, what: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise InputError(f"cannot write {what}: {e.strerror or e}", file=path) from None
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = ["kpsim reproduce --cv", f"--table {args.table}"]
+    if args.params:
+        parts.append(f"--params {args.params}")
+    if args.size != "1G":
+        parts.append(f"--size {args.size}")
+    if args.loops != 200:
+        parts.append(f"--loops {args.loops}")
+    if args.processes != 8:
+        parts.append(f"--processes {args.processes}")
+    if args.costs:
+        parts.append(f"--costs {args.costs}")
+    return " ".join(parts) + " --write-calibration FILE"
+
+
+def _interval_json(x: float | None, mode: Mode, label: str) -> dict[str, Any] | None:
+    if x is None:
+        return None
+    from kpsim.report.calibration import overhead_interval
+
+    return overhead_interval(x, mode == "batching", label).as_json()
+
+
+def _second_set(v4: PublishedTable, counts: Mapping[str, Any], cv: CVResult) -> dict[str, Any]:
+    """The full fit's costs on the v4 table (another kernel base): a second test set,
+    next to the zero and mean baselines (mean of the fitted table's rows)."""
+    constant = constant_rows(v4, counts)
+    out: dict[str, Any] = {"table": v4.name, "mae": {}, "rows": []}
+    for mode in ("batching", "no_batching"):
+        train = [p.published for p in cv.points if p.mode == mode and p.scored]
+        mean = sum(train) / len(train) if train else 0.0
+        errs: dict[str, dict[str, list[float]]] = {
+            s: {"model": [], "zero": [], "mean": []} for s in ("significant", "all")
+        }
+        for row in v4.rows:
+            rc = counts.get(row.key)
+            if rc is None or row.key in constant:
+                continue
+            x = overhead(rc[f"on_{mode}"], rc[f"off_{mode}"], cv.full.costs)
+            fig = row.figure(mode)
+            out["rows"].append({"key": row.key, "mode": mode, "published": fig.percent,
+                                "significant": fig.significant, "modelled": round(x, 4)})  # fmt: skip
+            for s in ("significant", "all"):
+                if s == "significant" and not fig.significant:
+                    continue
+                errs[s]["model"].append(abs(x - fig.percent))
+                errs[s]["zero"].append(abs(fig.percent))
+                errs[s]["mean"].append(abs(mean - fig.percent))
+        out["mae"][mode] = {
+            s: {k: (round(sum(v) / len(v), 4) if v else None) for k, v in d.items()}
+            for s, d in errs.items()
+        }
+    return out
 
 
 def _notes(table: PublishedTable, result: FitResult) -> list[str]:
@@ -290,37 +430,67 @@ def _fmt(x: float | None, signed: bool = True) -> str:
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
+_COUNTED = (
+    "Counted (exact): the events of each model run (--json: the counts behind every row). "
+    "Estimated: every % figure below (counts x costs), with its interval."
+)
+
+
 def _print(c: Any, table: PublishedTable, result: FitResult, args: argparse.Namespace,
-           elapsed: float, runs: int) -> None:  # fmt: skip
+           label: str, constant: frozenset[str], elapsed: float, runs: int) -> None:  # fmt: skip
+    from kpsim.report.calibration import overhead_interval
+
     c.print(f"kpsim reproduce: table {table.name} ({table.title})")
-    run_fit = len({r.key for r in result.rows if r.fitted and r.modelled is not None})
-    c.print(f"  fitted on: {args.fit}  ({run_fit} of its {len(result.fit_rows)} rows run)")
-    c.print("  costs fitted: "
-            + ", ".join(f"{k} = {v:.4g} cycles" + (" (not fitted: base cost)"
-                                                  if k in result.unidentified else "")
-                        for k, v in result.params.items()))  # fmt: skip
+    c.print(f"  costs: {label}")
+    if args.fit is not None:
+        run_fit = len({r.key for r in result.rows if r.fitted and r.modelled is not None})
+        c.print(f"  {len(result.params)} parameters fitted on {run_fit} of the "
+                f"{len(result.fit_rows)} --fit rows, both columns: "
+                + ", ".join(f"{k} = {v:.4g} cycles" + (" (not fitted: base cost)"
+                                                       if k in result.unidentified else "")
+                            for k, v in result.params.items()))  # fmt: skip
+    c.print(_COUNTED)
     c.print("")
     c.print(
         "published, modelled: % change with the feature on; error: modelled - published, "
-        "in percentage points (pp)"
+        "in percentage points (pp); interval: the calibration's held-out spread"
     )
     c.print("(R)/(I): a regression/improvement the publication marked significant")
-    head = f"{'benchmark':16} {'class':34} {'mode':11} {'published':>10} {'modelled':>9} " \
-           f"{'error':>7}  {'':9} top events (pp)"  # fmt: skip
+    head = f"{'benchmark':16} {'class':30} {'mode':11} {'published':>10} {'modelled':>9} " \
+           f"{'interval':>16} {'error':>7}  {'':9} top events (pp)"  # fmt: skip
     c.print(head)
     for r in result.rows:
         mark = f"({r.mark}) " if r.mark else ""
         pub = f"{mark}{r.published:.2f}"
-        role = "fitted" if r.fitted else ("predicted" if r.modelled is not None else "not run")
+        if r.modelled is None:
+            role, iv = "not run", ""
+        elif r.key in constant:
+            role, iv = "constant", ""
+        else:
+            role = "fitted" if r.fitted else ("predicted" if args.fit is not None else "")
+            i = overhead_interval(r.modelled, r.mode == "batching", label)
+            iv = f"[{i.lo:+.1f}, {i.hi:+.1f}]"
         noise = "" if r.mark else " ~noise"
         top = ", ".join(f"{n} {pp:+.1f}" for n, pp in r.top)
-        c.print(f"{r.benchmark:16} {r.result_class:34} {r.mode:11} {pub:>10} "
-                f"{_fmt(r.modelled):>9} {_fmt(r.error):>7}  {role:9}{noise:7} {top}")  # fmt: skip
+        c.print(f"{r.benchmark:16} {r.result_class[:30]:30} {r.mode:11} {pub:>10} "
+                f"{_fmt(r.modelled):>9} {iv:>16} {_fmt(r.error):>7}  {role:9}{noise:7} "
+                f"{top}")  # fmt: skip
     c.print("")
+    what = "predicted" if args.fit is not None else "modelled (costs not fitted in this run)"
     for mode in ("batching", "no_batching"):
-        c.print(f"MAE over predicted rows, {mode:11}: {_fmt(result.mae_predicted[mode], False)} pp"
-                f"  (significant rows only: {_fmt(result.mae_predicted_significant[mode], False)};"
-                f" fitted rows: {_fmt(result.mae_fitted[mode], False)})")  # fmt: skip
+        errs = [r for r in result.rows if r.mode == mode and r.error is not None
+                and not r.fitted and r.key not in constant]  # fmt: skip
+        sig = [abs(r.error) for r in errs if r.mark and r.error is not None]
+        allr = [abs(r.error) for r in errs if r.error is not None]
+        c.print(f"MAE over {what} rows, {mode:11}: "
+                f"{_fmt(sum(allr) / len(allr) if allr else None, False)} pp"
+                f"  (significant rows only: {_fmt(sum(sig) / len(sig) if sig else None, False)})")  # fmt: skip
+    if args.fit is None:
+        c.print("note: the calibration was fitted on these rows, so this MAE is in-sample; "
+                "the honest figure is `kpsim reproduce --cv`")  # fmt: skip
+    if constant:
+        c.print(f"not scored (constant by construction: ON and OFF counts equal): "
+                f"{', '.join(sorted(constant))}")  # fmt: skip
     c.print(
         "Rows marked ~noise were not statistically significant in the publication: their "
         "published value is within run-to-run noise, so an error there says little."
@@ -332,3 +502,64 @@ def _print(c: Any, table: PublishedTable, result: FitResult, args: argparse.Name
     c.print(f"{runs} model runs in {elapsed:.1f} s")
     if args.write_costs:
         c.print(f"fitted costs written to {args.write_costs}")
+
+
+def _print_cv(c: Any, table: PublishedTable, cv: CVResult, second: dict[str, Any] | None,
+              label: str, elapsed: float, runs: int) -> None:  # fmt: skip
+    c.print(f"kpsim reproduce --cv: table {table.name}, leave one benchmark family out")
+    n = sum(cv.n_rows.values())
+    c.print(f"  {cv.n_params} parameters ({', '.join(cv.params)}) | {n} scored (row, column) "
+            f"points, {cv.n_rows['batching']} per column; start costs: {label}")  # fmt: skip
+    c.print(_COUNTED)
+    c.print("")
+    c.print(f"{'row':28} {'mode':11} {'published':>10} {'held-out':>9} {'interval':>16} "
+            f"{'error':>7} {'zero':>6} {'mean':>7} {'analogy':>8}")  # fmt: skip
+    for p in cv.points:
+        mark = "*" if p.significant else " "
+        if not p.scored or p.predicted is None:
+            c.print(
+                f"{p.key:28} {p.mode:11} {p.published:>9.2f}{mark} {'constant, not scored':>26}"
+            )
+            continue
+        iv = cv.interval(p.predicted, p.mode)
+        b = p.baselines
+        c.print(f"{p.key:28} {p.mode:11} {p.published:>9.2f}{mark} {p.predicted:>+9.2f} "
+                f"{f'[{iv.lo:+.1f}, {iv.hi:+.1f}]':>16} {p.predicted - p.published:>+7.2f} "
+                f"{b['zero']:>6.1f} {b['mean']:>7.2f} {b['analogy']:>8.2f}")  # fmt: skip
+    c.print("* significant in the publication")
+    c.print("")
+    c.print(f"MAE (pp) on held-out rows   {'model':>7} {'zero':>7} {'mean':>7} {'analogy':>8}"
+            f"   best baseline / model")  # fmt: skip
+    for mode in ("batching", "no_batching"):
+        for sub in ("significant", "all"):
+            d = cv.mae[mode][sub]
+            best = min(
+                v for k, v in d.items() if k in ("zero", "mean", "analogy") and v is not None
+            )
+            ratio = f"{best / d['model']:.2f}x" if d["model"] else "-"
+            c.print(f"  {mode:11} {sub:12} {int(d['n'] or 0):>3} {_fmt(d['model'], False):>7} "
+                    f"{_fmt(d['zero'], False):>7} {_fmt(d['mean'], False):>7} "
+                    f"{_fmt(d['analogy'], False):>8}   {ratio}")  # fmt: skip
+    c.print("")
+    c.print(f"intervals: +/- spread x (|x| + 5 pp), spread = {cv.spread['batching']:.3f} "
+            f"(batching), {cv.spread['no_batching']:.3f} (no batching): the 90 % quantile of "
+            "held-out relative residuals")  # fmt: skip
+    cov = ", ".join(
+        f"{m} {_fmt(None if v is None else 100 * v, False)} %" for m, v in cv.coverage.items()
+    )
+    c.print(f"coverage of held-out rows (each family's spread from the other families): {cov}")
+    c.print("full fit (all scored rows): "
+            + ", ".join(f"{k} = {v:.4g}" for k, v in cv.full.params.items()))  # fmt: skip
+    for fam, ps in cv.folds.items():
+        c.print(f"  fold without {fam:18}: " + ", ".join(f"{k} = {v:.4g}" for k, v in ps.items()))
+    c.print("parameters at a bound: " + (", ".join(cv.at_bound) if cv.at_bound else "none"))
+    if second is not None:
+        c.print("")
+        c.print(f"second test set: table {second['table']} (another kernel base), full-fit costs")
+        for mode, subs in second["mae"].items():
+            for sub, d in subs.items():
+                c.print(f"  {mode:11} {sub:12} model {_fmt(d['model'], False):>6} pp, zero "
+                        f"{_fmt(d['zero'], False)}, mean {_fmt(d['mean'], False)}")  # fmt: skip
+    for w in cv.warnings:
+        c.print(f"warning: {w}")
+    c.print(f"{runs} model runs in {elapsed:.1f} s")

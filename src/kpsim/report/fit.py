@@ -57,6 +57,8 @@ __all__ = [
     "FitResult",
     "FitSpec",
     "ReproRow",
+    "collect_counts",
+    "evaluate",
     "fit",
     "parse_params",
     "reproduce",
@@ -510,3 +512,39 @@ def reproduce(
             rc = counts.setdefault(row.key, {})
             rc[f"on_{mode}"], rc[f"off_{mode}"] = got["on"], got["off"]
     return fit(tbl, counts, spec)
+
+
+def evaluate(table: PublishedTable, counts: Mapping[str, RowCounts], costs: CostTable) -> FitResult:
+    """Every row modelled with ``costs`` as they are (no fit): each row is a prediction
+    of those costs, none was fitted here (``mae_predicted`` covers every modelled row)."""
+    points, missing = _points(table, counts, frozenset(), ())
+    rows = _rows(table, points, missing, costs)
+    return FitResult(
+        table=table.name,
+        fit_rows=(),
+        params={},
+        initial={},
+        costs=costs,
+        rows=tuple(rows),
+        mae_predicted=_mae(rows, fitted=False),
+        mae_predicted_significant=_mae(rows, fitted=False, significant=True),
+        mae_fitted=_mae(rows, fitted=True),
+        iterations=0,
+    )
+
+
+def collect_counts(
+    counts_provider: CountsProvider, table: PublishedTable
+) -> dict[str, dict[str, Counts]]:
+    """The provider's counts per row key, in the form :func:`fit` takes."""
+    counts: dict[str, dict[str, Counts]] = {}
+    for row in table.rows:
+        for mode in MODES:
+            got = counts_provider(row, mode)
+            if got is None:
+                continue
+            if "on" not in got or "off" not in got:
+                raise CountsError(f"counts provider, row {row.key} ({mode}): need 'on' and 'off'")
+            rc = counts.setdefault(row.key, {})
+            rc[f"on_{mode}"], rc[f"off_{mode}"] = got["on"], got["off"]
+    return counts
