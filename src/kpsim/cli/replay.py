@@ -102,14 +102,17 @@ def cost_counts(delta: dict[str, int]) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kpsim.report.cost import load_costs
+    from kpsim.report.calibration import costs_for
     from kpsim.workloads.trace import read_trace
 
     file = str(args.file)
     cfg = config_from_args(args)
     if args.costs is not None and not args.cost:
         raise InputError("--costs FILE applies only with --cost")
-    costs = load_costs(args.costs) if args.cost else None  # bad costs: before any replay
+    # bad costs: before any replay
+    costs, label = (
+        costs_for(None if args.costs is None else str(args.costs)) if args.cost else (None, "")
+    )
     live_path = args.vmpte or Path(f"{args.file}.vmpte.json")
     try:
         compare = args.vmpte is not None or live_path.exists()
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         doc["agreement"] = _compare(doc["processes"], live)
     if args.cost:
         assert costs is not None
-        doc["cost"] = _cost(costs, cfg, events, file, delta)
+        doc["cost"] = _cost(costs, cfg, events, file, delta, label)
     if args.json:
         emit_json(doc)
     else:
@@ -179,7 +182,9 @@ def _cost(
     events: list[Any],
     file: str,
     delta: dict[str, int],
+    label: str = "",
 ) -> dict[str, Any]:
+    from kpsim.report.calibration import overhead_interval
     from kpsim.report.cost import ZeroBaselineError, overhead_breakdown
 
     on_cfg = dataclasses.replace(cfg, hardened_pgtables=True)
@@ -190,9 +195,11 @@ def _cost(
     try:
         ov = overhead_breakdown(on_c, off_c, costs)
     except ZeroBaselineError:
-        return {"percent": None, "reason": "the feature-off replay costs 0 cycles"}
+        return {"percent": None, "reason": "the feature-off replay costs 0 cycles", "costs": label}
     return {
         "percent": ov.percent,
+        "interval": overhead_interval(ov.percent, cfg.batching, label).as_json(),
+        "costs": label,
         "on_cycles": ov.on.total,
         "off_cycles": ov.off.total,
         "contributions": dict(ov.contributions),
@@ -237,8 +244,12 @@ def _print(doc: dict[str, Any]) -> None:
             print(f"  cost: no estimate ({cost['reason']})")
         else:
             top = ", ".join(f"{k} {v:+.2f}" for k, v in list(cost["contributions"].items())[:4])
+            iv = cost["interval"]
             print(
-                f"  cost: hardening overhead {cost['percent']:+.2f}% "
+                f"  cost (estimated; the counters above are exact): hardening overhead "
+                f"{cost['percent']:+.2f}% [{iv['lo']:+.1f}, {iv['hi']:+.1f}] "
+                f"({int(iv['level'] * 100)} % interval) "
                 f"(on {cost['on_cycles']:.0f} vs off {cost['off_cycles']:.0f} cycles)\n"
+                f"    costs: {cost['costs']}\n"
                 f"    top events, percentage points: {top}"
             )

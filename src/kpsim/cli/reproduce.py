@@ -36,7 +36,6 @@ from kpsim.errors import InputError
 from kpsim.events import Counters
 from kpsim.report.calibration import calibration, calibration_toml, costs_for, describe
 from kpsim.report.cost import CostTable, load_costs, overhead
-from kpsim.report.validate import CVResult, constant_rows, cross_validate
 from kpsim.report.fit import (
     DEFAULT_FIT_ROWS,
     DEFAULT_PARAMS,
@@ -55,6 +54,7 @@ from kpsim.report.published import (
     load_table,
     select_rows,
 )
+from kpsim.report.validate import LEVEL, CVResult, constant_rows, cross_validate
 from kpsim.units import SZ_1G, parse_size
 
 Counts = Mapping[str, float]
@@ -273,11 +273,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--cv fits every fold itself: it takes no --fit")
     if args.write_calibration and not args.cv:
         raise InputError("--write-calibration FILE applies only with --cv")
-    if args.write_costs and args.fit is None and not args.cv:
-        raise InputError("--write-costs FILE applies only with --fit or --cv")
     for path, what in ((args.write_costs, "costs"), (args.write_calibration, "calibration")):
         if path:
             check_writable(path, what)
+    if args.write_costs and args.fit is None and not args.cv:
+        raise InputError("--write-costs FILE applies only with --fit or --cv")
     table = load_table(args.table)
     rows = select_rows(table, args.rows)
     if args.fit is not None and not select_rows(table, args.fit) & rows:
@@ -286,9 +286,9 @@ def run(args: argparse.Namespace) -> int:
     if args.fit is not None or args.cv:
         base: CostTable = load_costs(None if args.costs == "defaults" else args.costs)
         label = "priors" if args.costs in (None, "defaults") else f"file {args.costs}"
-        parse_params(params, base)  # a bad --params: before the model runs, not after
     else:
         base, label = costs_for(args.costs)
+    parse_params(params, base)  # a bad --params: before the model runs, not after
     err = console() if sys.stderr.isatty() else None
 
     def progress(msg: str) -> None:
@@ -403,8 +403,9 @@ def _second_set(v4: PublishedTable, counts: Mapping[str, Any], cv: CVResult) -> 
                 continue
             x = overhead(rc[f"on_{mode}"], rc[f"off_{mode}"], cv.full.costs)
             fig = row.figure(mode)
-            out["rows"].append({"key": row.key, "mode": mode, "published": fig.percent,
-                                "significant": fig.significant, "modelled": round(x, 4)})  # fmt: skip
+            rec = {"key": row.key, "mode": mode, "published": fig.percent,
+                   "significant": fig.significant, "modelled": round(x, 4)}  # fmt: skip
+            out["rows"].append(rec)
             for s in ("significant", "all"):
                 if s == "significant" and not fig.significant:
                     continue
@@ -482,9 +483,9 @@ def _print(c: Any, table: PublishedTable, result: FitResult, args: argparse.Name
                 and not r.fitted and r.key not in constant]  # fmt: skip
         sig = [abs(r.error) for r in errs if r.mark and r.error is not None]
         allr = [abs(r.error) for r in errs if r.error is not None]
-        c.print(f"MAE over {what} rows, {mode:11}: "
-                f"{_fmt(sum(allr) / len(allr) if allr else None, False)} pp"
-                f"  (significant rows only: {_fmt(sum(sig) / len(sig) if sig else None, False)})")  # fmt: skip
+        m_all = _fmt(sum(allr) / len(allr) if allr else None, False)
+        m_sig = _fmt(sum(sig) / len(sig) if sig else None, False)
+        c.print(f"MAE over {what} rows, {mode:11}: {m_all} pp  (significant rows only: {m_sig})")
     if args.fit is None:
         c.print("note: the calibration was fitted on these rows, so this MAE is in-sample; "
                 "the honest figure is `kpsim reproduce --cv`")  # fmt: skip
@@ -542,7 +543,8 @@ def _print_cv(c: Any, table: PublishedTable, cv: CVResult, second: dict[str, Any
                     f"{_fmt(d['analogy'], False):>8}   {ratio}")  # fmt: skip
     c.print("")
     c.print(f"intervals: +/- spread x (|x| + 5 pp), spread = {cv.spread['batching']:.3f} "
-            f"(batching), {cv.spread['no_batching']:.3f} (no batching): the 90 % quantile of "
+            f"(batching), {cv.spread['no_batching']:.3f} (no batching): "
+            f"the {LEVEL:.0%} quantile of "
             "held-out relative residuals")  # fmt: skip
     cov = ", ".join(
         f"{m} {_fmt(None if v is None else 100 * v, False)} %" for m, v in cv.coverage.items()

@@ -62,7 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario TOML file")
     p.add_argument("--out", metavar="DIR", help="also write run.json, run.txt, scenario.toml")
-    p.add_argument("--costs", metavar="FILE", help="TOML [costs] table overriding event costs")
+    p.add_argument(
+        "--costs",
+        metavar="FILE",
+        help="TOML [costs] table overriding entries of the shipped calibration "
+        "('defaults': the priors alone)",
+    )
     p.add_argument(
         "--workload",
         action="append",
@@ -258,7 +263,8 @@ def _audit_lines(a: Mapping[str, Any]) -> list[Text]:
 def _overhead_table(doc: Mapping[str, Any]) -> Table:
     feature = doc["machine"]["hardened_pgtables"]
     t = Table(
-        title="estimated overhead of kpkeys_hardened_pgtables (counted events x cycles, on vs off)"
+        title="estimated overhead of kpkeys_hardened_pgtables (counted events x cycles, on vs "
+        "off; the counts are exact, the cycles and % estimates)"
         if feature
         else "estimated cost (kpkeys_hardened_pgtables off: no overhead to compare)",
         title_justify="left",
@@ -273,17 +279,20 @@ def _overhead_table(doc: Mapping[str, Any]) -> Table:
     if feature:
         t.add_column("cycles on", justify="right")
         t.add_column("overhead", justify="right")
-        t.add_column("top contributing events (percentage points)")
+        t.add_column("interval", justify="right")
+        t.add_column("top events (pp)")
     for w in doc["workloads"]:
         row = [str(w["index"]), w["label"], _n(w["off"]["cycles"])]
         if feature:
             ov = w["overhead"]
             row.append(_n(w["on"]["cycles"]))
             if ov is None:
-                row += ["n/a", "the feature-off run costs 0 cycles"]
+                row += ["n/a", "", "the feature-off run costs 0 cycles"]
             else:
                 top = list(ov["contributions"].items())[:3]
                 row.append(f"{ov['percent']:+.2f}%")
+                iv = ov.get("interval")
+                row.append(f"[{iv['lo']:+.1f}, {iv['hi']:+.1f}]" if iv else "")
                 row.append(", ".join(f"{k} {_pp(v)}" for k, v in top) or "none")
         t.add_row(*row)
     return t
@@ -446,9 +455,6 @@ def _attack_lines(a: Mapping[str, Any] | None) -> list[Text]:
     return out
 
 
-_DEFAULT_COSTS = "src/kpsim/report/data/costs.toml (the defaults)"
-
-
 def render(doc: Mapping[str, Any]) -> RenderableType:
     """The one screen ``kpsim run`` prints, built from the JSON document only."""
     sc = doc["scenario"]
@@ -471,14 +477,12 @@ def render(doc: Mapping[str, Any]) -> RenderableType:
     lines = _linear_map_lines(doc)
     parts.append(Text("linear map ") + Text(lines[0]))
     parts += [Text("           " + x) for x in lines[1:]]
-    src = doc["costs"]["source"]
-    src = _DEFAULT_COSTS if src == "built-in" else f"{src} over the defaults"
+    src = doc["costs"].get("label") or doc["costs"]["source"]
     parts.append(
         Text(
-            f"cycles per event: {src}; "
-            "--json has every counter\n"
-            "`kpsim reproduce --write-costs F` fits them to the published tables, "
-            "`kpsim run --costs F` uses them",
+            f"cycles per event: {src}; --json has every counter\n"
+            "interval: the calibration's leave-one-family-out held-out spread "
+            "(`kpsim reproduce --cv`); `kpsim run --costs defaults` prices with the priors",
             style="dim",
         )
     )

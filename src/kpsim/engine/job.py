@@ -282,12 +282,12 @@ def execute(
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario``; the whole result as one JSON-able document."""
-    from kpsim.report.cost import load_costs
+    from kpsim.report.calibration import costs_for
     from kpsim.report.linear_map import linear_map_report
 
     over = dict(overrides or {})
     auditor = _Auditor(audit)
-    costs = load_costs(costs_path)
+    costs, costs_label = costs_for(costs_path)
     cfg = machine_config(scenario, over)
     params = _validate_workloads(scenario)
     feature = cfg.hardened_pgtables
@@ -316,7 +316,7 @@ def execute(
             if variant == "on" and lm["mappings"] != at_boot["mappings"]:
                 after[f"#{i + 1} {spec.name}"] = lm
             entry[variant] = _priced(counts, costs)
-        entry["overhead"] = _overhead(entry, costs) if feature else None
+        entry["overhead"] = _overhead(entry, costs, cfg.batching, costs_label) if feature else None
         workloads.append(entry)
     attack = _attack(attack_cfg, variants, scenario, over, auditor, steps)
     steps.finish()
@@ -335,7 +335,11 @@ def execute(
         "workloads": workloads,
         "linear_map": {"at_boot": at_boot, "after": after},
         "attack": attack,
-        "costs": {"source": costs_path or "built-in", "cycles": costs.as_dict()},
+        "costs": {
+            "source": costs_path or "calibration",
+            "label": costs_label,
+            "cycles": costs.as_dict(),
+        },
         "status": status,
     }
 
@@ -376,14 +380,19 @@ def _priced(counts: Mapping[str, int], costs: Any) -> dict[str, Any]:
             "breakdown": dict(e.breakdown)}  # fmt: skip
 
 
-def _overhead(entry: Mapping[str, Any], costs: Any) -> dict[str, Any] | None:
+def _overhead(
+    entry: Mapping[str, Any], costs: Any, batching: bool, label: str
+) -> dict[str, Any] | None:
+    """The estimated overhead, its events and its interval (kpsim.report.calibration)."""
+    from kpsim.report.calibration import overhead_interval
     from kpsim.report.cost import ZeroBaselineError, overhead_breakdown
 
     try:
         ov = overhead_breakdown(entry["on"]["counters"], entry["off"]["counters"], costs)
     except ZeroBaselineError:
         return None
-    return {"percent": ov.percent, "contributions": dict(ov.contributions)}
+    iv = overhead_interval(ov.percent, batching, label).as_json()
+    return {"percent": ov.percent, "interval": iv, "contributions": dict(ov.contributions)}
 
 
 def _attack(

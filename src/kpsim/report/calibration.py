@@ -7,8 +7,9 @@ lazy-MMU batching) the relative spread of the leave-one-family-out held-out resi
 (:mod:`kpsim.report.validate`). ``kpsim run``, ``kpsim replay --cost`` and
 ``kpsim reproduce`` (without ``--fit``) price counts with these costs and print each
 overhead with the interval :func:`overhead_interval` gives, so the three verbs give
-one answer for one workload; ``--costs FILE`` replaces the costs (the interval then
-still comes from the calibration and says so).
+one answer for one workload; ``--costs FILE`` overrides entries of it, ``--costs defaults``
+prices with the priors alone (the interval then still comes from the calibration and
+says so).
 
 The file goes stale when the model's counts change: regenerate it with the command in
 its header (docs/workloads.md, "Which figure to quote").
@@ -22,7 +23,6 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Final
 
-from kpsim.errors import InputError
 from kpsim.machine.scenario import parse_toml
 from kpsim.report.cost import CostTable, default_costs
 from kpsim.report.published import MODES, Mode
@@ -80,7 +80,7 @@ def parse_calibration(text: str, file: str) -> Calibration:
         if key not in ("calibration", "costs"):
             raise doc.error((key,), f"unknown table {key!r} (expected [calibration], [costs])")
     cal = doc.data.get("calibration")
-    if not isinstance(cal, dict) or not _FIELDS <= set(cal):
+    if not isinstance(cal, dict) or not set(cal) >= _FIELDS:
         raise doc.error(("calibration",), f"[calibration] needs {', '.join(sorted(_FIELDS))}")
     for key in cal:
         if key not in _FIELDS:
@@ -121,7 +121,7 @@ def calibration() -> Calibration:
 
 def costs_for(path: str | None) -> tuple[CostTable, str]:
     """The costs a verb prices with and the label it prints: the shipped calibration,
-    or ``path``'s overrides on the priors (``defaults`` alone: the priors)."""
+    ``path``'s overrides over it, or (``path`` = ``defaults``) the priors alone."""
     from kpsim.report.cost import load_costs
 
     if path is None:
@@ -129,7 +129,7 @@ def costs_for(path: str | None) -> tuple[CostTable, str]:
         return cal.costs, cal.label
     if path == "defaults":
         return default_costs(), "defaults (the priors of report/data/costs.toml, not fitted)"
-    return load_costs(path), f"file {path} (over the priors)"
+    return load_costs(path, calibration().costs), f"file {path} (over the calibration)"
 
 
 def overhead_interval(percent: float, batching: bool, costs_label: str = "") -> Interval:

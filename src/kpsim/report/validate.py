@@ -69,7 +69,7 @@ FAMILIES: Final[tuple[str, ...]] = (
 )
 BASELINES: Final[tuple[str, ...]] = ("zero", "mean", "analogy")
 #: The quantile of the held-out relative residuals an interval spans.
-LEVEL: Final = 0.9
+LEVEL: Final = 0.95
 
 
 def family(row: PublishedRow) -> str:
