@@ -40,6 +40,14 @@ PAGE_KERNEL_ROX = (PAGE_KERNEL_RO & ~d.PXN & ~d.SW_DIRTY) | d.AP_RDONLY
 PAGE_KERNEL_EXEC = PAGE_KERNEL & ~d.PXN
 PROT_SECT_NORMAL = (PAGE_KERNEL & ~d.TYPE) | d.VALID  # block form of PAGE_KERNEL
 PTE_ADDR_MASK = d.OA_MASK
+
+
+def pgprot_tagged(prot: int) -> int:
+    """``pgprot_tagged``: ``prot`` with AttrIndx MT_NORMAL_TAGGED (the linear map's
+    memory type; without MTE its MAIR slot reads as plain Normal memory)."""
+    return (prot & ~d.ATTRINDX_MASK) | (int(d.MemAttr.NORMAL_TAGGED) << d.ATTRINDX_SHIFT)
+
+
 #: ``por_set_kpkeys_context(por, KPKEYS_CTX_PGTABLES)`` by ``por`` (a pure function)
 _PGTABLES_POR: dict[int, int] = {}
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from kpsim.arch.arm64.memory import KIMAGE_VADDR
 from kpsim.arch.arm64.mmu import NO_BLOCK_MAPPINGS, NO_CONT_MAPPINGS, EarlyAlloc
 from kpsim.arch.arm64.pageattr import PageattrMixin
-from kpsim.arch.arm64.pgtable import PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_ROX
+from kpsim.arch.arm64.pgtable import PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_ROX, pgprot_tagged
 from kpsim.mm.pgtable import TableInfo
 from kpsim.units import SZ_2M
 
@@ -114,7 +114,9 @@ class SetupMixin(PageattrMixin):
     def map_mem(self, early_alloc: EarlyAlloc) -> None:
         """``map_mem``: every memblock memory region into the linear map.
 
-        The linear alias of ``[_stext, __init_begin)`` is left out of the first pass
+        Memory is mapped ``pgprot_tagged(PAGE_KERNEL)`` (MT_NORMAL_TAGGED, as Linux does
+        whether or not the CPU has MTE). The linear alias of ``[_stext, __init_begin)``
+        is left out of the first pass
         (``memblock_mark_nomap``), then mapped on its own PAGE_KERNEL with
         ``NO_CONT_MAPPINGS`` only (blocks allowed, whatever the policy), so that
         ``mark_linear_text_alias_ro`` can remap it without splitting a contiguous range.
@@ -125,7 +127,9 @@ class SetupMixin(PageattrMixin):
             end = base + size
             for lo, hi in ((base, min(end, k_start)), (max(base, k_end), end)):
                 if lo < hi:
-                    self._map_memblock(lo, hi, PAGE_KERNEL, self.linear_map_flags(), early_alloc)
+                    self._map_memblock(
+                        lo, hi, pgprot_tagged(PAGE_KERNEL), self.linear_map_flags(), early_alloc
+                    )
         self._map_memblock(k_start, k_end, PAGE_KERNEL, NO_CONT_MAPPINGS, early_alloc)
 
     def _map_memblock(
