@@ -89,6 +89,11 @@ def parse_value(text: str, what: str) -> int:
     return parse_u64(s, what=f"{what} value")
 
 
+def descriptor(what: str, value: int) -> tuple[str, Rows, dict[str, object]]:
+    """Title, rows and words of a descriptor at level ``what`` (pte, pmd, pud, pgd)."""
+    return _descriptor(what, value)
+
+
 def _descriptor(what: str, value: int) -> tuple[str, Rows, dict[str, object]]:
     desc = Descriptor.decode(value, NAME_LEVEL[what])
     words = desc.describe()
@@ -133,10 +138,15 @@ def _por(value: int) -> tuple[str, Rows, dict[str, object]]:
     return f"POR_ELx {value:#018x}", por_rows(value), doc
 
 
-def _print(title: str, rows: Sequence[tuple[str, str, str]], summary: str) -> None:
+def rows_text(title: str, rows: Sequence[tuple[str, str, str]], summary: str) -> str:
+    """The title, a bits/field/meaning table and the summary, as ``decode`` prints."""
     wbits = max(len("bits"), *(len(r[0]) for r in rows))
     wfield = max(len("field"), *(len(r[1]) for r in rows))
     out = [title, f"  {'bits':<{wbits}}  {'field':<{wfield}}  meaning"]
     out += [f"  {b:<{wbits}}  {f:<{wfield}}  {m}".rstrip() for b, f, m in rows]
     out.append(f"summary: {summary}")
-    sys.stdout.write("\n".join(out) + "\n")
+    return "\n".join(out) + "\n"
+
+
+def _print(title: str, rows: Sequence[tuple[str, str, str]], summary: str) -> None:
+    sys.stdout.write(rows_text(title, rows, summary))

@@ -1,22 +1,56 @@
-"""``kpsim ptdump [REGION]``: the kernel page tables as arm64's ``kernel_page_tables``."""
+"""``kpsim ptdump [REGION]``: the kernel page tables as arm64's ``kernel_page_tables``;
+``--scenario FILE`` / ``--workload SPEC`` dump them after running workloads, and
+``--diff A B`` compares two dumps (saved text, a real kernel's file, or scenarios).
+
+The shared part, a machine after a scenario's or the command line's workloads, is
+:func:`machine_after` (``kpsim walk`` uses it too)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import sys
+from pathlib import Path
+from typing import Any
 
 from kpsim.cli.common import add_json, emit_json
-from kpsim.cli.machine_opts import add_machine_options, boot_from_args
-from kpsim.report.ptdump import REGION_NAMES, ptdump, ptdump_json, ptdump_text
+from kpsim.cli.machine_opts import add_machine_options
+from kpsim.errors import InputError
+from kpsim.report.ptdump import REGION_NAMES, REGIONS, ptdump, ptdump_json, ptdump_text
+
+OPTION_FIELDS = (
+    "memory",
+    "cpus",
+    "poe",
+    "linear_map",
+    "hardened_pgtables",
+    "allocator",
+    "batching",
+    "allow_unsafe_split",
+    "seed",
+)
+DESCRIPTION = """\
+Boot a machine and print its kernel page tables as arm64's
+/sys/kernel/debug/kernel_page_tables does (CONFIG_PTDUMP_DEBUGFS, arch/arm64/mm/ptdump.c):
+the same address markers, columns and spacing, runs of like entries merged as the
+kernel's note_page merges them (holes included). --pkey adds kpsim's own column:
+the POIndex of every valid run (which then also splits runs).
+
+With --scenario FILE or --workload NAME:KEY=VALUE,... the workloads run first, on
+the scenario's machine (machine options override its fields), and the tables are
+dumped after them. --diff A B prints a unified diff of two dumps, each a saved
+dump (kpsim ptdump > a.txt, or a real kernel's kernel_page_tables) or a scenario
+(.toml, run then dumped); exit status 1 when they differ, as diff(1).
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "ptdump",
-        help="dump the kernel page tables (kernel_page_tables style)",
-        description="Boot a machine and print its kernel page tables as arm64's "
-        "/sys/kernel/debug/kernel_page_tables does (CONFIG_PTDUMP_DEBUGFS), one line per "
-        "run of like entries, with an extra pkey= column.",
+        help="dump the kernel page tables (kernel_page_tables format), --diff two dumps",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "region",
@@ -26,16 +60,107 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="REGION",
         help=f"one of {', '.join(REGION_NAMES)} (default all)",
     )
-    add_machine_options(p)
+    p.add_argument("--pkey", action="store_true", help="add a pkey=N column (kpsim's own)")
+    p.add_argument("--diff", nargs=2, metavar=("A", "B"), help="diff two dumps or scenarios")
+    add_workload_options(p)
+    add_machine_options(p, scenario=True)
+    p.set_defaults(**dict.fromkeys(OPTION_FIELDS))
     add_json(p)
     p.set_defaults(func=run)
 
 
+def add_workload_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", metavar="FILE", help="run this scenario's workloads first")
+    p.add_argument(
+        "--workload",
+        action="append",
+        metavar="NAME:KEY=VALUE,...",
+        help="run this workload first (repeatable; replaces the scenario's workloads)",
+    )
+
+
+def _scenario(path: str | None, workloads: list[str] | None) -> Any:
+    from kpsim.machine.scenario import Scenario, load_scenario
+    from kpsim.machine.scenario_text import parse_workload_option
+
+    options = [parse_workload_option(t) for t in workloads or ()]
+    if path is None:
+        return Scenario({}, {}, options, None, 0, "<command line>")
+    s = load_scenario(path)
+    return dataclasses.replace(s, workloads=options) if options else s
+
+
+def machine_after(
+    args: argparse.Namespace, scenario_path: str | None = None, *, progress: bool = False
+) -> Any:
+    """Boot the machine (scenario and options) and run its workloads, in order, on it."""
+    from kpsim.machine.boot import Machine
+    from kpsim.machine.scenario import machine_config
+    from kpsim.workloads.registry import run_workload, validate_params
+
+    path = scenario_path if scenario_path is not None else args.scenario
+    s = _scenario(path, args.workload)
+    over = {k: getattr(args, k) for k in OPTION_FIELDS if getattr(args, k, None) is not None}
+    params = [validate_params(w.name, w.params, spec=w) for w in s.workloads]
+    m = Machine.boot(machine_config(s, over))
+    for w, values in zip(s.workloads, params, strict=True):
+        run_workload(m, w.name, values, seed=s.seed)
+    return m
+
+
 def run(args: argparse.Namespace) -> int:
-    m = boot_from_args(args)
-    sections = ptdump(m, args.region)
+    if args.diff:
+        return _diff(args)
+    m = machine_after(args)
+    items = ptdump(m, args.region, pkey=args.pkey)
+    if not items:
+        sys.stderr.write(
+            f"kpsim ptdump: no {args.region} section: the walk reported no entry past its "
+            "start marker (no table maps that range)\n"
+        )
     if args.json:
-        emit_json({"region": args.region, "sections": ptdump_json(sections)})
+        emit_json({"region": args.region, "sections": ptdump_json(items)})
     else:
-        sys.stdout.write(ptdump_text(sections))
+        sys.stdout.write(ptdump_text(items))
     return 0
+
+
+def _dump_lines(args: argparse.Namespace, path: str) -> list[str]:
+    """A dump's lines: a scenario file is run and dumped, anything else read as text."""
+    if path.endswith(".toml"):
+        return ptdump_text(ptdump(machine_after(args, path), args.region, args.pkey)).splitlines()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise InputError(f"cannot read dump: {err.strerror or err}", file=path) from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"dump is not UTF-8 text ({err.reason})", file=path) from None
+    if not any(line.startswith("---[ ") for line in lines):
+        raise InputError("not a kernel_page_tables dump (no ---[ marker ]--- line)", file=path)
+    return _select_text(lines, args.region, path)
+
+
+def _select_text(lines: list[str], region: str, path: str) -> list[str]:
+    """The region's part of a saved dump, found by its marker lines."""
+    if region == "all":
+        return lines
+    if region == "kimage":
+        raise InputError("region kimage cannot be cut from a saved dump: use vmalloc", file=path)
+    first, last = (f"---[ {name} ]---" for name in REGIONS[region])
+    if first not in lines or last not in lines:
+        raise InputError(f"no {first} ... {last} section", file=path)
+    return lines[lines.index(first) : lines.index(last) + 1]
+
+
+def _diff(args: argparse.Namespace) -> int:
+    a, b = args.diff
+    diff = list(
+        difflib.unified_diff(
+            _dump_lines(args, a), _dump_lines(args, b), fromfile=a, tofile=b, lineterm=""
+        )
+    )
+    if args.json:
+        emit_json({"a": a, "b": b, "region": args.region, "same": not diff, "diff": diff})
+    else:
+        sys.stdout.write("".join(f"{line}\n" for line in diff))
+    return 1 if diff else 0
