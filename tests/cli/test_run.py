@@ -339,3 +339,14 @@ def test_list_workloads_names_every_registered_workload(capsys):
     assert set(doc) == set(registry.WORKLOADS)
     fork = {p["name"]: p for p in doc["micromm.fork"]["params"]}
     assert fork["h"]["choices"] == [0, 1] and fork["size"]["kind"] == "size"
+
+
+def test_series_option_reaches_the_machine_line(tmp_path, capsys):
+    """`kpsim run --series v6` and `[kernel] series` both show in the machine line."""
+    assert main(["run", write(tmp_path, SMALL), "--series", "v6"]) == 0
+    assert "series v6" in capsys.readouterr().out
+    text = SMALL.replace("[kernel]", '[kernel]\nseries = "v8"')
+    status, doc = run_json(capsys, [write(tmp_path, text, "v8.toml")])
+    assert status == 0 and doc["machine"]["series"] == "v8"
+    assert main(["run", write(tmp_path, SMALL), "--series", "v9"]) == 2
+    assert "unknown series 'v9'" in capsys.readouterr().err

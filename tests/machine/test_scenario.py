@@ -117,6 +117,7 @@ BAD = [
     ("[kernel]\nlinear_map = \"huge\"\n" + WL, 2, "linear_map", '"pte" | "block"'),
     ("[kernel]\nallocator = \"buddy\"\n" + WL, 2, "allocator", '"minimal" | "pba"'),
     ("[kernel]\nbatching = 1\n" + WL, 2, "batching", "true or false"),
+    ("[kernel]\n\nseries = \"v9\"\n" + WL, 3, "series", '"v6" | "v7" | "v8" | "enter-leave"'),
     ("[kernel]\n\n\npt_reclaim = \"no\"\n" + WL, 4, "pt_reclaim", "true or false"),
     ("[kernel]\nhardened = true\n" + WL, 2, "hardened", "unknown field"),
     ("seed = -1\n" + WL, 1, "seed", "non-negative integer"),
@@ -272,3 +273,13 @@ def test_allow_unsafe_split_is_a_kernel_field():
     assert machine_config(s).allow_unsafe_split is True
     with pytest.raises(InputError, match=r"^s.toml:2: \[kernel\] allow_unsafe_split: must be true"):
         parse_scenario("[kernel]\nallow_unsafe_split = 1\n" + WL, "s.toml")
+
+
+def test_kernel_series_is_a_scenario_field():
+    """``[kernel] series`` reaches the machine configuration (default: enter-leave)."""
+    from kpsim.machine.scenario import machine_config
+
+    s = parse_scenario('[kernel]\nseries = "v6"\n' + WL, "s.toml")
+    assert machine_config(s).series == "v6"
+    assert machine_config(parse_scenario(WL, "s.toml")).series == "enter-leave"
+    assert machine_config(s, {"series": "v8"}).series == "v8"  # the command line wins

@@ -2,10 +2,10 @@
 
 ``--memory SIZE``, ``--cpus N``, ``--no-poe``, ``--linear-map pte|block``, ``--seed N``,
 ``--hardened-pgtables/--no-hardened-pgtables``, ``--allocator NAME``,
-``--batching/--no-batching``, ``--allow-unsafe-split``; :func:`boot_from_args` turns
-them into a booted :class:`~kpsim.machine.boot.Machine`. Validation is the
-``MachineConfig``'s: a bad value is a ``ConfigError``, which ``kpsim`` reports on one
-line with exit status 2.
+``--batching/--no-batching``, ``--allow-unsafe-split``, ``--series NAME``;
+:func:`boot_from_args` turns them into a booted :class:`~kpsim.machine.boot.Machine`.
+Validation is the ``MachineConfig``'s: a bad value is a ``ConfigError``, which
+``kpsim`` reports on one line with exit status 2.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 from kpsim.cli.common import int_arg
 from kpsim.machine.boot import Machine
 from kpsim.machine.config import ALLOCATORS, MachineConfig
+from kpsim.mm.kpkeys_series import DEFAULT_SERIES, SERIES_NAMES
 
 
 def add_machine_options(p: argparse.ArgumentParser, *, scenario: bool = False) -> None:
@@ -53,6 +54,13 @@ def add_machine_options(p: argparse.ArgumentParser, *, scenario: bool = False) -
         help=f"lazy-MMU batching of guarded writes {dflt('on')}",
     )
     g.add_argument(
+        "--series",
+        default=DEFAULT_SERIES,
+        metavar="|".join(SERIES_NAMES),
+        help="which posting of the kpkeys series to follow: kpkeys API, allocator, batching "
+        f"and exception-return behaviour {dflt(DEFAULT_SERIES)}",
+    )
+    g.add_argument(
         "--allow-unsafe-split",
         action="store_true",
         help="allow the minimal or grouped allocator on a block-mapped linear map",
@@ -70,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         allocator=args.allocator,
         batching=args.batching,
         allow_unsafe_split=args.allow_unsafe_split,
+        series=args.series,
         seed=args.seed,
     )
 

@@ -222,7 +222,8 @@ def _machine_line(cfg: Mapping[str, Any]) -> str:
         f"arm64, {format_size(int(cfg['memory_bytes']))} RAM, {cfg['cpus']} CPUs, "
         f"POE {'on' if cfg['poe'] else 'off'}; linear map {cfg['linear_map']}\n"
         f"kernel     kpkeys_hardened_pgtables {feature}: {cfg['allocator']} allocator, batching "
-        f"{'on' if cfg['batching'] else 'off'}, pt_reclaim {'on' if cfg['pt_reclaim'] else 'off'}"
+        f"{'on' if cfg['batching'] else 'off'}, pt_reclaim {'on' if cfg['pt_reclaim'] else 'off'}, "
+        f"series {cfg.get('series', 'enter-leave')}"
     )
 
 

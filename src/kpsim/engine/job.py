@@ -127,6 +127,7 @@ OPTION_FIELDS = (
     "allocator",
     "batching",
     "allow_unsafe_split",
+    "series",
 )
 
 AUDIT_MODES = ("full", "end", "none")

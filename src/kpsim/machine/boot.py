@@ -58,14 +58,16 @@ def make_allocator(
     return classes[name](k, arch, ppa)
 
 
-#: the counters issue 5 names, present in every ``Machine.counters`` (and --json output)
+#: the counters issue 5 names (``por_write`` for its "por_writes": one name per event),
+#: present in every ``Machine.counters`` (and --json output)
 KPKEYS_COUNTERS = (
     "pgtable_alloc",
     "pgtable_free",
     "set_memory_pkey",
-    "por_writes",
+    "por_write",
     "isb",
     "kpkeys_guard_entries",
+    "kpkeys_enter_skipped",
     "lazy_mmu_sections",
     "warnings",
 )
@@ -86,6 +88,7 @@ class Machine:
             linear_map=config.linear_map,
             hardened_pgtables_config=config.hardened_pgtables,
             batching=config.batching,
+            series=config.series,
         )
         self.ppa: PhysmemAllocator | None = None
         self.kpkeys: HardenedPgtables | None = None
@@ -116,7 +119,9 @@ class Machine:
             and not cfg.allow_unsafe_split
         ):
             raise ConfigError(
-                f"the {cfg.effective_allocator} allocator needs a PTE-mapped linear map: keying "
+                f"the {cfg.effective_allocator} allocator"
+                + (f" (series {cfg.series}'s)" if cfg.allocator is None else "")
+                + " needs a PTE-mapped linear map: keying "
                 "a block mapping splits it, and the split's new table page must be keyed too "
                 "(recursion); use --linear-map pte, --allocator pba, or --allow-unsafe-split "
                 "to see it happen"
@@ -193,7 +198,6 @@ class Machine:
         if self.k.page_alloc is not None:
             for name, v in self.k.page_alloc.counters.items():
                 out[f"page_alloc.{name}"] = v
-        out["por_writes"] = out["por_write"]  # issue 5's name for the hw count
         for name in KPKEYS_COUNTERS:  # always present, even at zero
             out[name] += 0
         return Counters(out.snapshot())

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from kpsim.errors import ConfigError
 from kpsim.hw.arm64.system import MAX_CPUS
+from kpsim.mm.kpkeys_series import DEFAULT_SERIES, SERIES, SERIES_NAMES
 from kpsim.units import SZ_1G, SZ_2M, format_size, parse_size
 
 LINEAR_MAP_POLICIES = ("pte", "block")
@@ -28,10 +29,11 @@ class MachineConfig:
     poe: bool = True
     linear_map: str = "pte"
     hardened_pgtables: bool = True
-    allocator: str | None = None  # None: minimal on pte maps, pba on block maps
+    allocator: str | None = None  # None: the series' (see effective_allocator)
     batching: bool = True
     pt_reclaim: bool = True
     allow_unsafe_split: bool = False
+    series: str = DEFAULT_SERIES
     seed: int = 0
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -54,6 +56,8 @@ class MachineConfig:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
         if self.linear_map not in LINEAR_MAP_POLICIES:
             raise ConfigError(f"unknown linear map policy {self.linear_map!r} (use pte or block)")
+        if self.series not in SERIES:
+            raise ConfigError(f"unknown series {self.series!r} (use {', '.join(SERIES_NAMES)})")
         if self.allocator is not None and self.allocator not in ALLOCATORS:
             raise ConfigError(f"unknown allocator {self.allocator!r} (use {', '.join(ALLOCATORS)})")
         if self.linear_map == "pte" and self.memory > MAX_PTE_LINEAR_MEMORY:
@@ -67,7 +71,10 @@ class MachineConfig:
     def effective_allocator(self) -> str:
         if self.allocator is not None:
             return self.allocator
-        return "pba" if self.linear_map == "block" else "minimal"
+        series = SERIES[self.series]
+        if series.pba or (self.linear_map == "block" and series.block_pba):
+            return "pba"
+        return "minimal"
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -81,5 +88,6 @@ class MachineConfig:
             "batching": self.batching,
             "pt_reclaim": self.pt_reclaim,
             "allow_unsafe_split": self.allow_unsafe_split,
+            "series": self.series,
             "seed": self.seed,
         }

@@ -6,7 +6,7 @@ a TOML file::
     seed = 1
     [machine]          # memory (size), cpus (1..256), poe (bool)
     [kernel]           # linear_map, hardened_pgtables, allocator, batching, pt_reclaim,
-                       # allow_unsafe_split
+                       # allow_unsafe_split, series (v4..v8, enter-leave)
     [[workload]]       # name = "...", then the workload's own parameters
     [attack]           # optional; validated by kpsim.attack
 
@@ -42,6 +42,7 @@ from kpsim.machine.config import (
     MIN_MEMORY,
     MachineConfig,
 )
+from kpsim.mm.kpkeys_series import SERIES_NAMES
 from kpsim.units import SZ_2M, format_size, parse_size
 
 __all__ = [
@@ -69,6 +70,7 @@ KERNEL_FIELDS = (
     "batching",
     "pt_reclaim",
     "allow_unsafe_split",
+    "series",
 )
 _TOP_FIELDS = ("seed", "machine", "kernel", "workload", "attack")
 
@@ -523,7 +525,7 @@ def _kernel(doc: TomlDoc) -> dict[str, Any]:
     table = _table(doc, "kernel")
     _reject_unknown(doc, ("kernel",), table, KERNEL_FIELDS, "[kernel]")
     out: dict[str, Any] = {}
-    choices = {"linear_map": LINEAR_MAPS, "allocator": ALLOCATORS}
+    choices = {"linear_map": LINEAR_MAPS, "allocator": ALLOCATORS, "series": SERIES_NAMES}
     for key, value in table.items():
         path: KeyPath = ("kernel", key)
         if key in choices:

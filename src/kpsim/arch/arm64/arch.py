@@ -22,6 +22,8 @@ from kpsim.arch.arm64.setup import SetupMixin
 from kpsim.arch.arm64.vmalloc_arch import VmallocArchMixin
 from kpsim.hw.arm64.system import Arm64System
 from kpsim.mm.kernel import Kernel
+from kpsim.mm.kpkeys_defs import KPKEYS_PKEY_REG_INVAL
+from kpsim.mm.kpkeys_series import DEFAULT_SERIES, SERIES, Series
 from kpsim.mm.sched import Task
 
 
@@ -36,6 +38,7 @@ class Arm64(SetupMixin, EntryMixin, VmallocArchMixin, PgtableUserMixin):
         linear_map: str = "pte",
         hardened_pgtables_config: bool = True,
         batching: bool = True,
+        series: str = DEFAULT_SERIES,
     ) -> None:
         self.k = k
         self.system = system
@@ -48,6 +51,7 @@ class Arm64(SetupMixin, EntryMixin, VmallocArchMixin, PgtableUserMixin):
         self.linear_map_policy = linear_map
         self.hardened_pgtables = False  # the static key: flipped by kpkeys init
         self.batching = batching
+        self.set_series(SERIES[series])
         self.por_init = por_el1_init(hardened_pgtables_config)
         self.split_lock_depth = 0
         self.rodata_ro = False
@@ -58,9 +62,22 @@ class Arm64(SetupMixin, EntryMixin, VmallocArchMixin, PgtableUserMixin):
         self.vmemmap_range = (0, 0, 0)
         k.arch = self
 
+    def set_series(self, series: Series) -> None:
+        """Follow ``series``' kpkeys API, batching guard and exception return."""
+        self.series = series
+        self.skip_unchanged = series.skip_unchanged
+        self.guard_tif = series.lazy_guard != "por"
+        self.guard_irq = series.lazy_guard == "tif-irq"
+        self.eret_always = series.eret_restore == "always"
+
     # -- kpkeys arch hooks (asm/kpkeys.h) ----------------------------------------------------
     def arch_kpkeys_set_context(self, ctx: int) -> int:
-        return arch_kpkeys_set_context(self.cpu, ctx)
+        """``arch_kpkeys_set_context`` (v4-v8) or ``arch_kpkeys_enter_context``
+        (enter-leave: ``KPKEYS_PKEY_REG_INVAL`` when nothing had to be written)."""
+        saved = arch_kpkeys_set_context(self.cpu, ctx, self.skip_unchanged)
+        if saved == KPKEYS_PKEY_REG_INVAL:
+            self.k.counters["kpkeys_enter_skipped"] += 1
+        return saved
 
     def arch_kpkeys_restore_pkey_reg(self, value: int) -> None:
         arch_kpkeys_restore_pkey_reg(self.cpu, value)

@@ -9,6 +9,7 @@ from kpsim.arch.arm64.memory import Layout
 from kpsim.hw.arm64.cpu import Cpu
 from kpsim.hw.arm64.system import Arm64System
 from kpsim.mm.kernel import Kernel
+from kpsim.mm.kpkeys_series import Series
 from kpsim.mm.sched import Task
 
 
@@ -35,6 +36,11 @@ class Arm64Base:
     linear_map_policy: str  # "pte" or "block"
     hardened_pgtables: bool  # static key kpkeys_hardened_pgtables_key
     batching: bool
+    series: Series
+    skip_unchanged: bool  # series.api == "enter-leave" (kpkeys_enter_context skips)
+    guard_tif: bool  # the batching guard tests TIF_LAZY_MMU (v4-v8)
+    guard_irq: bool  # ... and switches anyway in interrupt context (v5-v8)
+    eret_always: bool  # exception return writes pt_regs::por_el1 whatever it is
     por_init: int
     split_lock_depth: int
     rodata_ro: bool
@@ -47,6 +53,10 @@ class Arm64Base:
 
     def current(self) -> Task:
         return self.percpu[self.cpu_id].current
+
+    # provided by Arm64 (declared here for the mixins)
+    def arch_kpkeys_set_context(self, ctx: int) -> int:
+        raise NotImplementedError
 
     # provided by LazyMmuMixin (declared here for the other mixins)
     def arch_enter_lazy_mmu_mode(self) -> None:

@@ -62,7 +62,7 @@ class EntryMixin(Arm64Base):
             finally:
                 pc.irq_depth -= 1
                 if poe:
-                    exception_return_por(cpu, saved)
+                    exception_return_por(cpu, saved, self.por_init, self.eret_always)
 
     def switch_to(self, cpu_id: int, nxt: Task) -> None:
         """``__switch_to``: POR_EL1 save/restore, then TTBR0/ASID of the next mm."""

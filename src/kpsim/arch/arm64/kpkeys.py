@@ -1,14 +1,19 @@
 """arm64 kpkeys hooks: POR_EL1 contexts, exception entry/return, context switch.
 
-Models ``arch/arm64/include/asm/kpkeys.h`` and ``asm/por.h`` (v7 naming) and the v4+
+Models ``arch/arm64/include/asm/kpkeys.h`` and ``asm/por.h`` (v7 naming, and the
+enter/leave form of the linux-mm mirror after the review of v8 01/24) and the v4+
 entry and context-switch patches (spec §3.3, §3.6):
 
 - ``por_set_kpkeys_context``: pkey 0 RWX in every context, pkey 1 RW in
   ``KPKEYS_CTX_PGTABLES`` and R otherwise; other fields untouched.
-- ``arch_kpkeys_set_context``: always read, compute, write POR_EL1, ISB; return the
-  previous value (v7 behaviour; no skip-if-unchanged).
+- ``arch_kpkeys_set_context``: read, compute, write POR_EL1, ISB; return the previous
+  value (v4-v8). With ``skip_unchanged`` it is ``arch_kpkeys_enter_context``: when the
+  new value equals the current one nothing is written, no ISB, and the result is
+  ``KPKEYS_PKEY_REG_INVAL`` (``entered_context = false``), which makes the matching
+  restore (``arch_kpkeys_leave_context``) a no-op.
 - exception entry saves POR_EL1 in the frame and resets it to ``POR_EL1_INIT`` (+ ISB)
-  only if it differs; exception return writes the saved value back (ERET synchronises).
+  only if it differs; exception return writes the saved value back (ERET synchronises):
+  always (v4-v8), or only when entry reset it (enter-leave).
 - context switch saves the live value in the outgoing thread and writes the incoming
   one (+ ISB) only if it differs.
 """
@@ -65,12 +70,17 @@ class ThreadStruct:
     por_el1_lazy_mmu: int = KPKEYS_PKEY_REG_INVAL
 
 
-def arch_kpkeys_set_context(cpu: Cpu, ctx: int) -> int:
-    """Switch ``cpu`` to ``ctx``; return the previous POR_EL1 value."""
+def arch_kpkeys_set_context(cpu: Cpu, ctx: int, skip_unchanged: bool = False) -> int:
+    """Switch ``cpu`` to ``ctx``; return the previous POR_EL1 value, or
+    ``KPKEYS_PKEY_REG_INVAL`` when ``skip_unchanged`` and the register already holds
+    the context's value (``arch_kpkeys_enter_context``: no write, no ISB)."""
     if not KPKEYS_CTX_MIN <= ctx <= KPKEYS_CTX_MAX:
         raise ValueError(f"kpkeys context {ctx} out of range (a build error in Linux)")
     prev = cpu.por_el1
-    cpu.write_por_el1(por_set_kpkeys_context(prev, ctx))
+    new = por_set_kpkeys_context(prev, ctx)
+    if skip_unchanged and new == prev:
+        return KPKEYS_PKEY_REG_INVAL
+    cpu.write_por_el1(new)
     cpu.isb()
     return prev
 
@@ -101,9 +111,11 @@ def exception_entry_por(cpu: Cpu, por_init: int) -> int:
     return saved
 
 
-def exception_return_por(cpu: Cpu, saved: int) -> None:
-    """Return path: write ``pt_regs::por_el1`` back; ERET synchronises (no ISB)."""
-    if cpu.por_el1 != saved:
+def exception_return_por(cpu: Cpu, saved: int, por_init: int, always: bool) -> None:
+    """Return path: write ``pt_regs::por_el1`` back; ERET synchronises (no ISB).
+    ``always``: v4-v8 write it whatever it is; otherwise (enter-leave) only when the
+    entry reset the register (``saved != por_init``)."""
+    if always or saved != por_init:
         cpu.write_por_el1(saved)
     cpu.context_sync()
 

@@ -6,7 +6,8 @@ no-op in interrupt context) and arm64's ``arch_enter_lazy_mmu_mode`` /
 ``arch_leave_lazy_mmu_mode``: set ``TIF_LAZY_MMU``; with kpkeys_hardened_pgtables
 and batching on, switch to ``KPKEYS_CTX_PGTABLES`` once on entry (saving the previous
 POR_EL1 in ``thread.por_el1_lazy_mmu``) and restore it on exit before the deferred
-barriers are emitted.
+barriers are emitted. With the enter/leave API (series ``enter-leave``) a section opened
+where POR_EL1 already grants the context writes nothing, and its exit restores nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ class LazyMmuMixin(Arm64Base):
         counters["lazy_mmu_sections"] += 1
         if self.hardened_pgtables and self.batching:
             cpu = self.system.cpus[self.cpu_id]
-            task.thread.por_el1_lazy_mmu = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES)
+            saved = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES, self.skip_unchanged)
+            if saved == KPKEYS_PKEY_REG_INVAL:
+                counters["kpkeys_enter_skipped"] += 1
+            task.thread.por_el1_lazy_mmu = saved
             counters["kpkeys_guard_entries"] += 1
 
     def arch_leave_lazy_mmu_mode(self) -> None:

@@ -9,7 +9,8 @@ linear-map alias of the table page, made by the current simulated CPU and checke
 by its MMU. With kpkeys_hardened_pgtables on, each helper enters
 ``KPKEYS_CTX_PGTABLES`` around the write only (the ``kpkeys_hardened_pgtables``
 guard), unless the task is in a batched lazy-MMU section and not in interrupt
-context (v5/v6 batching, spec §4.9).
+context (v5/v6 batching, spec §4.9; v4 ignored interrupt context; with the enter/leave
+API the guard always enters and writes nothing where POR_EL1 already grants it).
 
 Reads use the physical address directly (a load through the linear map can never
 fault on a table page: pkey 1 is readable in every context).
@@ -24,12 +25,11 @@ import numpy as np
 from kpsim.arch.arm64.base import Arm64Base
 from kpsim.arch.arm64.kpkeys import (
     arch_kpkeys_restore_pkey_reg,
-    arch_kpkeys_set_context,
     por_set_kpkeys_context,
 )
 from kpsim.arch.arm64.memory import PAGE_OFFSET
 from kpsim.hw.arm64 import descriptors as d
-from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES
+from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES, KPKEYS_PKEY_REG_INVAL
 
 # pgtable-prot.h (with PTE_WRITE = PTE_DBM and software PTE_DIRTY)
 PROT_DEFAULT = d.AF | d.SH_INNER
@@ -102,11 +102,17 @@ class PgtableMixin(Arm64Base):
         return d.is_leaf(v, level)
 
     # -- the guard ---------------------------------------------------------------------
+
     def _guard_needed(self) -> bool:
-        """``kpkeys_hardened_pgtables`` guard condition (with v5/v6 batching)."""
+        """``kpkeys_hardened_pgtables`` guard condition, with the series' batching rule:
+        v4 never switches while ``TIF_LAZY_MMU`` is set, v5-v8 still switch in interrupt
+        context, enter-leave always enters (and skips the write where POR_EL1 already
+        grants the context)."""
         if not self.hardened_pgtables:
             return False
-        if not self.batching or self.in_interrupt():
+        if not self.batching or not self.guard_tif:
+            return True
+        if self.guard_irq and self.in_interrupt():
             return True
         return not self.current().tif_lazy_mmu
 
@@ -114,9 +120,9 @@ class PgtableMixin(Arm64Base):
         """One guarded page-table store (the body of every write helper)."""
         cpu = self.system.cpus[self.cpu_id]
         guard = self.hardened_pgtables
-        if guard and self.batching:  # _guard_needed(), inlined: this runs once per write
+        if guard and self.batching and self.guard_tif:  # _guard_needed(), inlined
             pc = self.percpu[self.cpu_id]
-            guard = pc.irq_depth > 0 or not pc.current.tif_lazy_mmu
+            guard = (self.guard_irq and pc.irq_depth > 0) or not pc.current.tif_lazy_mmu
         if guard and cpu.poe:  # arch_kpkeys_set_context, the store, restore_pkey_reg
             prev = cpu.por_el1
             por = _PGTABLES_POR.get(prev)
@@ -125,9 +131,13 @@ class PgtableMixin(Arm64Base):
                     _PGTABLES_POR.clear()
                 por = _PGTABLES_POR[prev] = por_set_kpkeys_context(prev, KPKEYS_CTX_PGTABLES)
             self.k.counters["kpkeys_guard_entries"] += 1
-            cpu.store_with_por_el1(ptr, value, por)
+            if por == prev and self.skip_unchanged:  # enter_context: nothing to write
+                self.k.counters["kpkeys_enter_skipped"] += 1
+                cpu.store(ptr, value)
+            else:
+                cpu.store_with_por_el1(ptr, value, por)
         elif guard:
-            saved = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES)
+            saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
             self.k.counters["kpkeys_guard_entries"] += 1
             try:
                 cpu.store(ptr, value)
@@ -151,14 +161,17 @@ class PgtableMixin(Arm64Base):
         cpu = self.system.cpus[self.cpu_id]
         va = PAGE_OFFSET + (table_pa - self.layout.memstart_addr)  # phys_to_virt
         if self._guard_needed():
-            saved = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES)
+            saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
             try:
                 n = cpu.store_table(va, index, values)
             finally:
                 arch_kpkeys_restore_pkey_reg(cpu, saved)
-            extra = n - 1
-            cpu.por_writes += 2 * extra
-            cpu.isbs += 2 * extra
+            if saved != KPKEYS_PKEY_REG_INVAL:  # each entry's guard would switch too
+                extra = n - 1
+                cpu.por_writes += 2 * extra
+                cpu.isbs += 2 * extra
+            else:  # each entry's guard would skip too (the first one counted already)
+                self.k.counters["kpkeys_enter_skipped"] += n - 1
             self.k.counters["kpkeys_guard_entries"] += n
         else:
             n = cpu.store_table(va, index, values)
