@@ -7,7 +7,7 @@ import pytest
 
 from kpsim.cli.main import main
 
-COUNTERS = ("pgtable_alloc", "pgtable_free", "set_memory_pkey", "por_writes", "isb",
+COUNTERS = ("pgtable_alloc", "pgtable_free", "set_memory_pkey", "por_write", "isb",
             "kpkeys_guard_entries", "lazy_mmu_sections", "warnings")  # fmt: skip
 
 

@@ -15,7 +15,7 @@ CASES = {
     "write_vmemmap_pmd": ["pmd"],
     "write_user_pmd": ["pmd"],
 }
-COUNTERS = ("pgtable_alloc", "pgtable_free", "set_memory_pkey", "por_writes", "isb",
+COUNTERS = ("pgtable_alloc", "pgtable_free", "set_memory_pkey", "por_write", "isb",
             "kpkeys_guard_entries", "lazy_mmu_sections", "warnings")  # fmt: skip
 
 
@@ -62,7 +62,7 @@ def test_all_five_fail_with_the_feature_off(capsys, batching):
 def test_kunit_json_carries_the_counters(capsys):
     _, doc = kunit(capsys)
     assert all(name in doc["counters"] for name in COUNTERS)
-    assert doc["counters"]["set_memory_pkey"] > 0 and doc["counters"]["por_writes"] > 0
+    assert doc["counters"]["set_memory_pkey"] > 0 and doc["counters"]["por_write"] > 0
 
 
 def test_kunit_text_output(capsys):

@@ -34,9 +34,9 @@ class Scenario:
         m = self.m
         cpu = m.hw.cpus[1]
         self.seen["in_handler"] = cpu.por_el1
-        c0 = m.counters["por_writes"]
+        c0 = m.counters["por_write"]
         m.k.pgtable.free_table(self.victim)  # set_memory_pkey: a guarded linear-map write
-        self.seen["handler_por_writes"] = m.counters["por_writes"] - c0
+        self.seen["handler_por_writes"] = m.counters["por_write"] - c0
         self.seen["end_of_handler"] = cpu.por_el1
         if self.handler_extra:
             self.handler_extra(self)
@@ -83,7 +83,7 @@ def test_batched_section_survives_an_irq_that_frees_a_table():
     assert w.violations == [] and w.pgtable_pages_to_buddy == 1
     assert linear_pkey(s.m, s.victim) == 0 and s.m.k.page_alloc.is_free(s.victim)
     # register writes: enter 1 + irq entry reset 1 + handler 2 + eret restore 1 + leave 1
-    assert c1["por_writes"] - c0["por_writes"] == 6
+    assert c1["por_write"] - c0["por_write"] == 6
     assert all(s.m.mem.read64((s.work << 12) + 8 * i) == (i + 1) << 12 for i in range(8))
     s.m.k.pgtable.free_table(s.work)
     assert audit(s.m) == []
@@ -91,13 +91,13 @@ def test_batched_section_survives_an_irq_that_frees_a_table():
 
 def test_control_without_batching_every_write_switches_and_the_irq_is_just_as_safe():
     s = Scenario(batching=False)
-    c0 = s.m.counters["por_writes"]
+    c0 = s.m.counters["por_write"]
     seen = s.run()
     assert seen["section"] == DEFAULT and seen["before"] == DEFAULT
     assert seen["in_handler"] == DEFAULT and seen["after_return"] == DEFAULT
     assert seen["section_end"] == DEFAULT
     # 8 entries x 2 + the handler's 2 (no entry reset needed: already default)
-    assert s.m.counters["por_writes"] - c0 == 18
+    assert s.m.counters["por_write"] - c0 == 18
 
 
 def test_negative_without_the_entry_reset_the_handler_runs_privileged(monkeypatch):
