@@ -28,7 +28,9 @@ def test_boot_value_on_every_cpu():
     assert [c.por_el1 for c in off.hw.cpus] == [0x7, 0x7]  # POR_EL1_INIT without the config
 
 
-def test_set_context_returns_the_previous_value_and_restore_writes_it_back(m):
+def test_set_context_returns_the_previous_value_and_restore_writes_it_back():
+    """v7 (set/restore): every call writes and synchronises, even to the same value."""
+    m = boot(memory="256M", series="v7")
     cpu = m.hw.cpus[0]
     w0, i0 = cpu.por_writes, cpu.isbs
     prev = kpkeys_set_context(m.arch, KPKEYS_CTX_PGTABLES)
@@ -39,6 +41,21 @@ def test_set_context_returns_the_previous_value_and_restore_writes_it_back(m):
     assert (cpu.por_writes - w0, cpu.isbs - i0) == (3, 3)  # each write has its ISB
     kpkeys_restore_pkey_reg(m.arch, 0)  # KPKEYS_PKEY_REG_INVAL: nothing to restore
     assert cpu.por_writes - w0 == 3 and cpu.por_el1 == DEFAULT
+
+
+def test_enter_context_to_the_current_value_writes_nothing(m):
+    """enter-leave (the default): entering the context POR_EL1 already holds returns
+    KPKEYS_PKEY_REG_INVAL and writes nothing; restoring that is a no-op."""
+    cpu = m.hw.cpus[0]
+    w0, i0 = cpu.por_writes, cpu.isbs
+    prev = kpkeys_set_context(m.arch, KPKEYS_CTX_PGTABLES)
+    assert prev == DEFAULT and cpu.por_el1 == PGTABLES
+    assert kpkeys_set_context(m.arch, KPKEYS_CTX_PGTABLES) == 0
+    kpkeys_restore_pkey_reg(m.arch, 0)
+    assert cpu.por_el1 == PGTABLES
+    kpkeys_restore_pkey_reg(m.arch, prev)
+    assert cpu.por_el1 == DEFAULT
+    assert (cpu.por_writes - w0, cpu.isbs - i0) == (2, 2)
 
 
 def test_bad_context_is_refused(m):
