@@ -145,7 +145,7 @@ def test_negative_batching_in_interrupt_context_faults_in_the_handler():
 def test_negative_without_the_return_restore_the_section_faults_after_the_irq(monkeypatch):
     """If the exception return did not restore the saved value, the rest of the batched
     section would write from the default context and fault."""
-    monkeypatch.setattr(entry, "exception_return_por", lambda cpu, saved: cpu.context_sync())
+    monkeypatch.setattr(entry, "exception_return_por", lambda cpu, *_: cpu.context_sync())
     s = Scenario(batching=True)
     with pytest.raises(AccessFault) as exc:
         s.run()
