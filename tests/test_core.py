@@ -55,7 +55,8 @@ def test_current_build_is_used_and_stale_one_is_not(tmp_path: Path) -> None:
     files, state = _core.check(good)
     assert state == "compiled" and files == {"x": good / "m.so"}
     stale = tmp_path / "stale"  # negative control: one digest bit off
-    _fake_build(stale, "0" + _core.source_digest()[1:])
+    digest = _core.source_digest()
+    _fake_build(stale, ("1" if digest[0] == "0" else "0") + digest[1:])
     files, state = _core.check(stale)
     assert files is None and state.startswith("pure (stale")
 
