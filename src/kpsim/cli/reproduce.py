@@ -178,10 +178,8 @@ NOTES: dict[str, str] = {
     "cost, so kernbench's system-time figures rest on that prior; user time does not "
     "change by construction.",
     "vmalloc": "fix_size_alloc h:1 maps 64 KiB contiguous-PTE blocks from split order-4 "
-    "pages, one walk and lazy-MMU section per 64 KiB, as arm64 Linux; but the cost model "
-    "charges an order-4 allocation like an order-0 one (no pcp/buddy or alloc_pages_bulk "
-    "difference), so the h:1 baseline is about half the h:0 one where the published rows "
-    "imply a larger one: h:1 overheads come out too high.",
+    "pages (buddy path, priced by order), h:0 takes order-0 pages through "
+    "alloc_pages_bulk, as arm64 Linux; vmalloc/vfree's fixed costs are priors.",
     "munmap": "micromm h:1: folio batching is a count (fork_folio/zap_folio), the PTE "
     "writes are the same as h:0; THP frees are reported as Linux makes them.",
 }

@@ -412,11 +412,18 @@ class PageAllocator:
         gfp: Gfp | int,
         plan: list[tuple[int, int, int]],
         clear_pages: Callable[[list[int]], None] | None = None,
+        *,
+        bulk_call: bool = False,
     ) -> list[int]:
         """``alloc_pages_bulk``: the order-0 pages of ``plan`` (from :meth:`plan_bulk`,
         with no allocator call in between), leaving the allocator, its counters and
         the pages exactly as the same number of ``alloc_pages(gfp, 0)`` calls would.
-        ``clear_pages`` zeroes many pages as ``clear_page`` on each would."""
+        ``clear_pages`` zeroes many pages as ``clear_page`` on each would.
+
+        ``bulk_call``: the caller is Linux's own ``alloc_pages_bulk`` (one call, one
+        pcp lock, a list pop per page: vmalloc's order-0 pages), counted as
+        ``alloc_bulk_calls`` + ``alloc_bulk`` pages instead of ``alloc`` per page; the
+        state left is the same either way."""
         g = int(gfp)
         pfns: list[int] = []
         for o, pfn, take in plan:
@@ -426,7 +433,11 @@ class PageAllocator:
         self._alloc.update(dict.fromkeys(pfns, 0))
         self.nr_free -= n
         c = self.counters
-        c["alloc"] += n
+        if bulk_call:
+            c["alloc_bulk_calls"] += 1
+            c["alloc_bulk"] += n
+        else:
+            c["alloc"] += n
         c[_ALLOC_KEYS[0]] += n
         if g & _ZERO and n:
             if clear_pages is not None:

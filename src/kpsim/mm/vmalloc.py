@@ -25,8 +25,7 @@ Left out (docs/fidelity.md): per-CPU ``vmap_block`` caches for small ``vm_map_ra
 (every ``vm_map_ram`` gets its own area, without guard as the large path does), the
 deferred purge worker (the purge runs synchronously when the threshold is crossed),
 node/NUMA placement, ``VM_FLUSH_RESET_PERMS``, KASAN shadow, 1 GiB (PUD) vmalloc blocks,
-``pmd_free_pte_page`` (a PMD block over a stale PTE table is an error here), order-0
-``alloc_pages_bulk`` (one ``alloc_pages`` per page).
+``pmd_free_pte_page`` (a PMD block over a stale PTE table is an error here).
 """
 
 from __future__ import annotations
@@ -340,12 +339,31 @@ def vunmap_range_noflush(k: Kernel, start: int, end: int) -> None:
 
 
 # -- vmalloc / vfree -------------------------------------------------------------------------
+#: ``vm_area_alloc_pages``: at most this many pages per ``alloc_pages_bulk`` call.
+BULK_REQUEST_MAX = 100
+
+
 def vm_area_alloc_pages(k: Kernel, order: int, nr_pages: int) -> list[int] | None:
     """``vm_area_alloc_pages``: ``nr_pages`` pages in blocks of ``order``, each high-order
     block ``split_page``d into order-0 pages (so vfree frees them one by one); the
-    pfns, or None after freeing what was taken."""
+    pfns, or None after freeing what was taken.
+
+    Order 0 goes through the bulk allocator first, as Linux: ``alloc_pages_bulk`` calls
+    of at most 100 pages (``nr_pages_request``), and when a call comes back short the
+    rest falls back to one ``alloc_pages`` each (the slow path with reclaim)."""
     pa = k.page_alloc
     got: list[int] = []
+    if not order:
+        while len(got) < nr_pages:
+            want = min(BULK_REQUEST_MAX, nr_pages - len(got))
+            plan = pa.plan_bulk(want)
+            taken = sum(n for _, _, n in plan)
+            if taken < want or not taken:
+                break  # short: the single-page fallback below
+            pfns = pa.alloc_pages_bulk(GFP_KERNEL, plan, bulk_call=True)
+            for p in pfns:
+                pa.memmap.page(p).owner = "vmalloc"
+            got.extend(pfns)
     while len(got) < nr_pages:
         pfn = pa.alloc_pages(GFP_KERNEL, order, owner="vmalloc")
         if pfn is None:

@@ -48,10 +48,13 @@ Counts = Mapping[str, float]
 
 #: The counter names the cost model prices (the machine's, plus those the workloads add).
 EVENTS: Final[tuple[str, ...]] = (
-    "por_write", "isb", "dsb", "tlbi_va", "tlbi_asid", "tlbi_all", "pte_write",
+    "por_write", "isb", "dsb", "tlbi_sync", "tlbi_va", "tlbi_asid", "tlbi_all", "pte_write",
     "pgtable_alloc", "pgtable_free", "set_memory_pkey", "set_memory_pkey_page",
     "split_pud", "split_pmd", "split_cont", "pgfault", "fork_pte_copy", "fork_folio",
     "zap_pte", "zap_folio", "page_alloc.alloc", "page_alloc.free", "page_alloc.clear_page",
+    "page_alloc.alloc_bulk_calls", "page_alloc.alloc_bulk", "page_alloc.alloc_order_4",
+    "page_alloc.alloc_order_5", "page_alloc.alloc_order_6", "page_alloc.alloc_order_7",
+    "page_alloc.alloc_order_8", "page_alloc.alloc_order_10",
     "pba.alloc", "pba.free", "pba.clear_page",
     "vmalloc", "vmalloc_page", "vfree", "vm_map_ram", "vm_unmap_ram", "vmap_lazy_purge",
     "syscall", "context_switches", "lazy_mmu_sections", "kpkeys_guard_entries", "other_cycles",

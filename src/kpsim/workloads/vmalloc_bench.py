@@ -21,9 +21,7 @@ Each test is a loop of ``loops`` (``test_loop_count``) iterations on CPU 0, all 
   ``vm_unmap_ram``.
 
 Departures (docs/fidelity.md): the test's one-byte store through the new mapping is not
-made; order-0 pages are taken one ``alloc_pages`` each (Linux: ``alloc_pages_bulk``) and
-an order-4 allocation is one allocator call like an order-0 one, so the cost model
-cannot tell the ``huge`` rows' allocation cost from the small ones'; ``vm_map_ram`` of a few pages
+made; ``vm_map_ram`` of a few pages
 gets a vmap area of its own instead of a slot of a per-CPU ``vmap_block``
 (kpsim.mm.vmalloc). The counters ``vmalloc``, ``vfree``, ``vm_map_ram`` and
 ``vm_unmap_ram`` (calls) and ``vmalloc_page`` are counted by kpsim.mm.vmalloc.

@@ -2,7 +2,9 @@
 ``arch/arm64/include/asm/tlb.h``).
 
 ``flush_tlb_kernel_range``: DSB ISHST, one ``TLBI VAALE1IS`` per page (or
-``TLBI VMALLE1IS`` above ``MAX_DVM_OPS`` pages), DSB ISH, ISB. User flushes use the
+``TLBI VMALLE1IS`` above ``MAX_DVM_OPS`` pages), DSB ISH, ISB. Of a flush's two DSBs the
+ISHST one is counted ``dsb``, the ISH one that waits for the broadcast TLBIs to
+complete everywhere ``tlbi_sync``. User flushes use the
 mm's ASID: ``flush_tlb_range`` is ``__flush_tlb_range`` (round the range to the
 stride, then one ``TLBI ASIDE1IS`` when it spans ``MAX_DVM_OPS`` strides or more,
 else one TLBI per stride: ``VALE1IS`` for a last-level flush, ``VAE1IS`` otherwise,
@@ -20,6 +22,8 @@ range TLBIs), the TTL level hint (no effect on what is invalidated here).
 
 from __future__ import annotations
 
+from typing import Any
+
 from kpsim.arch.arm64.base import Arm64Base
 
 PAGE_SIZE = 1 << 12
@@ -28,9 +32,18 @@ MAX_DVM_OPS = 512
 
 
 class TlbFlushMixin(Arm64Base):
+    @staticmethod
+    def _flush_barriers(counters: Any) -> None:
+        """The two DSBs of a TLB flush: ``DSB ISHST`` before the TLBIs (orders the
+        table writes, counted ``dsb``) and ``DSB ISH`` after them, which waits until
+        every PE of the inner-shareable domain has completed the broadcast
+        invalidation (counted ``tlbi_sync``: its cost is not a plain barrier's)."""
+        counters["dsb"] += 1
+        counters["tlbi_sync"] += 1
+
     def flush_tlb_kernel_range(self, start: int, end: int) -> None:
         cpu = self.cpu
-        self.system.counters["dsb"] += 2
+        self._flush_barriers(self.system.counters)
         cpu.tlbi_range(start, end, None)
         cpu.isb()
 
@@ -54,7 +67,7 @@ class TlbFlushMixin(Arm64Base):
             self.flush_tlb_mm(asid)
             return
         counters = self.system.counters
-        counters["dsb"] += 2
+        self._flush_barriers(counters)
         n = (end - start) // stride
         if stride == PAGE_SIZE:
             self.cpu.tlbi_range(start, end, asid)
@@ -67,15 +80,15 @@ class TlbFlushMixin(Arm64Base):
 
     def flush_tlb_page(self, asid: int, addr: int) -> None:
         """``flush_tlb_page``: one ``TLBI VALE1IS``."""
-        self.system.counters["dsb"] += 2
+        self._flush_barriers(self.system.counters)
         self.cpu.tlbi_va(addr, asid)
 
     def flush_tlb_mm(self, asid: int) -> None:
-        self.system.counters["dsb"] += 2
+        self._flush_barriers(self.system.counters)
         self.cpu.tlbi_asid(asid)
 
     def flush_tlb_all(self) -> None:
-        self.system.counters["dsb"] += 2
+        self._flush_barriers(self.system.counters)
         self.cpu.tlbi_all()
         self.cpu.isb()
 
