@@ -141,7 +141,7 @@ CASES: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("record", "--check", "{d}/badmid.trace"), (f"{{d}}/badmid.trace:{BAD_MID_LINE}: not",)),
     (("record", "--check", "{d}/trunc.trace"), (f"{{d}}/trunc.trace:{TRUNC_LINE}: ",)),
     (("record", "--check", "{d}/empty.toml", "-o", "x"), ("--check FILE takes no -o",)),
-    (("record",), ("usage: kpsim record -o FILE -- CMD",)),
+    (("record",), ("usage: kpsim record -o FILE [-p PID | -a] [-- CMD",)),
     (("record", "-o", "/proc/kpsim/x", "--", "true"), ("/proc/kpsim/x: cannot write the trace",)),
     (("snapshot", "1", "-o", "/proc/kpsim/x"), ("/proc/kpsim/x: cannot write snapshot",)),
     (("snapshot", "abc"), ("argument PID: not a number",)),

@@ -608,9 +608,83 @@ def test_record_true_end_to_end_with_vmpte(
 
 
 @needs_perf
-def test_record_reports_the_commands_own_exit_status(
+def test_record_exits_with_the_commands_status_summary_on_stderr(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A command that exits 3 is recorded (kpsim exits 0) and its status 3 is reported."""
-    rc, out, _ = _record(capsys, "-o", str(tmp_path / "t.trace"), "--", "sh", "-c", "exit 3")
-    assert rc == 0 and "exited with status 3" in out
+    """As perf record: kpsim exits with the command's status (3), the summary is on
+    stderr and stdout is the command's own; exit 0 for a command that succeeds."""
+    trace = tmp_path / "t.trace"
+    rc, out, err = _record(capsys, "-o", str(trace), "--", "sh", "-c", "exit 3")
+    assert rc == 3 and out == ""
+    assert err.startswith(f"kpsim record: {trace}: ") and "exited with status 3" in err
+    assert _record(capsys, "-o", str(trace), "--", "true")[0] == 0
+
+
+@needs_perf
+def test_record_of_a_command_killed_by_a_signal_is_128_plus_n(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A command killed by SIGTERM: exit status 143, as a shell reports it."""
+    rc, _, err = _record(capsys, "-o", str(tmp_path / "t.trace"), "--", "sh", "-c", "kill $$")
+    assert rc == 128 + 15 and "was killed by SIGTERM" in err
+
+
+@needs_perf
+def test_record_p_pid_follows_a_running_process_until_it_exits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-p PID attaches to a running shell; perf stops when it exits; the trace holds
+    what the shell forks and execs after the attach (ls, then the second sleep)."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(["sh", "-c", "sleep 2; ls / > /dev/null; sleep 0.2"])
+    time.sleep(0.1)
+    trace = tmp_path / "p.trace"
+    rc, out, err = _record(capsys, "-p", str(proc.pid), "-o", str(trace), "--json")
+    proc.wait()
+    doc = json.loads(out)
+    assert rc == 0 and f"processes {proc.pid} recorded" in err
+    assert "ls" in doc["summary"]["processes"].values()
+    assert doc["summary"]["records"]["ProcessExec"] == 2
+
+
+@needs_perf
+def test_record_a_is_system_wide(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """-a -- CMD records every CPU during CMD: CMD's exec is there, status is CMD's."""
+    trace = tmp_path / "a.trace"
+    rc, out, err = _record(capsys, "-a", "-o", str(trace), "--json", "--", "sh", "-c", "exit 4")
+    doc = json.loads(out)
+    assert rc == 4 and "the whole system during command" in err
+    assert doc["summary"]["records"]["ProcessExec"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (("-p", "1", "--", "true"), "give no command and no -a"),
+        (("-p", "1", "-a"), "give no command and no -a"),
+        (("-p", "x1"), "expected PID[,PID...]"),
+        (("-p", "999999999"), "no process 999999999"),
+        (("--vmpte", "-a", "--", "true"), "not with -p or -a"),
+    ],
+)
+def test_record_bad_targets_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], problem: str
+) -> None:
+    """-p with a command or -a, a bad PID, --vmpte with -a: one line, exit 2, before perf."""
+    rc, out, err = _record(capsys, "-o", str(tmp_path / "t.trace"), *argv)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and problem in err
+    assert not (tmp_path / "t.trace").exists()
+
+
+def test_perf_record_argv_for_p_and_a() -> None:
+    """-p PIDS and -a reach perf record; no command means no '--'."""
+    argv = trace_record.perf_record_argv(
+        "perf", Path("x.data"), [], trace_record.RECORD_EVENTS, "64M", pids="12,34"
+    )
+    assert argv[argv.index("-p") + 1] == "12,34" and "--" not in argv and "-a" not in argv
+    argv = trace_record.perf_record_argv(
+        "perf", Path("x.data"), ["true"], trace_record.RECORD_EVENTS, "64M", system_wide=True
+    )
+    assert "-a" in argv and argv[-2:] == ["--", "true"]

@@ -1,9 +1,11 @@
 """``kpsim record -o FILE -- CMD [ARGS...]``: record a program's memory behaviour.
 
-Also ``kpsim record --check FILE``: parse an existing trace and summarise it.
-Exit status: 0 recorded (whatever the command's own status, which is reported);
-1 perf lost events (the trace is incomplete); 2 bad usage, bad trace, or perf
-missing or not permitted.
+As ``perf record``: ``-p PID`` records running processes, ``-a`` the whole system;
+the summary goes to stderr (stdout is the command's, or ``--json``'s); the exit
+status is the command's (128+N if a signal N killed it), so ``kpsim record -- make``
+fails when make does. Lost events are a warning, as perf's. Also ``kpsim record
+--check FILE``: parse an existing trace and summarise it. Exit status 2: bad usage,
+bad trace, or perf missing or not permitted.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,15 +26,20 @@ if TYPE_CHECKING:
 DESCRIPTION = """\
 Run CMD under perf record (fork, exec and exit; mmap, munmap, mremap, brk, mprotect,
 madvise, clone, clone3, vfork, exit_group; user and kernel page faults; children
-followed) and write the perf script text trace to FILE."""
+followed) and write the perf script text trace to FILE. As with perf record, -p PID
+records running processes (until they exit, or Ctrl-C) and -a the whole system (for
+CMD's run, or until Ctrl-C); the summary goes to stderr."""
 
 EPILOG = """\
-exit status: 0 recorded (the command's own status is reported); 1 perf lost events,
-the trace is incomplete; 2 bad usage, unreadable trace, perf missing or not permitted.
+exit status: the command's, as perf record's (128+N when signal N killed it; 0 with
+-p, or -a without a command); lost events are a warning on stderr (the trace is
+incomplete); 2 bad usage, unreadable trace, perf missing or not permitted.
 
 examples:
   kpsim record -o ls.trace -- ls -l /
   kpsim record --vmpte -o build.trace -- make -j2
+  kpsim record -p 1234 -o daemon.trace       # until it exits or Ctrl-C
+  kpsim record -a -o system.trace -- sleep 5
   kpsim record --check ls.trace
 """
 
@@ -46,6 +54,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="the text trace to write")
     p.add_argument("--check", type=Path, metavar="FILE", help="parse FILE and summarise it")
+    p.add_argument(
+        "-p", "--pid", metavar="PID[,PID...]", help="record running processes, as perf's -p"
+    )
+    p.add_argument(
+        "-a",
+        "--all-cpus",
+        dest="system_wide",
+        action="store_true",
+        help="record the whole system, as perf's -a",
+    )
     p.add_argument(
         "-m",
         "--buffer",
@@ -74,11 +92,14 @@ def run(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if args.check is not None:
-        if cmd or args.output is not None:
-            raise InputError("--check FILE takes no -o and no command")
+        if cmd or args.output is not None or args.pid or args.system_wide:
+            raise InputError("--check FILE takes no -o, -p, -a and no command")
         return _check(args.check, args.json)
-    if args.output is None or not cmd:
-        raise InputError("usage: kpsim record -o FILE -- CMD [ARGS...]")
+    if args.output is None or not (cmd or args.pid or args.system_wide):
+        raise InputError("usage: kpsim record -o FILE [-p PID | -a] [-- CMD [ARGS...]]")
+    from kpsim.workloads.trace_record import check_targets
+
+    check_targets(cmd, args.pid, args.system_wide, args.vmpte)
     if _BUFFER.match(args.buffer) is None:
         raise InputError(
             f"-m/--buffer: expected a size such as 64M or a number of pages, got {args.buffer!r}"
@@ -95,13 +116,19 @@ def run(args: argparse.Namespace) -> int:
         allow_missing=args.allow_missing,
         vmpte=args.vmpte,
         keep_data=args.keep_data,
+        pids=args.pid,
+        system_wide=args.system_wide,
     )
     summary = _summary(res.trace)
     if args.json:
         emit_json(_record_doc(res, summary))
-    else:
-        _print_record(res, summary)
-    return 1 if res.lost_events or res.lost_samples else 0
+    _print_record(res, summary, args.pid, args.system_wide)
+    return exit_status(res.exit_status)
+
+
+def exit_status(status: int) -> int:
+    """The shell's status for a command's: the code, or 128+N when killed by signal N."""
+    return 128 - status if status < 0 else status
 
 
 #: What ``perf record -m`` takes: a page count or a size (B, K, M or G), not zero.
@@ -137,25 +164,38 @@ def _status_text(status: int) -> str:
     return f"exited with status {status}"
 
 
-def _print_record(res: RecordResult, summary: dict[str, Any]) -> None:
+def _print_record(
+    res: RecordResult, summary: dict[str, Any], pids: str | None, system_wide: bool
+) -> None:
+    """The summary, on stderr as perf record's (stdout is the command's)."""
+
+    def say(text: str) -> None:
+        sys.stderr.write(text + "\n")
+
     cmd = " ".join(res.command)
     procs = plural(len(summary["processes"]), "process")
-    print(f"kpsim record: {res.trace}: {res.lines} lines, {procs}")
-    print(f"  command {cmd!r} {_status_text(res.exit_status)}")
+    say(f"kpsim record: {res.trace}: {res.lines} lines, {procs}")
+    if pids is not None:
+        say(f"  processes {pids} recorded (perf {_status_text(res.exit_status)})")
+    elif system_wide and not cmd:
+        say(f"  whole system recorded (perf {_status_text(res.exit_status)})")
+    else:
+        where = "the whole system during " if system_wide else ""
+        say(f"  {where}command {cmd!r} {_status_text(res.exit_status)}")
     if res.missing:
-        print(f"  WARNING: recorded without missing tracepoints: {', '.join(res.missing)}")
+        say(f"  WARNING: recorded without missing tracepoints: {', '.join(res.missing)}")
     if res.lost_events or res.lost_samples:
-        print(
+        say(
             f"  WARNING: perf lost {res.lost_events} events in {res.lost_chunks} chunks "
             f"({res.lost_samples} lost-sample records): the trace is incomplete; "
             "rerun with a larger --buffer"
         )
     else:
-        print("  no events lost")
+        say("  no events lost")
     if res.vmpte_file is not None and res.vmpte is not None:
-        print(f"  VmPTE at exit of {plural(len(res.vmpte), 'process')}: {res.vmpte_file}")
+        say(f"  VmPTE at exit of {plural(len(res.vmpte), 'process')}: {res.vmpte_file}")
     if res.perf_data is not None:
-        print(f"  perf data kept at {res.perf_data}")
+        say(f"  perf data kept at {res.perf_data}")
 
 
 def _summary(path: Path) -> dict[str, Any]:

@@ -6,12 +6,21 @@ reads the text ``perf script`` prints for the tracepoints ``kpsim record`` enabl
 ``exceptions:page_fault_{user,kernel}``, see :mod:`kpsim.workloads.trace_record`)
 and turns it into typed records, then into resolved memory operations.
 
-Two header layouts are accepted, told apart line by line:
+Any ``perf script -F`` field set that carries a thread id, the event name and the
+tracepoint fields is accepted, told apart line by line; perf prints the fields it is
+given in a fixed order, ``comm  pid/tid [cpu] time: event: fields``, each optional:
 
-- ``-F comm,pid,tid,cpu,time,event,trace``: ``comm  pid/tid [cpu] time: event: fields``;
-- perf's default field set: ``comm  tid [cpu] time: event: fields``. It prints the
-  thread id only, so :attr:`Record.pid` is ``None`` and :func:`memory_ops` works out
-  the thread group from the clone flags and exec records.
+- ``-F comm,pid,tid,cpu,time,event,trace`` (what ``kpsim record`` writes) and perf's
+  default field set ``comm  tid [cpu] time: event: fields`` are read by one fast
+  pattern. With the thread id only (no ``pid``) :attr:`Record.pid` is ``None`` and
+  :func:`memory_ops` works out the thread group from the clone flags and exec records;
+  a lone ``pid`` prints the same number and is read as the thread id (right for
+  single-threaded processes only);
+- without ``comm``, ``cpu`` or ``time`` (``-F tid,event,trace``) the record has
+  ``comm=""``, ``cpu=-1``, ``time=0.0`` (the replay uses none of them); ``ip``,
+  ``sym`` and ``dso`` after the tracepoint fields are dropped;
+- a field set without ``tid``/``pid``, ``event`` or ``trace`` cannot be replayed: the
+  first line says which field is missing (:class:`kpsim.errors.InputError`).
 
 Every record carries its 1-based line number. A line that cannot be read raises
 :class:`kpsim.errors.InputError` naming the file, the line and the problem; blank
@@ -19,9 +28,10 @@ lines and ``#`` comments are the only lines without a record. Tracepoints other
 than the ones above become :class:`Other` records, perf's ``PERF_RECORD_LOST``
 lines (``--show-lost-events``) become :class:`Lost`.
 
-Left out: raw (``--raw-trace``) output, field sets without cpu or time, and the x86
-syscall numbers (the text format does not print ``__syscall_nr``). The page-fault
-tracepoints exist on x86 only, so error codes are decoded with the x86 layout.
+Left out: raw (``--raw-trace``) output, fields perf prints between the header and the
+event (``period``, ``misc``, ``flags``...), and the x86 syscall numbers (the text
+format does not print ``__syscall_nr``). The page-fault tracepoints exist on x86
+only, so error codes are decoded with the x86 layout.
 
 :func:`memory_ops` (second half of this module) pairs syscall enters with their
 exits per thread and resolves clones, execs and exits; its rules are documented
@@ -170,6 +180,15 @@ _HEAD = re.compile(
     r" *+(.*?) +(\d++)(?:/(\d++))? +\[(\d++)\] +(\d+\.\d+): +(\S++) "
     r"?(?:address=(\S++) ip=(\S++) error_code=0x([0-9a-fA-F]++)$)?(.*)",
 )
+#: Any field set: each header field optional, in perf's order (``perf_sample__fprintf_start``).
+_GENERAL = re.compile(
+    r" *(?:(.*?) +)??(\d+)(?:/(\d+))? +(?:\[(\d+)\] +)?(?:(\d+\.\d+): +)?"
+    r"([\w.-]+:[\w.-]+:|PERF_RECORD_LOST)(?: (.*?))?\s*$"
+)
+_EVENT = re.compile(r"(?:^| )([\w.-]+:[\w.-]+:|PERF_RECORD_LOST)(?: |$)")
+_TID = re.compile(r"(?:^| )\d+(?:/\d+)? ")
+#: ``-F ip,sym,dso`` after the tracepoint fields: a kernel ip (16 hex digits), symbol, dso
+_IP_TAIL = re.compile(r" +[0-9a-f]{1,16}(?: [^ ()]+)?(?: \([^)]*\))?$")
 _FAULT = re.compile(r"address=(\S+) ip=(\S+) error_code=(0x[0-9a-fA-F]+)$")
 _FAULT_EVENTS = {"exceptions:page_fault_user:": False, "exceptions:page_fault_kernel:": True}
 _FORK = re.compile(r"comm=(.*) pid=(-?\d+) child_comm=(.*) child_pid=(-?\d+)$")
@@ -281,7 +300,64 @@ def _parser_for(event: str) -> _Parse:
         return _sys_exit(event[18:-1])
     if event.endswith(":") and ":" in event[:-1]:
         return _other(event[:-1])
+    if "=" in event:  # tracepoint fields where the event name should be
+        raise _Bad(
+            "no event name: the perf script field set lacks 'event' "
+            "(record with -F tid,event,trace or more)"
+        )
     raise _Bad(f"unknown event {event!r} (expected subsystem:event:)")
+
+
+#: Events that cannot be read without their tracepoint fields (``-F trace``).
+_NEED_TRACE = (
+    "exceptions:page_fault_user:",
+    "exceptions:page_fault_kernel:",
+    "sched:sched_process_fork:",
+    "sched:sched_process_exec:",
+    "sched:sched_process_exit:",
+    "syscalls:sys_exit_",
+)
+
+
+def _missing_field(text: str) -> str:
+    """Why a line fits no field set: the ``perf script -F`` field it lacks, if any."""
+    ev = _EVENT.search(text)
+    if ev is None:
+        if "=" in text:
+            return (
+                "no event name: the perf script field set lacks 'event' "
+                "(record with -F tid,event,trace or more)"
+            )
+        return "not a perf script line (comm [pid/]tid [cpu] time: event: ...)"
+    if _TID.search(text[: ev.start(1)]) is None:
+        return (
+            "no thread id before the event: the perf script field set lacks 'tid' "
+            "(record with -F tid,event,trace or more)"
+        )
+    return "not a perf script line (comm [pid/]tid [cpu] time: event: ...)"
+
+
+def _general(text: str) -> tuple[str, int | None, int, int, float, str, str]:
+    """The header and payload of a line in any field set (see the module docstring)."""
+    g = _GENERAL.match(text)
+    if g is None:
+        raise _Bad(_missing_field(text))
+    comm, a, b, cpu, t, event, rest = g.groups()
+    pid, tid = (None, int(a)) if b is None else (int(a), int(b))
+    return comm or "", pid, tid, -1 if cpu is None else int(cpu), float(t or 0), event, rest or ""
+
+
+def _payload(event: str, rest: str, first: bool) -> str:
+    """``rest`` without a trailing ``-F ip,sym,dso``; on the ``first`` record, a missing
+    ``trace`` field named (later, an empty payload is one bad line, not a field set)."""
+    if "  " in rest or " ffff" in rest:  # cheap test first: a user ip is padded to 16
+        rest = _IP_TAIL.sub("", rest)  # columns, a kernel one starts ffff (no 0x prefix)
+    if first and not rest and event.startswith(_NEED_TRACE):
+        raise _Bad(
+            f"{event} without its fields: the perf script field set lacks 'trace' "
+            "(record with -F tid,event,trace or more)"
+        )
+    return rest
 
 
 def parse_lines(lines: Iterable[str], *, file: str = "<trace>") -> Iterator[Event]:
@@ -294,18 +370,26 @@ def parse_lines(lines: Iterable[str], *, file: str = "<trace>") -> Iterator[Even
     head = _HEAD.match
     faults = _FAULT_EVENTS
     n = 0
+    first = True
     try:
         for n, text in enumerate(lines, 1):
             m = head(text)
             if m is None:
                 if not text.strip() or text.lstrip().startswith("#"):
                     continue
-                raise _Bad("not a perf script line (comm [pid/]tid [cpu] time: event: ...)")
+                comm, pid, tid, ncpu, time, event, rest = _general(text)
+                parse = parsers.get(event)
+                if parse is None:
+                    parse = parsers[event] = _parser_for(event)
+                yield parse(_payload(event, rest, first), (n, comm, pid, tid, ncpu, time))
+                first = False
+                continue
             comm, a, b, cpu, t, event, addr, ip, ec, rest = m.groups()
             pid, tid = (None, int(a)) if b is None else (int(a), int(b))
             if addr is not None:
                 kernel = faults.get(event)
                 if kernel is not None:  # the hot path: one match, no payload parser
+                    first = False
                     yield PageFault(
                         n, comm, pid, tid, int(cpu), float(t),
                         int(addr, 16) if addr.startswith("0x") else addr,
@@ -317,7 +401,8 @@ def parse_lines(lines: Iterable[str], *, file: str = "<trace>") -> Iterator[Even
             parse = parsers.get(event)
             if parse is None:
                 parse = parsers[event] = _parser_for(event)
-            yield parse(rest, (n, comm, pid, tid, int(cpu), float(t)))
+            yield parse(_payload(event, rest, first), (n, comm, pid, tid, int(cpu), float(t)))
+            first = False
     except _Bad as err:
         raise InputError(str(err), file=file, line=n) from None
     except InputError:  # from ``lines`` itself (:func:`_whole_lines`)

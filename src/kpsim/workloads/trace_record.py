@@ -2,7 +2,9 @@
 
 Runs ``perf record`` on a command with the tracepoints issue 8 lists
 (:data:`RECORD_EVENTS`), following its children through perf's default inherit
-mode (never ``-a``), with a large ring buffer, then converts the data with
+mode, with a large ring buffer; or, as perf's ``-p PID`` and ``-a`` do, on running
+processes (until they exit or Ctrl-C) or on the whole system (for the command's
+duration, or until Ctrl-C). It then converts the data with
 ``perf script -F comm,pid,tid,cpu,time,event,trace`` into the text trace that
 :mod:`kpsim.workloads.trace` reads. Lost events are counted (``PERF_RECORD_LOST``
 lines, which stay in the trace so that ``kpsim replay`` reports it incomplete, and
@@ -14,8 +16,10 @@ With ``vmpte=True`` the whole ``perf record`` run is also traced with ptrace
 ``VmPTE`` (PTE + PMD + PUD tables) of its mm. The last such reading of each thread
 group is the live kernel's page-table count at exit.
 
-Left out: system-wide recording, perf's own ``--threads`` mode, and the x86-only
-nature of the page-fault tracepoints (other hosts report them missing).
+The command's exit status is passed on as ``perf record`` passes it on (perf exits
+with its workload's status). Left out: perf's own ``--threads`` mode, VmPTE readings
+with ``-p``/``-a`` (ptrace follows only perf's own children), and the x86-only nature
+of the page-fault tracepoints (other hosts report them missing).
 """
 
 from __future__ import annotations
@@ -140,13 +144,45 @@ def _read_int(path: str) -> int | None:
 
 
 def perf_record_argv(
-    perf: str, data: Path, cmd: Sequence[str], events: Sequence[str], buffer: str
+    perf: str,
+    data: Path,
+    cmd: Sequence[str],
+    events: Sequence[str],
+    buffer: str,
+    *,
+    pids: str | None = None,
+    system_wide: bool = False,
 ) -> list[str]:
-    """The ``perf record`` command line: inherit (the default), no ``-a``, big buffer."""
+    """The ``perf record`` command line: inherit (the default), a big buffer, and
+    ``-p PIDS`` or ``-a`` when asked; the command (if any) last."""
     argv = [perf, "record", "-q", "--no-buildid", "-m", buffer, "-o", str(data)]
+    if pids is not None:
+        argv += ["-p", pids]
+    if system_wide:
+        argv.append("-a")
     for e in events:
         argv += ["-e", e]
-    return [*argv, "--", *cmd]
+    return [*argv, "--", *cmd] if cmd else argv
+
+
+_PIDS = re.compile(r"^[1-9][0-9]*(,[1-9][0-9]*)*$")
+
+
+def check_targets(cmd: Sequence[str], pids: str | None, system_wide: bool, vmpte: bool) -> None:
+    """What to record: a command, ``-p PIDS`` (running processes) or ``-a`` (the
+    system, with or without a command); ``InputError`` when that does not add up."""
+    if pids is not None:
+        if _PIDS.match(pids) is None:
+            raise InputError(f"-p/--pid: expected PID[,PID...], got {pids!r}")
+        if cmd or system_wide:
+            raise InputError("-p/--pid records running processes: give no command and no -a")
+        for pid in pids.split(","):
+            if not Path(f"/proc/{pid}").is_dir():
+                raise InputError(f"-p/--pid: no process {pid}")
+    elif not cmd and not system_wide:
+        raise InputError("no command to record (kpsim record -o FILE -- CMD [ARGS...])")
+    if vmpte and (pids is not None or system_wide):
+        raise InputError("--vmpte reads the command's own processes: not with -p or -a")
 
 
 def record(
@@ -157,10 +193,11 @@ def record(
     allow_missing: bool = False,
     vmpte: bool = False,
     keep_data: Path | None = None,
+    pids: str | None = None,
+    system_wide: bool = False,
 ) -> RecordResult:
-    """Record ``cmd`` into the text trace ``output`` (see the module docstring)."""
-    if not cmd:
-        raise InputError("no command to record (kpsim record -o FILE -- CMD [ARGS...])")
+    """Record ``cmd`` (or ``pids``, or the system) into the text trace ``output``."""
+    check_targets(cmd, pids, system_wide, vmpte)
     perf = find_perf()
     missing = missing_tracepoints(check_permitted(perf))
     if missing and not allow_missing:
@@ -168,14 +205,16 @@ def record(
             f"this kernel lacks tracepoint(s) {', '.join(missing)}; "
             "--allow-missing records without them (the replay will be incomplete)"
         )
-    if shutil.which(cmd[0]) is None:
+    if cmd and shutil.which(cmd[0]) is None:
         raise InputError(f"command not found: {cmd[0]}")
     if not output.parent.is_dir():
         raise InputError(f"cannot write the trace: no directory {output.parent}")
     events = [e for e in RECORD_EVENTS if e not in missing]
     with tempfile.TemporaryDirectory(prefix="kpsim-record-") as tmp:
         data = keep_data if keep_data is not None else Path(tmp) / "perf.data"
-        argv = perf_record_argv(perf, data, cmd, events, buffer)
+        argv = perf_record_argv(
+            perf, data, cmd, events, buffer, pids=pids, system_wide=system_wide
+        )
         readings: dict[int, int] | None = None
         with _sigint_to_children():
             if vmpte:
