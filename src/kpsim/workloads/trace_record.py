@@ -212,9 +212,7 @@ def record(
     events = [e for e in RECORD_EVENTS if e not in missing]
     with tempfile.TemporaryDirectory(prefix="kpsim-record-") as tmp:
         data = keep_data if keep_data is not None else Path(tmp) / "perf.data"
-        argv = perf_record_argv(
-            perf, data, cmd, events, buffer, pids=pids, system_wide=system_wide
-        )
+        argv = perf_record_argv(perf, data, cmd, events, buffer, pids=pids, system_wide=system_wide)
         readings: dict[int, int] | None = None
         with _sigint_to_children():
             if vmpte:
