@@ -134,3 +134,13 @@ def test_data_files_ship_in_the_wheel(tmp_path):
 def test_modes_are_batching_and_no_batching():
     """The two published columns are named batching and no_batching."""
     assert MODES == ("batching", "no_batching")
+
+
+def test_each_table_names_the_posting_it_measured():
+    """reproduce runs a table's rows with the kpkeys behaviour of the posting measured."""
+    from kpsim.mm.kpkeys_series import SERIES
+
+    want = {"v4": "v4", "v5": "v5", "v5-corrected": "v5"}
+    for name, series in want.items():
+        table = load_table(name)
+        assert table.series == series and table.series in SERIES

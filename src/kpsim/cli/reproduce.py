@@ -4,7 +4,9 @@ Each published row names a built-in workload (``row.workload`` with ``row.params
 kpsim's names, report/data/published_*.toml). The row's workload is run on fresh
 machines: feature off, feature on with lazy-MMU batching, feature on without it (for
 the v5-as-posted table, whose mock made ``set_memory_pkey()`` a no-op, the ON runs
-are made with that call a no-op too). What is done with the counted events of each run:
+are made with that call a no-op too), with the kpkeys behaviour of the posting the
+table measured (``series`` in its data file: v4 for v4, v5 for both v5 tables).
+What is done with the counted events of each run:
 
 - by default they are priced with the shipped calibration
   (:mod:`kpsim.report.calibration`: the costs ``kpsim run`` and ``replay --cost``
@@ -104,16 +106,22 @@ class ModelRuns:
         return out
 
     def run(
-        self, workload: str, params: Mapping[str, Any], config: str, noop_pkey: bool
+        self,
+        workload: str,
+        params: Mapping[str, Any],
+        config: str,
+        noop_pkey: bool,
+        series: str = "v5",
     ) -> Counters:
-        """The counts of one run of ``workload`` in ``config`` (cached)."""
+        """The counts of one run of ``workload`` in ``config`` with the kpkeys behaviour
+        of posting ``series`` (cached)."""
         from kpsim.machine.boot import Machine
         from kpsim.machine.config import MachineConfig
         from kpsim.workloads.registry import run_workload
 
         hardened, batching = CONFIGS[config]
         noop = noop_pkey and hardened
-        key = (workload, tuple(sorted(params.items())), config, noop)
+        key = (workload, tuple(sorted(params.items())), config, noop, series)
         got = self.cache.get(key)
         if got is not None:
             return got
@@ -126,6 +134,7 @@ class ModelRuns:
             hardened_pgtables=hardened,
             batching=batching,
             seed=self.seed,
+            series=series,
         )
         t0 = time.perf_counter()
         m = Machine.boot(cfg)
@@ -147,8 +156,8 @@ class ModelRuns:
             if rows is not None and row.key not in rows:
                 return None
             params = self.params(row)
-            off = self.run(row.workload, params, "off", noop)
-            on = self.run(row.workload, params, f"on_{mode}", noop)
+            off = self.run(row.workload, params, "off", noop, table.series)
+            on = self.run(row.workload, params, f"on_{mode}", noop, table.series)
             part = str(row.params.get("time", "")) if row.workload == "kernbench" else ""
             return {"off": _time_part(off, part), "on": _time_part(on, part)}
 

@@ -103,6 +103,8 @@ class PublishedRow:
 class PublishedTable:
     """A published table: its rows, provenance and the mock's known flaw, if any.
 
+    ``series``: the posting of the series the table measured (the machine's ``series``
+    option), so that its rows are run with that posting's kpkeys behaviour.
     ``set_memory_pkey_noop``: the mock skipped ``set_memory_pkey()`` entirely (v5 as
     posted), so a faithful counts provider runs the ON case with that call a no-op.
     """
@@ -115,6 +117,7 @@ class PublishedTable:
     notes: tuple[str, ...]
     set_memory_pkey_noop: bool
     rows: tuple[PublishedRow, ...]
+    series: str = "v5"
 
     def row(self, key: str) -> PublishedRow:
         for r in self.rows:
@@ -145,6 +148,7 @@ def load_table(name: str = "v5-corrected") -> PublishedTable:
         notes=tuple(data.get("notes", ())),
         set_memory_pkey_noop=bool(data["set_memory_pkey_noop"]),
         rows=rows,
+        series=str(data["series"]),
     )
 
 
