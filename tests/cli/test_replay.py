@@ -56,6 +56,20 @@ def test_replay_cost_estimates_the_hardening_overhead(capsys: pytest.CaptureFixt
     assert sum(cost["contributions"].values()) == pytest.approx(cost["percent"])
     assert cost["on_counters"]["por_write"] > cost["off_counters"].get("por_write", 0)
     assert cost["on_counters"]["page_fault"] == cost["off_counters"]["page_fault"]
+    # the estimate carries its interval and names its costs (issue 13)
+    iv = cost["interval"]
+    assert iv["lo"] < cost["percent"] < iv["hi"] and cost["costs"].startswith("fitted")
+
+
+def test_replay_cost_text_says_what_is_counted_and_what_estimated(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    trace = str(TRACES / "true.trace")
+    rc, out, _ = _run(capsys, "replay", "--cost", "--memory", "256M", trace)
+    assert rc == 0
+    line = next(ln for ln in out.splitlines() if "hardening overhead" in ln)
+    assert "estimated" in line and "exact" in line and "interval" in line and "[" in line
+    assert "costs: fitted" in out
 
 
 def test_replay_bad_line_exits_2_naming_file_and_line(
