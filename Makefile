@@ -27,8 +27,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The whole suite against the compiled core, then the same model as pure Python
+# (KPSIM_PURE=1) on a representative subset, so both builds are checked.
+PURE_SUBSET := tests/hw tests/mm tests/kpkeys tests/test_core.py
 test: lint build
 	$(BIN)/pytest
+	KPSIM_PURE=1 $(BIN)/pytest $(PURE_SUBSET)
 
 bench: $(STAMP) build
 	$(BIN)/python -m benchmarks

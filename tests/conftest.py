@@ -8,8 +8,12 @@ counterexample found locally becomes a regression test.
 
 from __future__ import annotations
 
+import importlib
 import os
+import types
+from typing import Any
 
+import pytest
 from hypothesis import settings
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -21,3 +25,67 @@ def pytest_report_header(config: object) -> str:
     from kpsim import _core
 
     return f"kpsim core: {_core.STATE}"
+
+
+def _patches_compiled_code(target: object, name: str) -> bool:
+    """Whether ``setattr(target, name, ...)`` would miss callers in the compiled core.
+
+    Compiled code calls the functions and native-class methods of compiled modules
+    directly, so replacing one has no effect on compiled callers; module-level data
+    (thresholds, pools) is read from the module at run time, so patching it works.
+    """
+    from kpsim import _core
+
+    if isinstance(target, types.ModuleType):
+        return _core.is_compiled(target) and callable(getattr(target, name, None))
+    cls = target if isinstance(target, type) else type(target)
+    return any(hasattr(c, "__mypyc_attrs__") for c in cls.__mro__)
+
+
+def _guard_monkeypatch() -> None:
+    """With the compiled core loaded, a test that monkeypatches compiled code is skipped
+    here, saying so; ``make test`` runs tests/hw, tests/mm and tests/kpkeys again as
+    pure Python (KPSIM_PURE=1), where the patch takes effect."""
+    from kpsim import _core
+
+    if _core.STATE != "compiled":
+        return
+    orig = pytest.MonkeyPatch.setattr
+
+    def setattr_(self: pytest.MonkeyPatch, target: Any, name: Any, *a: Any, **k: Any) -> None:
+        obj, attr = target, name
+        if isinstance(target, str) and not a and "value" not in k:  # ("pkg.mod.attr", value)
+            path, attr = target.rsplit(".", 1)
+            obj = importlib.import_module(path.split(".")[0])
+            for part in path.split(".")[1:]:
+                obj = getattr(obj, part)
+        if isinstance(attr, str) and _patches_compiled_code(obj, attr):
+            where = getattr(obj, "__name__", type(obj).__name__)
+            pytest.skip(
+                f"monkeypatches compiled code ({where}.{attr}); runs in make test's "
+                "pure-Python step (KPSIM_PURE=1)"
+            )
+        orig(self, target, name, *a, **k)
+
+    pytest.MonkeyPatch.setattr = setattr_  # type: ignore[method-assign]
+
+
+_guard_monkeypatch()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "pure_python(reason): needs the pure-Python build (e.g. duck-typed fakes in place "
+        "of compiled classes); skipped with the compiled core, run by make test's "
+        "KPSIM_PURE=1 step",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from kpsim import _core
+
+    mark = item.get_closest_marker("pure_python")
+    if mark is not None and _core.STATE == "compiled":
+        why = mark.args[0] if mark.args else "needs pure Python"
+        pytest.skip(f"{why}; runs in make test's pure-Python step (KPSIM_PURE=1)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import io
 import json
 import os
 import shutil
@@ -41,7 +40,52 @@ def _module_name(rel: Path) -> str:
     return ".".join(parts)
 
 
-def build(core, opt: str, jobs: int, log: io.StringIO) -> dict[str, str]:  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def _fds_to(path: Path):  # type: ignore[no-untyped-def]
+    """Send this process's (and its children's: gcc) stdout and stderr to ``path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _parallel_compile(jobs: int) -> None:
+    """Compile an extension's C files ``jobs`` at a time (distutils compiles them one by
+    one; mypyc's shared library is one extension of many files)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from setuptools._distutils import ccompiler
+
+    def compile_(self, sources, output_dir=None, macros=None, include_dirs=None, debug=0,  # type: ignore[no-untyped-def]
+                 extra_preargs=None, extra_postargs=None, depends=None):  # fmt: skip
+        macros, objects, extra, pp_opts, build = self._setup_compile(
+            output_dir, macros, include_dirs, sources, depends, extra_postargs
+        )
+        cc_args = self._get_cc_args(pp_opts, debug, extra_preargs)
+
+        def one(obj: str) -> None:
+            src, ext = build[obj]
+            self._compile(obj, src, ext, cc_args, extra, pp_opts)
+
+        with ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(one, objects))
+        return objects
+
+    ccompiler.CCompiler.compile = compile_  # type: ignore[method-assign]
+
+
+def build(core, opt: str, jobs: int, log: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Compile into build/core.tmp/lib; return module -> file (relative to lib)."""
     from mypyc.build import mypycify
     from setuptools import Distribution
@@ -50,10 +94,11 @@ def build(core, opt: str, jobs: int, log: io.StringIO) -> dict[str, str]:  # typ
     shutil.rmtree(tmp, ignore_errors=True)
     lib = tmp / "lib"
     paths = [str(Path(*name.split(".")).with_suffix(".py")) for name in core.COMPILED]
+    _parallel_compile(jobs)
     cwd = os.getcwd()
     os.chdir(SRC)
     try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with _fds_to(log):
             ext = mypycify(
                 paths,
                 opt_level=opt,
@@ -95,24 +140,26 @@ def main() -> int:
         print("kpsim: compiled core up to date")
         return 0
     t0 = time.monotonic()
-    log = io.StringIO()
+    (ROOT / "build").mkdir(exist_ok=True)
+    log = ROOT / "build" / "core-build.log"
+    log.write_text("")
     try:
         modules = build(core, args.opt, args.jobs, log)
         missing = [m for m in core.COMPILED if m not in modules]
         if missing:
             raise RuntimeError(f"no compiled file for {', '.join(missing)}")
     except BaseException as exc:  # a failed build must never stop make test / make demo
-        (ROOT / "build").mkdir(exist_ok=True)
-        (ROOT / "build" / "core-build.log").write_text(log.getvalue() + f"\n{exc!r}\n")
+        with open(log, "a") as f:
+            f.write(f"\n{exc!r}\n")
         shutil.rmtree(out, ignore_errors=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        errors = [ln for ln in log.read_text().splitlines() if " error: " in ln or ": error:" in ln]
+        first = errors[0] if errors else (str(exc).strip() or type(exc).__name__)
         print(
             f"kpsim: compiled core build failed ({first}; see build/core-build.log); "
             "running pure Python",
             file=sys.stderr,
         )
         return 0
-    (ROOT / "build" / "core-build.log").write_text(log.getvalue())
     lib = ROOT / "build" / "core.tmp" / "lib"
     seconds = time.monotonic() - t0
     (lib / core.MANIFEST).write_text(

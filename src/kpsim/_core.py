@@ -42,6 +42,18 @@ COMPILED: tuple[str, ...] = (
     "kpsim.hw.arm64.por",
     "kpsim.hw.arm64.tlb",
     "kpsim.hw.arm64.cpu",
+    "kpsim.mm.fault_batch",
+    "kpsim.mm.folio",
+    "kpsim.mm.fork",
+    "kpsim.mm.kernel",
+    "kpsim.mm.memory",
+    "kpsim.mm.mm_types",
+    "kpsim.mm.mmap",
+    "kpsim.mm.mmu_gather",
+    "kpsim.mm.page",
+    "kpsim.mm.page_alloc",
+    "kpsim.mm.pgtable",
+    "kpsim.mm.process",
 )
 
 #: Directories (relative to ``src/kpsim``) and files whose sources the digest covers: the

@@ -14,6 +14,9 @@ from kpsim.mm.process import Process
 MiB = 1 << 20
 
 
+_ANON: list[int] = []  # the busy fixture's anonymous mapping
+
+
 @pytest.fixture
 def busy():
     """A hardened machine with a forked process holding anonymous memory and a THP."""
@@ -21,7 +24,7 @@ def busy():
     p = Process.create(m, "p")
     a = p.mmap(None, 4 * MiB)
     p.touch_range(a, 4 * MiB, stride=8 * 4096, write=True)
-    p.anon = a
+    _ANON[:] = [a]  # (a compiled Process has no __dict__ for ad-hoc attributes)
     h = p.mmap(None, 4 * MiB)
     p.madvise(h, 4 * MiB, MADV_HUGEPAGE)
     p.touch(h, write=True)
@@ -140,7 +143,7 @@ def test_metadata_and_registry_disagreements_are_caught(busy):
 
 def test_stale_tlb_entry_is_caught(busy):
     m, p, _ = busy
-    a = p.anon
+    a = _ANON[0]
     p.touch(a, write=True)  # cached in cpu0's TLB under p's ASID
     pte_table = p.mm.tables[3][a >> 21]
     idx = (a >> 12) & 511

@@ -85,6 +85,7 @@ def _synthetic_batches(rng: random.Random, n: int) -> tuple[Any, Any, Any]:
     return addrs, np.array(starts, dtype=np.int64), np.array(sizes, dtype=np.int64)
 
 
+@pytest.mark.pure_python("a duck-typed mm stands in for MmStruct")
 @pytest.mark.parametrize("seed", range(40))
 def test_remove_ptes_matches_reference_from_any_gather_state(seed: int) -> None:
     rng = random.Random(seed)
@@ -98,6 +99,7 @@ def test_remove_ptes_matches_reference_from_any_gather_state(seed: int) -> None:
         g.remove_ptes(addrs, starts, sizes)  # go on from the new state
 
 
+@pytest.mark.pure_python("a duck-typed mm stands in for MmStruct")
 def test_remove_ptes_fills_the_whole_gather_and_flushes_like_the_reference() -> None:
     """Enough small folios to run every batch page full several times."""
     g = _fake_gather()

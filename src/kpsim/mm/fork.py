@@ -42,7 +42,8 @@ from kpsim.mm.mm_types import (
     VmFlags,
 )
 
-_DONTCOPY, _WIPEONFORK = int(VmFlags.DONTCOPY), int(VmFlags.WIPEONFORK)
+_DONTCOPY = int(VmFlags.DONTCOPY)
+_WIPEONFORK = int(VmFlags.WIPEONFORK)
 
 
 def vma_needs_copy(vma: Vma) -> bool:

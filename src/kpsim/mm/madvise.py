@@ -22,10 +22,12 @@ from kpsim.mm.mm_types import PAGE_SIZE, MmStruct, SyscallError, VmFlags
 from kpsim.mm.mmap import isolate, merge_range, page_align
 
 MADV_DONTNEED = 4
-MADV_DONTFORK, MADV_DOFORK = 10, 11
+MADV_DONTFORK = 10
+MADV_DOFORK = 11
 MADV_HUGEPAGE = 14
 MADV_NOHUGEPAGE = 15
-MADV_WIPEONFORK, MADV_KEEPONFORK = 18, 19
+MADV_WIPEONFORK = 18
+MADV_KEEPONFORK = 19
 ADVICE = {
     "dontneed": MADV_DONTNEED,
     "hugepage": MADV_HUGEPAGE,

@@ -52,7 +52,8 @@ from kpsim.mm.mmu_gather import MmuGather
 
 _IDX = np.arange(512, dtype=np.int64)
 _GFP_USER_ZERO = GFP_HIGHUSER_MOVABLE | Gfp.ZERO
-_VM_READ, _VM_WRITE = int(VmFlags.READ), int(VmFlags.WRITE)
+_VM_READ = int(VmFlags.READ)
+_VM_WRITE = int(VmFlags.WRITE)
 
 
 # --------------------------------------------------------------------------- tables
@@ -395,7 +396,7 @@ def huge_pmd_fault(mm: MmStruct, vma: Vma, addr: int, write: bool) -> None:
     if ctx.kind[idx[0]] == ANON and bool(np.all(ctx.mapcount[idx] == 1)):
         arch.pt_store(ptr, arch.pte_mkwrite(arch.pte_mkdirty(v)))
     else:
-        new = alloc_user_page(ctx, zero=ctx.kind[idx[0]] == ZERO, order=HPAGE_PMD_ORDER)
+        new = alloc_user_page(ctx, zero=bool(ctx.kind[idx[0]] == ZERO), order=HPAGE_PMD_ORDER)
         if new is None:
             __split_huge_pmd(mm, addr >> 21)
             handle_mm_fault(mm, addr, write)

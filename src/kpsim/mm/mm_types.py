@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from kpsim.errors import KpsimError, ModelInvariantError, OutOfMemory
 from kpsim.mm.arch_ops import ArchOps
@@ -43,7 +44,9 @@ SPAN_SHIFT = (48, 39, 30, 21)
 TASK_SIZE = 1 << 48
 MMAP_MIN_GAP = 128 << 20
 #: page kinds in :attr:`MmContext.kind`
-ANON, FILE, ZERO = 0, 1, 2
+ANON = 0
+FILE = 1
+ZERO = 2
 _PINNED = 1 << 40  # map count bias of pages never freed by unmapping (zero pages, cache)
 _GFP_PINNED = GFP_HIGHUSER_MOVABLE | Gfp.ZERO
 
@@ -70,6 +73,7 @@ class VmFlags(enum.IntFlag):
     ANON = 1 << 40  # kpsim: no vm_ops (vma_is_anonymous)
 
 
+@mypyc_attr(native_class=False)  # the compiled core: a native class cannot be an OSError
 class SyscallError(KpsimError, OSError):
     """A system call the simulated kernel refused, with Linux's errno."""
 
