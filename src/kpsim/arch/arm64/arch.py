@@ -15,6 +15,7 @@ from kpsim.arch.arm64.kpkeys import (
     arch_kpkeys_restore_pkey_reg,
     arch_kpkeys_set_context,
     por_el1_init,
+    por_set_kpkeys_context,
 )
 from kpsim.arch.arm64.memory import PAGE_OFFSET, Layout
 from kpsim.arch.arm64.pgtable_user import PgtableUserMixin
@@ -51,6 +52,8 @@ class Arm64(SetupMixin, EntryMixin, VmallocArchMixin, PgtableUserMixin):
         self.linear_map_policy = linear_map
         self.hardened_pgtables = False  # the static key: flipped by kpkeys init
         self.batching = batching
+        self.disabled: frozenset[str] = frozenset()
+        self.explore_hook: Callable[[str], None] | None = None
         self.set_series(SERIES[series])
         self.por_init = por_el1_init(hardened_pgtables_config)
         self.split_lock_depth = 0
@@ -69,18 +72,55 @@ class Arm64(SetupMixin, EntryMixin, VmallocArchMixin, PgtableUserMixin):
         self.guard_tif = series.lazy_guard != "por"
         self.guard_irq = series.lazy_guard == "tif-irq"
         self.eret_always = series.eret_restore == "always"
+        if "in-interrupt-check" in self.disabled:  # v4's rule: TIF_LAZY_MMU alone
+            self.guard_tif, self.guard_irq = True, False
+
+    def set_disabled(self, steps: frozenset[str]) -> None:
+        """Switch protective steps off for study (``kpsim explore --disable``)."""
+        self.disabled = frozenset(steps)
+        self.set_series(self.series)
 
     # -- kpkeys arch hooks (asm/kpkeys.h) ----------------------------------------------------
     def arch_kpkeys_set_context(self, ctx: int) -> int:
         """``arch_kpkeys_set_context`` (v4-v8) or ``arch_kpkeys_enter_context``
         (enter-leave: ``KPKEYS_PKEY_REG_INVAL`` when nothing had to be written)."""
+        hook = self.explore_hook
+        if hook is not None:
+            return self._set_context_explored(ctx, hook)
         saved = arch_kpkeys_set_context(self.cpu, ctx, self.skip_unchanged)
         if saved == KPKEYS_PKEY_REG_INVAL:
             self.k.counters["kpkeys_enter_skipped"] += 1
         return saved
 
     def arch_kpkeys_restore_pkey_reg(self, value: int) -> None:
+        hook = self.explore_hook
+        if hook is not None and value != KPKEYS_PKEY_REG_INVAL:
+            self._write_por_explored(value, hook)
+            return
         arch_kpkeys_restore_pkey_reg(self.cpu, value)
+
+    # -- the same, one step at a time, with kpsim explore's points between the steps --------
+    def _set_context_explored(self, ctx: int, hook: Callable[[str], None]) -> int:
+        cpu = self.cpu
+        prev = cpu.por_el1
+        new = por_set_kpkeys_context(prev, ctx)
+        if self.skip_unchanged and new == prev:
+            self.k.counters["kpkeys_enter_skipped"] += 1
+            return KPKEYS_PKEY_REG_INVAL
+        self._write_por_explored(new, hook)
+        return prev
+
+    def _write_por_explored(
+        self, value: int, hook: Callable[[str], None], isb: bool = True
+    ) -> None:
+        """MSR POR_EL1 (+ ISB unless switched off), with a point before, between, after."""
+        cpu = self.cpu
+        hook("por_write:before")
+        cpu.write_por_el1(value)
+        hook("por_write:after")
+        if isb and "isb-after-por-write" not in self.disabled:
+            cpu.isb()
+            hook("isb:after")
 
     # -- ArchOps -------------------------------------------------------------------------
     # (Layout.phys_to_virt's arithmetic inlined: these run per page and per entry, and

@@ -45,6 +45,10 @@ class Arm64Base:
     split_lock_depth: int
     rodata_ro: bool
     irq_hook: Callable[[], None] | None
+    #: ``kpsim explore``'s point hook (None: no explorer attached, the fast paths run)
+    explore_hook: Callable[[str], None] | None
+    #: protective steps switched off for study (``kpsim explore --disable``)
+    disabled: frozenset[str]
     kpkeys_split_hooks: Any  # PBA prepare/ready protocol, or None
 
     @property
@@ -56,6 +60,9 @@ class Arm64Base:
 
     # provided by Arm64 (declared here for the mixins)
     def arch_kpkeys_set_context(self, ctx: int) -> int:
+        raise NotImplementedError
+
+    def arch_kpkeys_restore_pkey_reg(self, value: int) -> None:
         raise NotImplementedError
 
     # provided by LazyMmuMixin (declared here for the other mixins)

@@ -50,18 +50,36 @@ class EntryMixin(Arm64Base):
 
     def interrupt(self, cpu_id: int, handler: Callable[[], T]) -> T:
         """Take an IRQ on ``cpu_id`` and run ``handler`` as its handler."""
+        return self._exception(cpu_id, handler, irq=True)
+
+    def synchronous_exception(self, cpu_id: int, handler: Callable[[], T]) -> T:
+        """Take a synchronous exception at EL1 on ``cpu_id`` (a data abort, a BRK...):
+        the same entry and return, but ``in_interrupt()`` stays false in ``handler``."""
+        return self._exception(cpu_id, handler, irq=False)
+
+    def _exception(self, cpu_id: int, handler: Callable[[], T], irq: bool) -> T:
         with self.on_cpu(cpu_id):
             pc = self.percpu[cpu_id]
             cpu = self.cpu
             poe = self.system_supports_poe()
-            saved = exception_entry_por(cpu, self.por_init) if poe else 0
-            pc.irq_depth += 1
-            self.k.counters["interrupts"] += 1
+            if poe and "reset-on-entry" in self.disabled:
+                saved = cpu.por_el1
+                cpu.context_sync()
+            else:
+                saved = exception_entry_por(cpu, self.por_init) if poe else 0
+            if irq:
+                pc.irq_depth += 1
+                self.k.counters["interrupts"] += 1
+            else:
+                self.k.counters["sync_exceptions"] += 1
             try:
                 return handler()
             finally:
-                pc.irq_depth -= 1
-                if poe:
+                if irq:
+                    pc.irq_depth -= 1
+                if poe and "restore-on-return" in self.disabled:
+                    cpu.context_sync()
+                elif poe:
                     exception_return_por(cpu, saved, self.por_init, self.eret_always)
 
     def switch_to(self, cpu_id: int, nxt: Task) -> None:
@@ -71,7 +89,7 @@ class EntryMixin(Arm64Base):
         cpu = self.system.cpus[cpu_id]
         if prev is nxt:
             return
-        if self.system_supports_poe():
+        if self.system_supports_poe() and "por-save-on-switch" not in self.disabled:
             context_switch_por(cpu, prev.thread, nxt.thread)
         pc.current = nxt
         mm = nxt.mm

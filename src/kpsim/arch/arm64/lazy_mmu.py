@@ -12,12 +12,19 @@ where POR_EL1 already grants the context writes nothing, and its exit restores n
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kpsim.arch.arm64.base import Arm64Base
 from kpsim.arch.arm64.kpkeys import arch_kpkeys_set_context
 from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES, KPKEYS_PKEY_REG_INVAL
 
 
 class LazyMmuMixin(Arm64Base):
+    def _write_por_explored(
+        self, value: int, hook: Callable[[str], None], isb: bool = True
+    ) -> None:
+        raise NotImplementedError  # provided by Arm64
+
     # (in_interrupt(), current() and cpu read through one per-CPU lookup: hot paths)
     def arch_enter_lazy_mmu_mode(self) -> None:
         pc = self.percpu[self.cpu_id]
@@ -31,11 +38,17 @@ class LazyMmuMixin(Arm64Base):
             return
         task.tif_lazy_mmu = True
         counters["lazy_mmu_sections"] += 1
+        hook = self.explore_hook
+        if hook is not None:
+            hook("lazy:enter")
         if self.hardened_pgtables and self.batching:
-            cpu = self.system.cpus[self.cpu_id]
-            saved = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES, self.skip_unchanged)
-            if saved == KPKEYS_PKEY_REG_INVAL:
-                counters["kpkeys_enter_skipped"] += 1
+            if hook is not None:
+                saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
+            else:
+                cpu = self.system.cpus[self.cpu_id]
+                saved = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES, self.skip_unchanged)
+                if saved == KPKEYS_PKEY_REG_INVAL:
+                    counters["kpkeys_enter_skipped"] += 1
             task.thread.por_el1_lazy_mmu = saved
             counters["kpkeys_guard_entries"] += 1
 
@@ -52,7 +65,10 @@ class LazyMmuMixin(Arm64Base):
         if self.hardened_pgtables and self.batching:
             saved = task.thread.por_el1_lazy_mmu
             task.thread.por_el1_lazy_mmu = KPKEYS_PKEY_REG_INVAL
-            if saved != KPKEYS_PKEY_REG_INVAL:
+            hook = self.explore_hook
+            if saved != KPKEYS_PKEY_REG_INVAL and hook is not None:
+                self._write_por_explored(saved, hook, isb=not pending)
+            elif saved != KPKEYS_PKEY_REG_INVAL:
                 cpu.write_por_el1(saved)
                 if not pending:
                     cpu.isb()

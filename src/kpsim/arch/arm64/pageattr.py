@@ -150,4 +150,17 @@ class PageattrMixin(MmuMixin, TlbFlushMixin, LazyMmuMixin):
             return EINVAL
         self.k.counters["set_memory_pkey"] += 1
         self.k.counters["set_memory_pkey_page"] += numpages
-        return self.change_memory_common(addr, numpages, pkey << d.POINDEX_SHIFT, d.POINDEX_MASK)
+        hook = self.explore_hook
+        if hook is None and not self.disabled:
+            return self.change_memory_common(
+                addr, numpages, pkey << d.POINDEX_SHIFT, d.POINDEX_MASK
+            )
+        flush = "tlbi-after-set-memory-pkey" not in self.disabled
+        if hook is not None:
+            hook("set_memory_pkey:before")
+        ret = self.change_memory_common(
+            addr, numpages, pkey << d.POINDEX_SHIFT, d.POINDEX_MASK, flush=flush
+        )
+        if hook is not None:
+            hook("set_memory_pkey:after")
+        return ret

@@ -118,6 +118,9 @@ class PgtableMixin(Arm64Base):
 
     def pt_store(self, ptr: int, value: int) -> None:
         """One guarded page-table store (the body of every write helper)."""
+        if self.explore_hook is not None:
+            self._pt_store_explored(ptr, value)
+            return
         cpu = self.system.cpus[self.cpu_id]
         guard = self.hardened_pgtables
         if guard and self.batching and self.guard_tif:  # _guard_needed(), inlined
@@ -150,6 +153,28 @@ class PgtableMixin(Arm64Base):
         if hook is not None:
             hook()
 
+    def _pt_store_explored(self, ptr: int, value: int) -> None:
+        """:meth:`pt_store` one step at a time, with ``kpsim explore``'s points."""
+        hook = self.explore_hook
+        assert hook is not None
+        cpu = self.system.cpus[self.cpu_id]
+        saved = KPKEYS_PKEY_REG_INVAL
+        guarded = self._guard_needed() and cpu.poe
+        if guarded:
+            saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
+            self.k.counters["kpkeys_guard_entries"] += 1
+        try:
+            hook("store:before")
+            cpu.store(ptr, value)
+            hook("store:after")
+        finally:
+            if guarded:
+                self.arch_kpkeys_restore_pkey_reg(saved)
+        self.k.counters["pte_write"] += 1
+        irq = self.irq_hook
+        if irq is not None:
+            irq()
+
     def pt_store_batch(self, table_pa: int, index: Any, values: Any) -> int:
         """Write many entries of one table page (vectorised ``set_ptes``/``clear`` loop).
 
@@ -163,9 +188,9 @@ class PgtableMixin(Arm64Base):
         if self._guard_needed():
             saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
             try:
-                n = cpu.store_table(va, index, values)
+                n = self._store_table(cpu, va, index, values)
             finally:
-                arch_kpkeys_restore_pkey_reg(cpu, saved)
+                self.arch_kpkeys_restore_pkey_reg(saved)
             if saved != KPKEYS_PKEY_REG_INVAL:  # each entry's guard would switch too
                 extra = n - 1
                 cpu.por_writes += 2 * extra
@@ -174,11 +199,20 @@ class PgtableMixin(Arm64Base):
                 self.k.counters["kpkeys_enter_skipped"] += n - 1
             self.k.counters["kpkeys_guard_entries"] += n
         else:
-            n = cpu.store_table(va, index, values)
+            n = self._store_table(cpu, va, index, values)
         self.k.counters["pte_write"] += n
         hook = self.irq_hook
         if hook is not None:
             hook()
+        return n
+
+    def _store_table(self, cpu: Any, va: int, index: Any, values: Any) -> int:
+        hook = self.explore_hook
+        if hook is None:
+            return int(cpu.store_table(va, index, values))
+        hook("store:before")
+        n = int(cpu.store_table(va, index, values))
+        hook("store:after")
         return n
 
     def pt_store_each(self, table_pa: int, index: Any, values: Any) -> int:
