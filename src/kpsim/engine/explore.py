@@ -1,0 +1,555 @@
+"""``kpsim explore``: inject interrupts, exceptions, context switches and the other CPU at
+every point of a workload's guarded page-table paths, and check the protection after
+each schedule.
+
+Models nothing in Linux: it is a schedule explorer over the model. The arch code calls
+``arch.explore_hook(point)`` (when one is attached) at each point where something else
+can happen inside guarded writes and lazy-MMU sections: before and after each POR_EL1
+write, after each ISB, before and after each table store, around each
+``set_memory_pkey`` and each lazy-MMU section, and at the PBA's split-protocol steps.
+A *schedule* is a set of ``(point number, injection)`` pairs; point numbers count the
+points the workload reaches, in order, outside injected code (so they are the same
+from run to run). Injections (:data:`INJECTIONS`) run on the CPU that reached the
+point, or on the other CPU.
+
+After each schedule: no legitimate page-table write faulted; every unguarded write
+that an injected context tried on a live page-table page faulted (none landed);
+POR_EL1 is ``POR_EL1_INIT`` on every CPU; the pages the schedule keyed and unkeyed
+carry the right pkey and the full audit (:func:`kpsim.audit.invariants.audit`) is
+clean (every ``audit_every`` schedules and after the last); the PBA's split reserve
+never ran dry. Schedules are explored by number of injections (none, one, two...),
+exhaustively while a level fits in the budget and by seeded sampling after, so the
+first violation found is a shortest one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kpsim.audit.invariants import audit, linear_pkey
+from kpsim.errors import AccessFault, InputError, KpsimError
+from kpsim.kpkeys.context import kpkeys_guard
+from kpsim.machine.boot import Machine
+from kpsim.machine.config import MachineConfig
+from kpsim.mm.gfp import GFP_KERNEL, GFP_PGTABLE_KERNEL
+from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES
+from kpsim.mm.sched import Task
+from kpsim.units import format_size
+
+#: ``--disable`` steps: name -> what is switched off
+STEPS: dict[str, str] = {
+    "isb-after-por-write": "the ISB after each kpkeys POR_EL1 write",
+    "por-save-on-switch": "POR_EL1 save/restore on context switch (__switch_to)",
+    "reset-on-entry": "POR_EL1 reset to POR_EL1_INIT on exception entry",
+    "restore-on-return": "POR_EL1 restore from pt_regs on exception return",
+    "in-interrupt-check": "the batching guard's exception rule (v5's in_interrupt(); "
+    "enter-leave's POR_EL1 check): the guard then skips whenever TIF_LAZY_MMU is set",
+    "tlbi-after-set-memory-pkey": "the TLB flush after set_memory_pkey",
+}
+
+#: injection -> what it does
+INJECTIONS: dict[str, str] = {
+    "irq-free": "an IRQ on this CPU whose handler frees a page table",
+    "irq-alloc": "an IRQ on this CPU whose handler allocates a page table",
+    "sync-alloc": "a synchronous exception at EL1 on this CPU whose handler allocates a "
+    "page table (not in_interrupt())",
+    "switch": "a context switch to another task, which writes a page table, and back",
+    "cpu-guarded": "the other CPU runs a guarded page-table write",
+    "cpu-keying": "the other CPU runs set_memory_pkey on a page (a guarded section of "
+    "linear-map writes and a TLB flush)",
+}
+
+WORKLOADS: dict[str, str] = {
+    "guarded-paths": "allocate a PTE table (set_memory_pkey), write entries in a batched "
+    "lazy-MMU section, one guarded write outside it, one inside a nested guard, free it",
+}
+
+Schedule = tuple[tuple[int, str], ...]
+
+
+DEFAULT_MEMORY = 256 << 20
+
+
+def _small_machine() -> MachineConfig:
+    return MachineConfig(memory=DEFAULT_MEMORY)
+
+
+@dataclass(frozen=True, slots=True)
+class ExploreConfig:
+    """What to explore: the machine, the workload and the protective steps switched off."""
+
+    machine: MachineConfig = field(default_factory=_small_machine)
+    workload: str = "guarded-paths"
+    disabled: frozenset[str] = frozenset()
+
+    @property
+    def seed(self) -> int:
+        return self.machine.seed
+
+
+@dataclass(slots=True)
+class Violation:
+    check: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.check}: {self.detail}"
+
+
+@dataclass(slots=True)
+class Outcome:
+    schedule: Schedule
+    violations: list[Violation] = field(default_factory=list)
+
+
+class _Run:
+    """The state of one schedule's run: pending injections, the point counter, what
+    the injected contexts saw."""
+
+    __slots__ = ("at", "counter", "depth", "extra_tables", "m", "stray", "trace")
+
+    def __init__(self, m: Machine, schedule: Schedule, trace: bool) -> None:
+        self.m = m
+        self.at: dict[int, list[str]] = {}
+        for i, kind in schedule:
+            self.at.setdefault(i, []).append(kind)
+        self.counter = 0
+        self.depth = 0
+        self.extra_tables: list[int] = []
+        self.stray: list[Violation] = []
+        self.trace: list[str] | None = [] if trace else None
+
+
+class Explorer:
+    """Boots the machine once and runs schedules on it (rebooting after a violation)."""
+
+    def __init__(self, cfg: ExploreConfig) -> None:
+        unknown = sorted(cfg.disabled - set(STEPS))
+        if unknown:
+            raise InputError(f"unknown step {unknown[0]!r} (steps: {', '.join(STEPS)})")
+        if cfg.workload not in WORKLOADS:
+            raise InputError(
+                f"unknown workload {cfg.workload!r} (workloads: {', '.join(WORKLOADS)})"
+            )
+        if cfg.machine.cpus < 2:
+            raise InputError("explore needs at least 2 CPUs (the other-CPU injections)")
+        self.cfg = cfg
+        self.boots = 0
+        self._run: _Run | None = None
+        self._live: list[int] = []  # the workload's live tables (stray-write targets)
+        self._freed: list[int] = []  # tables freed during the schedule
+        self._victims: list[int] = []  # tables the irq-free handlers free
+        self.trace: list[str] | None = None
+        self.spare = self.scratch = self.scratch_ptep = 0
+        self.m = self._boot()
+
+    # -- machine -------------------------------------------------------------------
+    def _boot(self) -> Machine:
+        m = Machine.boot(self.cfg.machine)
+        self.boots += 1
+        arch = m.arch
+        arch.set_disabled(self.cfg.disabled)
+        k = m.k
+        spare = k.page_alloc.alloc_pages(GFP_KERNEL, 0)
+        assert spare is not None
+        self.spare = spare
+        # A live kernel table: the linear map's PTE table for ``spare`` (the entry is
+        # written back unchanged by the guarded writes of injected code).
+        pte_pa = arch._pte_pa_k(arch.page_to_virt(spare))
+        if pte_pa is None:
+            raise InputError("explore needs a PTE-mapped linear map (--linear-map pte)")
+        self.scratch = pte_pa >> 12
+        self.scratch_ptep = arch.phys_to_virt(pte_pa)
+        self.task_a = Task(900, "explore-a", None, arch.copy_thread(arch.current()))
+        self.task_b = Task(901, "explore-b", None, arch.copy_thread(arch.current()))
+        arch.switch_to(0, self.task_a)
+        return m
+
+    # -- the hook ------------------------------------------------------------------
+    def _hook(self, point: str) -> None:
+        run = self._run
+        if run is None or run.depth:
+            return
+        i = run.counter
+        run.counter = i + 1
+        if run.trace is not None:
+            run.trace.append(point)
+        kinds = run.at.get(i)
+        if kinds:
+            run.depth += 1
+            try:
+                for kind in kinds:
+                    self._inject(run, kind)
+            finally:
+                run.depth -= 1
+
+    # -- injections ----------------------------------------------------------------
+    def _stray(self, run: _Run, where: str) -> None:
+        """An unguarded store to live page-table pages from the current context must
+        fault (the same value is written back: harmless if it lands)."""
+        arch = self.m.arch
+        cpu = arch.cpu
+        targets = [(self.scratch, self.scratch_ptep)]
+        targets += [(pfn, arch.page_to_virt(pfn)) for pfn in self._live]
+        for pfn, va in targets:
+            if cpu.try_store(va, arch.read_entry(va)) is None:
+                run.stray.append(
+                    Violation(
+                        "unguarded-write-landed",
+                        f"{where}: a store to table pfn {pfn:#x} on cpu{arch.cpu_id} landed "
+                        f"(POR_EL1 {cpu.por_el1:#x})",
+                    )
+                )
+
+    def _guarded_write(self) -> None:
+        arch = self.m.arch
+        arch.set_pte(self.scratch_ptep, arch.read_entry(self.scratch_ptep))
+
+    def _inject(self, run: _Run, kind: str) -> None:
+        arch, k = self.m.arch, self.m.k
+        cpu_id = arch.cpu_id
+        other = (cpu_id + 1) % len(self.m.hw.cpus)
+
+        def alloc() -> None:
+            self._stray(run, kind)
+            pfn = k.pgtable.alloc_table(GFP_PGTABLE_KERNEL, 3, "kernel")
+            if pfn is not None:
+                run.extra_tables.append(pfn)
+
+        if kind == "irq-free":
+
+            def free() -> None:
+                self._stray(run, kind)
+                victim = self._victims.pop() if self._victims else None
+                if victim is not None:
+                    k.pgtable.free_table(victim)
+                    self._freed.append(victim)
+
+            arch.interrupt(cpu_id, free)
+        elif kind == "irq-alloc":
+            arch.interrupt(cpu_id, alloc)
+        elif kind == "sync-alloc":
+            arch.synchronous_exception(cpu_id, alloc)
+        elif kind == "switch":
+            prev = arch.percpu[cpu_id].current
+            nxt = self.task_b if prev is not self.task_b else self.task_a
+            arch.switch_to(cpu_id, nxt)
+            try:
+                self._stray(run, f"{kind} (task {nxt.comm})")
+                self._guarded_write()
+            finally:
+                arch.switch_to(cpu_id, prev)
+        elif kind == "cpu-guarded":
+            with arch.on_cpu(other):
+                self._stray(run, f"{kind} (cpu{other})")
+                self._guarded_write()
+                self._stray(run, f"{kind} (cpu{other}, after)")
+        elif kind == "cpu-keying":
+            with arch.on_cpu(other):
+                va = arch.page_to_virt(self.spare)
+                arch.set_memory_pkey(va, 1, 1)
+                arch.set_memory_pkey(va, 1, 0)
+                self._stray(run, f"{kind} (cpu{other})")
+        else:  # pragma: no cover - names are validated by the schedule parser
+            raise InputError(f"unknown injection {kind!r}")
+
+    # -- the workload ----------------------------------------------------------------
+    def _workload(self) -> None:
+        """guarded-paths (see :data:`WORKLOADS`), on cpu0 in task A."""
+        m = self.m
+        arch, k = m.arch, m.k
+        # The page about to become a table is first used as data on cpu1 (its TLB now
+        # holds the pkey-0 translation that the keying's TLB flush must remove).
+        pfn = k.page_alloc.alloc_pages(GFP_KERNEL, 0)
+        assert pfn is not None
+        with arch.on_cpu(1):
+            arch.cpu.store(arch.page_to_virt(pfn), 0x5A)
+        k.page_alloc.free_pages(pfn, 0)
+        self._live = []
+        arch.explore_hook = self._hook
+        try:
+            t = k.pgtable.alloc_table(GFP_PGTABLE_KERNEL, 3, "kernel")
+            assert t is not None
+            self._live = [t]
+            self._hook("step:lazy-section")
+            base = arch.page_to_virt(t)
+            arch.arch_enter_lazy_mmu_mode()
+            try:
+                for i in range(3):
+                    arch.set_pte(base + 8 * i, arch.read_entry(base + 8 * i) | (1 << 58))
+            finally:
+                arch.arch_leave_lazy_mmu_mode()
+            self._hook("step:single-write")
+            arch.set_pte(base + 8 * 3, 1 << 58)
+            self._hook("step:nested-guard")
+            with kpkeys_guard(arch, KPKEYS_CTX_PGTABLES):
+                arch.set_pte(base + 8 * 4, 1 << 58)
+            self._hook("step:free")
+            self._live = []
+            k.pgtable.free_table(t)
+            self._freed.append(t)
+        finally:
+            arch.explore_hook = None
+
+    # -- one schedule --------------------------------------------------------------
+    def run(self, schedule: Schedule, *, full_audit: bool = True, trace: bool = False) -> Outcome:
+        m = self.m
+        k = m.k
+        run = _Run(m, schedule, trace)
+        self._run = run
+        self._live = []
+        self._freed = []
+        need = sum(1 for _, kind in schedule if kind == "irq-free")
+        self._victims = []
+        for _ in range(need):
+            victim = k.pgtable.alloc_table(GFP_PGTABLE_KERNEL, 3, "kernel")
+            if victim is not None:
+                self._victims.append(victim)
+        dry0 = m.counters["pba.split_reserve_empty"]
+        out = Outcome(schedule)
+        try:
+            self._workload()
+        except AccessFault as err:
+            out.violations.append(Violation("legitimate-write-faulted", str(err.fault)))
+        except (KpsimError, AssertionError) as err:
+            out.violations.append(Violation("model-error", f"{type(err).__name__}: {err}"))
+        finally:
+            self._run = None
+            m.arch.explore_hook = None
+        self.trace = run.trace
+        out.violations.extend(run.stray)
+        if not out.violations:
+            out.violations.extend(self._after(run, dry0, full_audit))
+        if out.violations:
+            self.m = self._boot()  # the machine is left mid-section: start afresh
+        return out
+
+    def _after(self, run: _Run, dry0: int, full_audit: bool) -> list[Violation]:
+        m = self.m
+        arch, k = m.arch, m.k
+        out: list[Violation] = []
+        for cpu in m.hw.cpus:
+            if cpu.por_el1 != arch.por_init:
+                out.append(
+                    Violation(
+                        "por-el1-at-rest",
+                        f"cpu{cpu.cpu_id} POR_EL1 {cpu.por_el1:#x} (expected {arch.por_init:#x})",
+                    )
+                )
+        for pfn in run.extra_tables:
+            if linear_pkey(m, pfn) != 1:
+                out.append(Violation("audit", f"table pfn {pfn:#x} allocated unkeyed"))
+        for pfn in self._freed:
+            if pfn not in k.pgtable.live and linear_pkey(m, pfn) not in (0, None):
+                out.append(Violation("audit", f"freed table pfn {pfn:#x} still keyed"))
+        if m.counters["pba.split_reserve_empty"] != dry0:
+            out.append(Violation("split-reserve-dry", "a split found the reserve empty"))
+        for pfn in run.extra_tables:  # clean up in task context
+            k.pgtable.free_table(pfn)
+        for pfn in self._victims:
+            k.pgtable.free_table(pfn)
+        self._victims = []
+        if not out and full_audit:
+            out.extend(Violation("audit", f"{v.invariant}: {v.detail}") for v in audit(m))
+        return out
+
+    def points(self) -> list[str]:
+        """The points the workload reaches, in order (a run with no injection)."""
+        self.run((), full_audit=False, trace=True)
+        return list(self.trace or [])
+
+
+# --------------------------------------------------------------------------- search
+
+
+@dataclass(slots=True)
+class Summary:
+    cfg: ExploreConfig
+    points: list[str]
+    explored: int = 0
+    by_level: dict[int, int] = field(default_factory=dict)
+    exhaustive_levels: list[int] = field(default_factory=list)
+    violating: int = 0
+    first: Outcome | None = None
+    seconds: float = 0.0
+    boots: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.explored / self.seconds if self.seconds > 0 else 0.0
+
+
+def possible(point: str, kind: str) -> bool:
+    """Whether ``kind`` can happen at ``point``: a context switch is a call to
+    ``schedule()`` from task context, never between an MSR and its ISB (preemption
+    comes through an exception, whose entry synchronises: the IRQ injections)."""
+    return not (kind == "switch" and point == "por_write:after")
+
+
+def _schedules(
+    points: Sequence[str], kinds: Sequence[str], budget: int, rng: random.Random
+) -> Iterator[tuple[int, bool, Schedule]]:
+    """(level, exhaustive, schedule): level by level, exhaustive while a level fits."""
+    singles = [(i, k) for i, p in enumerate(points) for k in kinds if possible(p, k)]
+    yield 0, True, ()
+    left = budget - 1
+    level = 1
+    while left > 0:
+        size = len(singles) ** level
+        if size <= left:
+            for combo in itertools.product(singles, repeat=level):
+                yield level, True, tuple(sorted(combo))
+            left -= size
+        else:
+            seen: set[Schedule] = set()
+            while left > 0 and len(seen) < size:
+                s = tuple(sorted(rng.choice(singles) for _ in range(level)))
+                if s in seen:
+                    continue
+                seen.add(s)
+                left -= 1
+                yield level, False, s
+        level += 1
+        if level > 4:
+            break
+
+
+def explore(
+    cfg: ExploreConfig,
+    budget: int,
+    *,
+    kinds: Sequence[str] | None = None,
+    audit_every: int = 64,
+    stop_at_first: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Summary:
+    """Explore up to ``budget`` schedules of ``cfg``'s workload."""
+    kinds = list(kinds or INJECTIONS)
+    ex = Explorer(cfg)
+    pts = ex.points()
+    summary = Summary(cfg, pts)
+    rng = random.Random(cfg.seed)
+    t0 = time.perf_counter()
+    exhaustive: dict[int, bool] = {}
+    for n, (level, exh, sched) in enumerate(_schedules(pts, kinds, budget, rng)):
+        out = ex.run(sched, full_audit=(n % audit_every == 0))
+        summary.explored += 1
+        summary.by_level[level] = summary.by_level.get(level, 0) + 1
+        exhaustive[level] = exhaustive.get(level, True) and exh
+        if out.violations:
+            summary.violating += 1
+            if summary.first is None:
+                summary.first = out
+                if stop_at_first:
+                    break
+        if progress is not None and n % 97 == 0:
+            progress(summary.explored, budget)
+    final = ex.run((), full_audit=True)  # the audit after the last schedule
+    if final.violations and summary.first is None:
+        summary.first = final
+        summary.violating += 1
+    summary.seconds = time.perf_counter() - t0
+    summary.exhaustive_levels = [lv for lv, e in sorted(exhaustive.items()) if e]
+    summary.boots = ex.boots
+    if progress is not None:
+        progress(budget, budget)
+    return summary
+
+
+# --------------------------------------------------------------------------- files
+
+SCHEDULE_HEADER = "# kpsim explore schedule"
+_BOOL_FIELDS = ("batching", "poe", "hardened_pgtables")
+
+
+def schedule_text(cfg: ExploreConfig, schedule: Schedule, points: Sequence[str]) -> str:
+    """The schedule as a replayable file (``kpsim explore --replay FILE``)."""
+    mc = cfg.machine
+    lines = [
+        SCHEDULE_HEADER,
+        f"series {mc.series}",
+        f"workload {cfg.workload}",
+        f"memory {format_size(mc.memory)}",
+        f"cpus {mc.cpus}",
+        f"seed {mc.seed}",
+    ]
+    lines += [f"{k} {'on' if getattr(mc, k) else 'off'}" for k in _BOOL_FIELDS]
+    lines += [f"disable {s}" for s in sorted(cfg.disabled)]
+    for i, kind in schedule:
+        where = points[i] if i < len(points) else "?"
+        lines.append(f"inject {i} {kind}  # at {where}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_schedule(text: str, file: str) -> tuple[ExploreConfig, Schedule]:
+    """A schedule file; a malformed one is an ``InputError`` at its line."""
+    from kpsim.errors import ConfigError
+    from kpsim.mm.kpkeys_series import SERIES
+    from kpsim.units import parse_size
+
+    machine: dict[str, Any] = {"memory": DEFAULT_MEMORY}
+    workload = "guarded-paths"
+    disabled: set[str] = set()
+    sched: list[tuple[int, str]] = []
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != SCHEDULE_HEADER:
+        raise InputError(
+            f"not a schedule file (the first line must be {SCHEDULE_HEADER!r})", file=file, line=1
+        )
+    for n, raw in enumerate(lines[1:], start=2):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        word, _, rest = line.partition(" ")
+        rest = rest.strip()
+
+        def bad(problem: str, n: int = n) -> InputError:
+            return InputError(problem, file=file, line=n)
+
+        if word == "series":
+            if rest not in SERIES:
+                raise bad(f"series: unknown {rest!r} (use {', '.join(SERIES)})")
+            machine["series"] = rest
+        elif word == "workload":
+            if rest not in WORKLOADS:
+                raise bad(f"workload: unknown {rest!r} (use {', '.join(WORKLOADS)})")
+            workload = rest
+        elif word == "memory":
+            try:
+                machine["memory"] = parse_size(rest, what="memory")
+            except InputError as err:
+                raise bad(err.problem) from None
+        elif word in ("cpus", "seed"):
+            if not rest.isdigit():
+                raise bad(f"{word}: must be a non-negative integer, got {rest!r}")
+            machine[word] = int(rest)
+        elif word in _BOOL_FIELDS:
+            if rest not in ("on", "off"):
+                raise bad(f"{word}: must be on or off, got {rest!r}")
+            machine[word] = rest == "on"
+        elif word == "disable":
+            if rest not in STEPS:
+                raise bad(f"disable: unknown step {rest!r} (steps: {', '.join(STEPS)})")
+            disabled.add(rest)
+        elif word == "inject":
+            parts = rest.split()
+            if len(parts) != 2 or not parts[0].isdigit():
+                raise bad("inject: expected 'inject POINT INJECTION' (POINT a number)")
+            if parts[1] not in INJECTIONS:
+                raise bad(f"inject: unknown injection {parts[1]!r} (use {', '.join(INJECTIONS)})")
+            sched.append((int(parts[0]), parts[1]))
+        else:
+            raise bad(
+                f"unknown directive {word!r} (series, workload, memory, cpus, seed, batching, "
+                "poe, hardened_pgtables, disable, inject)"
+            )
+    try:
+        mc = MachineConfig(**machine)
+    except ConfigError as err:
+        raise InputError(err.problem, file=file) from None
+    return ExploreConfig(mc, workload, frozenset(disabled)), tuple(sorted(sched))
