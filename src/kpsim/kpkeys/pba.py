@@ -239,7 +239,10 @@ class PkeysBlockAllocator(HardenedPgtables):
         pfn, order = got
         n = 1 << order
         pages = range(pfn, pfn + n)
+        hook = getattr(self.arch, "explore_hook", None)  # kpsim explore's points
         self.alloc_mutex_held = True
+        if hook is not None:
+            hook("pba:refill")
         try:
             if self.can_set_pkey:
                 if len(self.cache) < 2:
@@ -263,6 +266,8 @@ class PkeysBlockAllocator(HardenedPgtables):
                 self.cache[p] = None
         finally:
             self.alloc_mutex_held = False
+        if hook is not None:
+            hook("pba:refilled")
         self._count("refill")
         self._count(f"refill_order_{order}")
         self._sample(f"refill_order_{order}")

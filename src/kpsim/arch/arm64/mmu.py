@@ -143,6 +143,7 @@ class MmuMixin(PgtableMixin):
         if self.force_pte_mapping():
             return 0
         hooks = self.kpkeys_split_hooks if self.hardened_pgtables else None
+        ready_check = "reserve-ready-check" not in self.disabled
         for _attempt in range(MAX_SPLIT_ATTEMPTS):
             if hooks is not None:
                 ret: int = hooks.kpkeys_prepare_direct_map_split()
@@ -150,11 +151,19 @@ class MmuMixin(PgtableMixin):
                     return ret
                 if self.split_race_hook is not None:
                     self.split_race_hook()
+                if self.explore_hook is not None:
+                    self.explore_hook("split:prepared")
             self.split_lock_depth += 1  # mutex pgtable_split_lock
             try:
-                if hooks is not None and not hooks.kpkeys_ready_for_direct_map_split():
+                if (
+                    hooks is not None
+                    and ready_check
+                    and not hooks.kpkeys_ready_for_direct_map_split()
+                ):
                     self.k.counters["split_not_ready"] += 1
                     continue
+                if self.explore_hook is not None:
+                    self.explore_hook("split:locked")
                 self.arch_enter_lazy_mmu_mode()
                 try:
                     for edge in (start, end):
