@@ -28,9 +28,13 @@ from kpsim.machine.config import MachineConfig
 BUDGET = 1500
 
 
-def cfg(series="enter-leave", disabled=(), **kw):
-    return ExploreConfig(MachineConfig(memory="256M", series=series, **kw), "guarded-paths",
+def cfg(series="enter-leave", disabled=(), workload="guarded-paths", **kw):
+    return ExploreConfig(MachineConfig(memory="256M", series=series, **kw), workload,
                          frozenset(disabled))  # fmt: skip
+
+
+#: the workload where each step's protection is exercised
+STEP_WORKLOAD = dict.fromkeys(STEPS, "guarded-paths") | {"reserve-ready-check": "split"}
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +57,21 @@ def test_default_configuration_finds_nothing(default_summary):
 def test_each_disabled_step_yields_a_violation(step):
     """Negative controls: with one protective step off, a violation is found; the
     first is a shortest schedule (at most two injections) and replays to the same."""
-    s = explore(cfg(disabled=[step]), BUDGET, stop_at_first=True)
+    s = explore(cfg(disabled=[step], workload=STEP_WORKLOAD[step]), BUDGET, stop_at_first=True)
     assert s.first is not None, step
     assert len(s.first.schedule) <= 2
     c, sched = parse_schedule(schedule_text(s.cfg, s.first.schedule, s.points), "x.sched")
     assert c == s.cfg and sched == s.first.schedule
     again = Explorer(c).run(sched)
     assert [v.check for v in again.violations] == [v.check for v in s.first.violations]
+
+
+def test_split_workload_is_clean_with_every_step_on():
+    """The split workload (PBA on a block map, cache at its reserve, a foreign split, a
+    refill): no violation, and the split protocol's points are reached."""
+    s = explore(cfg(workload="split"), 120)
+    assert s.first is None
+    assert {"split:prepared", "split:locked", "pba:refill", "pba:refilled"} <= set(s.points)
 
 
 def test_v4_batching_bug_is_found_from_the_series_switch_alone():

@@ -20,6 +20,7 @@ from kpsim.cli.machine_opts import add_machine_options, config_from_args
 from kpsim.engine.explore import (
     INJECTIONS,
     STEPS,
+    WORKLOAD_INJECTIONS,
     WORKLOADS,
     ExploreConfig,
     Explorer,
@@ -62,9 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--inject",
-        default=",".join(INJECTIONS),
+        default=None,
         metavar="KIND,...",
-        help=f"injections to use (default all: {', '.join(INJECTIONS)})",
+        help=f"injections to use (default: the workload's; {', '.join(INJECTIONS)})",
     )
     p.add_argument(
         "--workload", default="guarded-paths", metavar="|".join(WORKLOADS), help="the workload"
@@ -93,7 +94,9 @@ def _config(args: argparse.Namespace) -> ExploreConfig:
     return ExploreConfig(config_from_args(args), args.workload, frozenset(args.disable))
 
 
-def _kinds(text: str) -> list[str]:
+def _kinds(text: str | None, workload: str) -> list[str]:
+    if text is None:
+        return list(WORKLOAD_INJECTIONS[workload])
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     for k in kinds:
         if k not in INJECTIONS:
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     if args.replay:
         return _replay(args)
     cfg = _config(args)
-    kinds = _kinds(args.inject)
+    kinds = _kinds(args.inject, cfg.workload)
     bar = _Bar(sys.stdout.isatty() and not args.json, args.schedules)
     try:
         s = explore(cfg, args.schedules, kinds=kinds, audit_every=args.audit_every, progress=bar)

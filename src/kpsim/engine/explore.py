@@ -24,16 +24,20 @@ first violation found is a shortest one.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kpsim.audit.invariants import audit, linear_pkey
+from kpsim.audit.invariants import audit, linear_pkey, protected_cache_pfns
 from kpsim.errors import AccessFault, InputError, KpsimError
+from kpsim.hw.arm64 import descriptors as d
 from kpsim.kpkeys.context import kpkeys_guard
+from kpsim.kpkeys.pba import PBA_NR_RESERVED_PAGES, PkeysBlockAllocator
 from kpsim.machine.boot import Machine
 from kpsim.machine.config import MachineConfig
 from kpsim.mm.gfp import GFP_KERNEL, GFP_PGTABLE_KERNEL
@@ -50,6 +54,8 @@ STEPS: dict[str, str] = {
     "in-interrupt-check": "the batching guard's exception rule (v5's in_interrupt(); "
     "enter-leave's POR_EL1 check): the guard then skips whenever TIF_LAZY_MMU is set",
     "tlbi-after-set-memory-pkey": "the TLB flush after set_memory_pkey",
+    "reserve-ready-check": "the PBA's kpkeys_ready_for_direct_map_split() under the split "
+    "lock (workload split)",
 }
 
 #: injection -> what it does
@@ -62,12 +68,30 @@ INJECTIONS: dict[str, str] = {
     "cpu-guarded": "the other CPU runs a guarded page-table write",
     "cpu-keying": "the other CPU runs set_memory_pkey on a page (a guarded section of "
     "linear-map writes and a TLB flush)",
+    "cpu-split": "the other CPU splits a linear-map block (set_memory_ro of a page of an "
+    "unused block: the PBA's split protocol and reserve)",
+    "cpu-refill": "the other CPU runs a PBA refill (buddy block, set_memory_pkey, cache)",
 }
 
 WORKLOADS: dict[str, str] = {
     "guarded-paths": "allocate a PTE table (set_memory_pkey), write entries in a batched "
-    "lazy-MMU section, one guarded write outside it, one inside a nested guard, free it",
+    "lazy-MMU section, one guarded write outside it, one inside a nested guard, free it "
+    "(PTE-mapped linear map)",
+    "split": "on a block-mapped linear map with the PBA, its cache drained to the reserve: "
+    "split a linear-map block (set_memory_ro/rw of one of its pages: the split protocol), "
+    "allocate two tables (a refill), free them; a fresh boot per schedule",
 }
+
+#: the injections each workload uses by default
+WORKLOAD_INJECTIONS: dict[str, tuple[str, ...]] = {
+    "guarded-paths": (
+        "irq-free", "irq-alloc", "sync-alloc", "switch", "cpu-guarded", "cpu-keying",
+    ),
+    "split": (
+        "irq-free", "irq-alloc", "sync-alloc", "switch", "cpu-guarded", "cpu-split",
+        "cpu-refill",
+    ),
+}  # fmt: skip
 
 Schedule = tuple[tuple[int, str], ...]
 
@@ -111,7 +135,7 @@ class _Run:
     """The state of one schedule's run: pending injections, the point counter, what
     the injected contexts saw."""
 
-    __slots__ = ("at", "counter", "depth", "extra_tables", "m", "stray", "trace")
+    __slots__ = ("at", "counter", "depth", "extra_tables", "m", "splits", "stray", "trace")
 
     def __init__(self, m: Machine, schedule: Schedule, trace: bool) -> None:
         self.m = m
@@ -120,6 +144,7 @@ class _Run:
             self.at.setdefault(i, []).append(kind)
         self.counter = 0
         self.depth = 0
+        self.splits = 0
         self.extra_tables: list[int] = []
         self.stray: list[Violation] = []
         self.trace: list[str] | None = [] if trace else None
@@ -145,12 +170,25 @@ class Explorer:
         self._freed: list[int] = []  # tables freed during the schedule
         self._victims: list[int] = []  # tables the irq-free handlers free
         self.trace: list[str] | None = None
-        self.spare = self.scratch = self.scratch_ptep = 0
-        self.m = self._boot()
+        self.spare = self.scratch = self.scratch_ptep = self.scratch_level = 0
+        self.blocks: list[int] = []
+        self.runs = 0
+        self.m: Machine
+        self._boot()
 
     # -- machine -------------------------------------------------------------------
+    def _machine_config(self) -> MachineConfig:
+        mc = self.cfg.machine
+        if self.cfg.workload == "split":  # the PBA on a block map, whatever the series
+            return dataclasses.replace(mc, linear_map="block", allocator="pba")
+        if mc.linear_map != "pte":
+            raise InputError("workload guarded-paths needs a PTE-mapped linear map")
+        return mc
+
     def _boot(self) -> Machine:
-        m = Machine.boot(self.cfg.machine)
+        self.held: list[int] = []
+        m = Machine.boot(self._machine_config())
+        self.m = m
         self.boots += 1
         arch = m.arch
         arch.set_disabled(self.cfg.disabled)
@@ -158,22 +196,61 @@ class Explorer:
         spare = k.page_alloc.alloc_pages(GFP_KERNEL, 0)
         assert spare is not None
         self.spare = spare
-        # A live kernel table: the linear map's PTE table for ``spare`` (the entry is
-        # written back unchanged by the guarded writes of injected code).
-        pte_pa = arch._pte_pa_k(arch.page_to_virt(spare))
-        if pte_pa is None:
-            raise InputError("explore needs a PTE-mapped linear map (--linear-map pte)")
-        self.scratch = pte_pa >> 12
-        self.scratch_ptep = arch.phys_to_virt(pte_pa)
+        # A live kernel table: the one holding the linear map's leaf entry for ``spare``
+        # (the guarded writes of injected code write that entry back unchanged).
+        self.scratch_ptep, self.scratch_level = self._leaf_ptr(arch.page_to_virt(spare))
+        self.scratch = arch.entry_pa(self.scratch_ptep) >> 12
+        if self.cfg.workload == "split":
+            self._prepare_split(m)
         self.task_a = Task(900, "explore-a", None, arch.copy_thread(arch.current()))
         self.task_b = Task(901, "explore-b", None, arch.copy_thread(arch.current()))
         arch.switch_to(0, self.task_a)
         return m
 
+    def _leaf_ptr(self, va: int) -> tuple[int, int]:
+        """The kernel leaf entry pointer mapping ``va``, and its level."""
+        arch = self.m.arch
+        ptr = arch.pgd_offset_k(va)
+        level = 0
+        v = arch.read_entry(ptr)
+        while level < 3 and d.kind(v, level) is d.Kind.TABLE:
+            level += 1
+            ptr = arch.next_offset(ptr, va, level)
+            v = arch.read_entry(ptr)
+        return ptr, level
+
+    def _prepare_split(self, m: Machine) -> None:
+        """Drain the PBA cache to its reserve (the pages taken are held aside, keyed, as
+        tables in use elsewhere: the audit is told); take three 2M blocks to split."""
+        k = m.k
+        pba = m.kpkeys
+        assert isinstance(pba, PkeysBlockAllocator)
+        while len(pba.cache) > PBA_NR_RESERVED_PAGES:
+            pfn = pba.pba_pgtable_alloc(GFP_KERNEL)
+            assert pfn is not None
+            self.held.append(pfn)
+        self.blocks = []
+        for _ in range(3):
+            pfn = k.page_alloc.alloc_pages(GFP_KERNEL, 9)
+            if pfn is None or self._leaf_ptr(m.arch.page_to_virt(pfn))[1] != 2:
+                raise InputError("explore: no 2M-block-mapped free range to split")
+            self.blocks.append(pfn)
+
+    def _split_one(self, pfn: int, back: bool = True) -> None:
+        """set_memory_ro of the block's first page (a split), then (``back``) rw."""
+        arch = self.m.arch
+        va = arch.page_to_virt(pfn)
+        if arch.set_memory_ro(va, 1) or (back and arch.set_memory_rw(va, 1)):
+            raise KpsimError("set_memory_ro/rw failed (-ENOMEM)")
+
     # -- the hook ------------------------------------------------------------------
     def _hook(self, point: str) -> None:
         run = self._run
-        if run is None or run.depth:
+        if run is None:
+            return
+        if point == "split:locked":
+            self._check_reserve(run)
+        if run.depth:
             return
         i = run.counter
         run.counter = i + 1
@@ -187,6 +264,22 @@ class Explorer:
                     self._inject(run, kind)
             finally:
                 run.depth -= 1
+
+    def _check_reserve(self, run: _Run) -> None:
+        """A split under the lock must find the reserve it may need: a PMD and a PTE table
+        per edge (PBA_NR_RESERVED_PAGES), or 2 for the refill's own split (v6 15/30)."""
+        pba = self.m.kpkeys
+        if not isinstance(pba, PkeysBlockAllocator) or not pba.enabled:
+            return
+        need = 2 if pba.alloc_mutex_held else PBA_NR_RESERVED_PAGES
+        if len(pba.cache) < need:
+            run.stray.append(
+                Violation(
+                    "split-reserve-short",
+                    f"a split on cpu{self.m.arch.cpu_id} started with {len(pba.cache)} reserve "
+                    f"pages (it may need {need}: the reserve can run dry)",
+                )
+            )
 
     # -- injections ----------------------------------------------------------------
     def _stray(self, run: _Run, where: str) -> None:
@@ -208,7 +301,11 @@ class Explorer:
 
     def _guarded_write(self) -> None:
         arch = self.m.arch
-        arch.set_pte(self.scratch_ptep, arch.read_entry(self.scratch_ptep))
+        v = arch.read_entry(self.scratch_ptep)
+        if self.scratch_level == 3:
+            arch.set_pte(self.scratch_ptep, v)
+        else:
+            arch.set_pmd(self.scratch_ptep, v)
 
     def _inject(self, run: _Run, kind: str) -> None:
         arch, k = self.m.arch, self.m.k
@@ -249,6 +346,17 @@ class Explorer:
                 self._stray(run, f"{kind} (cpu{other})")
                 self._guarded_write()
                 self._stray(run, f"{kind} (cpu{other}, after)")
+        elif kind == "cpu-split":
+            with arch.on_cpu(other):
+                run.splits += 1
+                self._split_one(self.blocks[1 + run.splits % 2], back=False)
+                self._stray(run, f"{kind} (cpu{other})")
+        elif kind == "cpu-refill":
+            with arch.on_cpu(other):
+                pba = self.m.kpkeys
+                if isinstance(pba, PkeysBlockAllocator) and pba.enabled:
+                    pba.refill_pages(alloc_one=False)
+                self._stray(run, f"{kind} (cpu{other})")
         elif kind == "cpu-keying":
             with arch.on_cpu(other):
                 va = arch.page_to_virt(self.spare)
@@ -259,8 +367,38 @@ class Explorer:
             raise InputError(f"unknown injection {kind!r}")
 
     # -- the workload ----------------------------------------------------------------
-    def _workload(self) -> None:
-        """guarded-paths (see :data:`WORKLOADS`), on cpu0 in task A."""
+    def _workload(self, attach: bool = True) -> None:
+        if self.cfg.workload == "split":
+            self._workload_split(attach)
+        else:
+            self._workload_guarded(attach)
+
+    def _workload_split(self, attach: bool) -> None:
+        """split (see :data:`WORKLOADS`), on cpu0 in task A."""
+        arch, k = self.m.arch, self.m.k
+        if attach:
+            arch.explore_hook = self._hook
+        try:
+            self._hook("step:foreign-split")
+            self._split_one(self.blocks[0])
+            self._hook("step:alloc")
+            tables = []
+            for _ in range(2):
+                t = k.pgtable.alloc_table(GFP_PGTABLE_KERNEL, 3, "kernel")
+                assert t is not None
+                tables.append(t)
+                self._live.append(t)
+            self._hook("step:free")
+            self._live = []
+            for t in tables:
+                k.pgtable.free_table(t)
+                self._freed.append(t)
+        finally:
+            arch.explore_hook = None
+
+    def _workload_guarded(self, attach: bool = True) -> None:
+        """guarded-paths (see :data:`WORKLOADS`), on cpu0 in task A; ``attach=False``
+        runs it with no explorer attached (the arch fast paths: a baseline)."""
         m = self.m
         arch, k = m.arch, m.k
         # The page about to become a table is first used as data on cpu1 (its TLB now
@@ -271,7 +409,8 @@ class Explorer:
             arch.cpu.store(arch.page_to_virt(pfn), 0x5A)
         k.page_alloc.free_pages(pfn, 0)
         self._live = []
-        arch.explore_hook = self._hook
+        if attach:
+            arch.explore_hook = self._hook
         try:
             t = k.pgtable.alloc_table(GFP_PGTABLE_KERNEL, 3, "kernel")
             assert t is not None
@@ -298,6 +437,9 @@ class Explorer:
 
     # -- one schedule --------------------------------------------------------------
     def run(self, schedule: Schedule, *, full_audit: bool = True, trace: bool = False) -> Outcome:
+        if self.cfg.workload == "split" and (self.runs or schedule):
+            self._boot()  # a fresh machine per schedule: the same points every time
+        self.runs += 1
         m = self.m
         k = m.k
         run = _Run(m, schedule, trace)
@@ -325,8 +467,8 @@ class Explorer:
         out.violations.extend(run.stray)
         if not out.violations:
             out.violations.extend(self._after(run, dry0, full_audit))
-        if out.violations:
-            self.m = self._boot()  # the machine is left mid-section: start afresh
+        if out.violations and self.cfg.workload != "split":
+            self._boot()  # the machine is left mid-section: start afresh
         return out
 
     def _after(self, run: _Run, dry0: int, full_audit: bool) -> list[Violation]:
@@ -344,8 +486,11 @@ class Explorer:
         for pfn in run.extra_tables:
             if linear_pkey(m, pfn) != 1:
                 out.append(Violation("audit", f"table pfn {pfn:#x} allocated unkeyed"))
+        cached = protected_cache_pfns(m)  # the PBA keeps freed tables keyed, cached
         for pfn in self._freed:
-            if pfn not in k.pgtable.live and linear_pkey(m, pfn) not in (0, None):
+            if pfn in k.pgtable.live or pfn in cached:
+                continue
+            if linear_pkey(m, pfn) not in (0, None):
                 out.append(Violation("audit", f"freed table pfn {pfn:#x} still keyed"))
         if m.counters["pba.split_reserve_empty"] != dry0:
             out.append(Violation("split-reserve-dry", "a split found the reserve empty"))
@@ -355,7 +500,8 @@ class Explorer:
             k.pgtable.free_table(pfn)
         self._victims = []
         if not out and full_audit:
-            out.extend(Violation("audit", f"{v.invariant}: {v.detail}") for v in audit(m))
+            found = audit(m, cached=self.held)
+            out.extend(Violation("audit", f"{v.invariant}: {v.detail}") for v in found)
         return out
 
     def points(self) -> list[str]:
@@ -400,10 +546,10 @@ def _schedules(
     left = budget - 1
     level = 1
     while left > 0:
-        size = len(singles) ** level
+        size = math.comb(len(singles) + level - 1, level)  # multisets of ``level`` singles
         if size <= left:
-            for combo in itertools.product(singles, repeat=level):
-                yield level, True, tuple(sorted(combo))
+            for combo in itertools.combinations_with_replacement(singles, level):
+                yield level, True, combo
             left -= size
         else:
             seen: set[Schedule] = set()
@@ -429,7 +575,7 @@ def explore(
     progress: Callable[[int, int], None] | None = None,
 ) -> Summary:
     """Explore up to ``budget`` schedules of ``cfg``'s workload."""
-    kinds = list(kinds or INJECTIONS)
+    kinds = list(kinds or WORKLOAD_INJECTIONS[cfg.workload])
     ex = Explorer(cfg)
     pts = ex.points()
     summary = Summary(cfg, pts)
