@@ -116,6 +116,16 @@ def _outcome_doc(out: Outcome, points: list[str]) -> dict[str, Any]:
     }
 
 
+def _notes(cfg: ExploreConfig) -> list[str]:
+    out = []
+    if "reserve-ready-check" in cfg.disabled and cfg.workload != "split":
+        out.append(
+            "reserve-ready-check has no effect on workload guarded-paths (no PBA on a "
+            "PTE-mapped linear map): use --workload split"
+        )
+    return out
+
+
 def _summary_doc(s: Summary, saved: str | None) -> dict[str, Any]:
     mc = s.cfg.machine
     counts: dict[str, int] = {}
@@ -136,6 +146,7 @@ def _summary_doc(s: Summary, saved: str | None) -> dict[str, Any]:
         "saved": saved,
         "seconds": round(s.seconds, 3),
         "schedules_per_second": round(s.rate, 1),
+        "notes": _notes(s.cfg),
         "status": 1 if s.first is not None else 0,
     }
 
@@ -196,6 +207,8 @@ def _print(doc: dict[str, Any]) -> None:
         for k, v in doc["by_injections"].items()
     )
     c.print(f"schedules  {doc['explored']} explored: {levels}; {doc['schedules_per_second']:.0f}/s")
+    for note in doc["notes"]:
+        c.print(f"note       {note}", style="yellow")
     first = doc["first_violation"]
     if first is None:
         c.print("violations none", style="green")
