@@ -30,13 +30,27 @@ WHAT is pte, pmd, pud or pgd (a stage-1 descriptor at level 3, 2, 1 or 0 of arm6
 4-level tables with 4K pages; p4d is folded into pgd), esr (ESR_EL1), or por
 (POR_EL1 or POR_EL0). VALUE is hex (0x..., or the bare 16 digits an oops prints),
 decimal, or binary (0b...).
+
+Or paste a crash report: `kpsim decode 'TEXT'` with one argument holding
+`ESR = 0x...`, `pgd=... pud=... pmd=... pte=...` (the show_pte line) or `POR_EL1 =
+...`, or `kpsim decode -` to read the text from stdin: every value found is decoded,
+in order (p4d= is skipped when it repeats pgd=, as arm64's folded p4d does).
 """
 EPILOG = """\
 examples:
   kpsim decode pte 0x10e80008ffbbb707   a linear-map PTE mapping a page table: pkey 1
   kpsim decode esr 0x000000409600004f   a write blocked by the permission overlay
   kpsim decode por 0x57                 pkey 0 RWX, pkey 1 RW (KPKEYS_CTX_PGTABLES)
+  kpsim decode 'ESR = 0x000000409600004f'
+  dmesg | kpsim decode -                every ESR and page-table entry of the oops
 """
+#: ``ESR = 0x..`` (mem_abort_decode), ``pgd=%016llx`` ... (show_pte), ``POR_EL1 = ...``
+_SPLAT = re.compile(
+    r"\b(?:(?P<esr>ESR(?:_EL1)?)\s*[=:]\s*(?P<esrv>(?:0x)?[0-9a-fA-F]+)"
+    r"|(?P<por>POR(?:_EL[01])?)\s*[=:]\s*(?P<porv>(?:0x)?[0-9a-fA-F]+)"
+    r"|(?P<lvl>pgd|p4d|pud|pmd|pte)=(?P<lvlv>(?:0x)?[0-9a-fA-F]+))\b",
+    re.IGNORECASE,
+)
 _BARE_HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
 
 Rows = list[tuple[str, str, str]]
@@ -50,25 +64,75 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("what", metavar="WHAT", help=f"what the value is: {CHOICES}")
-    p.add_argument("value", metavar="VALUE", help="the value: 0x..., 16 bare hex digits, decimal")
+    p.add_argument(
+        "what",
+        metavar="WHAT",
+        help=f"what the value is: {CHOICES}; or crash-report TEXT; or - (TEXT on stdin)",
+    )
+    p.add_argument(
+        "value",
+        nargs="?",
+        metavar="VALUE",
+        help="the value: 0x..., 16 bare hex digits, decimal",
+    )
     add_json(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, usage_error=p.error)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.value is None and (args.what == "-" or _SPLAT.search(args.what)):
+        text = sys.stdin.read() if args.what == "-" else args.what
+        return _splat(text, args.json)
     what = register_name(args.what)
-    value = parse_value(args.value, what)
-    if what == "esr":
-        title, rows, doc = _esr(value)
-    elif what == "por":
-        title, rows, doc = _por(value)
-    else:
-        title, rows, doc = _descriptor(what, value)
+    if args.value is None:  # argparse's own message and exit status for a missing VALUE
+        args.usage_error("the following arguments are required: VALUE")
+    title, rows, doc = decode_value(what, parse_value(args.value, what))
     if args.json:
         emit_json(doc)
     else:
         _print(title, rows, str(doc["summary"]))
+    return 0
+
+
+def decode_value(what: str, value: int) -> tuple[str, Rows, dict[str, object]]:
+    """Title, rows and words for ``value`` as register ``what`` (pte... esr, por)."""
+    if what == "esr":
+        return _esr(value)
+    if what == "por":
+        return _por(value)
+    return _descriptor(what, value)
+
+
+def splat_values(text: str) -> list[tuple[str, int]]:
+    """The (register, value) pairs of a pasted crash report, in order; ``p4d=`` is left
+    out when it repeats the ``pgd=`` before it (p4d is folded into pgd on arm64)."""
+    out: list[tuple[str, int]] = []
+    for m in _SPLAT.finditer(text):
+        if m.group("esr"):
+            what, raw = "esr", m.group("esrv")
+        elif m.group("por"):
+            what, raw = "por", m.group("porv")
+        else:
+            what, raw = register_name(m.group("lvl")), m.group("lvlv")
+        value = parse_u64(raw if raw.lower().startswith("0x") else f"0x{raw}", what=what)
+        if m.group("lvl") and m.group("lvl").lower() == "p4d" and out and out[-1] == (what, value):
+            continue
+        out.append((what, value))
+    return out
+
+
+def _splat(text: str, as_json: bool) -> int:
+    values = splat_values(text)
+    if not values:
+        raise InputError(
+            "no value found in the text: expected ESR = 0x..., pgd=/pud=/pmd=/pte=... "
+            "(show_pte) or POR_EL1 = 0x..."
+        )
+    docs = [decode_value(what, value) for what, value in values]
+    if as_json:
+        emit_json({"values": [doc for _t, _r, doc in docs]})
+    else:
+        sys.stdout.write("\n".join(rows_text(t, r, str(d["summary"])) for t, r, d in docs))
     return 0
 
 

@@ -41,6 +41,7 @@ def build_parser() -> ArgumentParser:
         prog="kpsim",
         description="Executable model of Linux's pkeys-based page-table hardening on arm64.",
     )
+    parser.add_argument("--version", action="version", version=f"kpsim {version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=ArgumentParser)
     import kpsim.cli as pkg
 
@@ -52,6 +53,19 @@ def build_parser() -> ArgumentParser:
         if register is not None:
             register(sub)
     return parser
+
+
+def version() -> str:
+    """The installed distribution's version (``kpsim.__version__`` from a source tree)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("kpsim")
+    except PackageNotFoundError:
+        from kpsim import __version__
+
+        return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
