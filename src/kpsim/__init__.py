@@ -3,27 +3,54 @@
 Scripting entry point::
 
     import kpsim
-    m = kpsim.boot(memory="1G", cpus=2)
+    m = kpsim.boot(memory="1G", cpus=2)      # hardened_pgtables on, PTE-mapped linear map
+    try:
+        m.hw.cpus[0].store(va, value)       # a kernel store, checked by the MMU
+    except kpsim.AccessFault as e:
+        print(e.fault.esr)                  # the ESR_EL1 a real CPU would report
 
-``boot`` and ``Machine`` are loaded lazily so that importing a low layer never
-pulls in the whole model.
+Public names (``__all__``): :func:`boot`, :class:`Machine`, :class:`MachineConfig` and
+the error tree rooted at :class:`KpsimError`. ``boot``, ``Machine`` and
+``MachineConfig`` are loaded lazily so that importing a low layer never pulls in the
+whole model. docs/api.md is the reference generated from these docstrings.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kpsim import _core
+from kpsim.errors import (
+    AccessFault,
+    ConfigError,
+    InputError,
+    KpsimError,
+    ModelInvariantError,
+    OutOfMemory,
+)
 
-_core.install()  # before anything imports a module the compiled core may replace
-
-__all__ = ["Machine", "boot"]
+__all__ = [
+    "AccessFault",
+    "ConfigError",
+    "InputError",
+    "KpsimError",
+    "Machine",
+    "MachineConfig",
+    "ModelInvariantError",
+    "OutOfMemory",
+    "boot",
+]
 __version__ = "0.1.0"
+
+_LAZY = frozenset({"Machine", "MachineConfig", "boot"})
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in _LAZY:
         from kpsim import machine
 
         return getattr(machine, name)
-    raise AttributeError(name)
+    raise AttributeError(f"module 'kpsim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

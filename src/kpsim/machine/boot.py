@@ -74,7 +74,16 @@ KPKEYS_COUNTERS = (
 
 
 class Machine:
-    """A booted machine: ``hw`` (system), ``k`` (kernel mm state), ``arch``, ``kpkeys``."""
+    """A booted machine (build one with :func:`kpsim.boot` or :meth:`Machine.boot`).
+
+    Attributes: ``config`` (the :class:`~kpsim.machine.config.MachineConfig`), ``mem``
+    (simulated RAM: the page tables live there), ``hw`` (the system: ``hw.cpus[i]`` with
+    ``load``/``store``/``try_store``, MMU and TLB), ``k`` (the kernel's mm state:
+    ``k.page_alloc``, ``k.memblock``, ``k.pgtable``), ``arch`` (arm64: ``pgd_offset_k``,
+    ``pud_offset``..., ``read_entry``, ``set_pud``..., ``set_memory_*``), ``kpkeys`` (the
+    table allocator of kpkeys_hardened_pgtables, or None with the feature off),
+    ``timeline`` (the linear map's composition over time) and :attr:`counters`.
+    """
 
     def __init__(self, config: MachineConfig) -> None:
         self.config = config
@@ -104,6 +113,12 @@ class Machine:
     def boot(
         cls, config: MachineConfig | None = None, *, rodata_ro: bool = True, **kwargs: Any
     ) -> Machine:
+        """Build and boot a machine from ``config`` (or ``MachineConfig(**kwargs)``).
+
+        ``rodata_ro=False`` stops before ``mark_rodata_ro``, where built-in KUnit tests
+        run. A configuration the kernel would refuse raises
+        :class:`~kpsim.errors.ConfigError`; too little memory, ``OutOfMemory``.
+        """
         m = cls(config if config is not None else MachineConfig(**kwargs))
         m._boot(rodata_ro)
         return m

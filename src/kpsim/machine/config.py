@@ -21,7 +21,17 @@ MAX_PTE_LINEAR_MEMORY = 1 << 40
 
 @dataclass(frozen=True)
 class MachineConfig:
-    """What a machine is: memory, DRAM base, CPUs, POE, and kernel options."""
+    """What a machine is: memory, DRAM base, CPUs, POE, and kernel options.
+
+    ``memory`` (bytes, or a size such as ``"1G"``: 256M to 128T, a multiple of 2M),
+    ``dram_base`` (2M-aligned), ``cpus``, ``poe`` (FEAT_S1POE), ``linear_map``
+    (``"pte"`` or ``"block"``), ``hardened_pgtables`` (the feature), ``allocator``
+    (the kpkeys table allocator; None: the series' choice, see
+    :attr:`effective_allocator`), ``batching`` (lazy-MMU batching of guarded writes),
+    ``pt_reclaim``, ``allow_unsafe_split`` (the minimal or grouped allocator on a block
+    map, which Linux refuses), ``series`` (the posting modelled), ``seed``. An
+    impossible value raises :class:`~kpsim.errors.ConfigError`.
+    """
 
     memory: int = 4 * SZ_1G
     dram_base: int = 0x4000_0000
@@ -69,6 +79,8 @@ class MachineConfig:
 
     @property
     def effective_allocator(self) -> str:
+        """The allocator in use: ``allocator`` if given, else the series' (``pba`` where
+        the series uses the block allocator, ``minimal`` otherwise)."""
         if self.allocator is not None:
             return self.allocator
         series = SERIES[self.series]
@@ -77,6 +89,7 @@ class MachineConfig:
         return "minimal"
 
     def as_dict(self) -> dict[str, object]:
+        """The configuration as the ``config`` section of ``kpsim boot --json``."""
         return {
             "memory_bytes": self.memory,
             "dram_base": f"{self.dram_base:#x}",
