@@ -110,3 +110,43 @@ def test_ptdump_json_sections_follow_the_markers(capsys: pytest.CaptureFixture[s
     assert set(first) >= {"start", "end", "size", "level", "attrs", "hole", "valid"}
     total = sum(e["size"] for e in doc["sections"][0]["entries"] if e["valid"])
     assert total == 1 << 30
+
+
+def test_boot_text_shows_bytes_and_linear_map_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    """boot text: the mapped bytes, each leaf size's count and bytes, and the linear
+    map's table pages by level, the same figures as --json."""
+    _rc, out, _ = _run(capsys, "boot", "--memory", "1G", "--json")
+    doc = json.loads(out)["linear_map"]
+    rc, out, _ = _run(capsys, "boot", "--memory", "1G")
+    assert rc == 0
+    assert f"linear map: 1G mapped ({1 << 30} bytes)" in out
+    assert f"2M {doc['mappings']['2M']} (12M)" in out
+    tables = doc["tables"]
+    want = ", ".join(f"{lvl} {n} ({n * 4}K)" for lvl, n in tables.items())
+    total = sum(tables.values())
+    assert f"  table pages by level: {want}; total {total} ({total * 4}K)" in out.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("argv", "warned"),
+    [
+        (("--linear-map", "block", "--allocator", "minimal", "--allow-unsafe-split"), True),
+        (("--linear-map", "block", "--allocator", "grouped", "--allow-unsafe-split"), True),
+        (("--linear-map", "block", "--allocator", "pba", "--allow-unsafe-split"), False),
+        (("--linear-map", "pte", "--allocator", "minimal", "--allow-unsafe-split"), False),
+        (("--linear-map", "block", "--allocator", "minimal", "--allow-unsafe-split",
+          "--no-hardened-pgtables"), False),
+    ],
+)  # fmt: skip
+def test_an_unsafe_configuration_warns_on_screen(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], warned: bool
+) -> None:
+    """The minimal (or grouped) allocator on a block map warns on stderr, in one line;
+    safe configurations (the PBA, a PTE map, the feature off) do not."""
+    rc, _out, err = _run(capsys, "boot", "--memory", "1G", *argv)
+    assert rc == 0
+    if warned:
+        assert err.startswith("kpsim boot: WARNING: the ") and err.count("\n") == 1
+        assert "unprotected" in err
+    else:
+        assert err == ""

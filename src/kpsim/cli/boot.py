@@ -8,7 +8,7 @@ from typing import Any
 from kpsim.cli.common import add_json, emit_json
 from kpsim.cli.machine_opts import add_machine_options, boot_from_args
 from kpsim.report.linear_map import linear_map_report
-from kpsim.units import format_size
+from kpsim.units import format_size, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,6 +40,20 @@ def boot_document(m: Any) -> dict[str, Any]:
     }
 
 
+def _leaves(mappings: dict[str, int]) -> str:
+    """``2M 6 (12M)``: count and bytes of each leaf size."""
+    return ", ".join(
+        f"{size} {n} ({format_size(n * parse_size(size))})" for size, n in mappings.items()
+    )
+
+
+def _pages(levels: dict[str, int]) -> str:
+    """``pte 2042 (7.98M)``: pages and bytes per level, then the total."""
+    total = sum(levels.values())
+    parts = [f"{lvl} {n} ({format_size(n * 4096)})" for lvl, n in levels.items()]
+    return ", ".join(parts) + f"; total {total} ({format_size(total * 4096)})"
+
+
 def run(args: argparse.Namespace) -> int:
     m = boot_from_args(args)
     doc = boot_document(m)
@@ -56,10 +70,13 @@ def run(args: argparse.Namespace) -> int:
         f"kernel: linear map {cfg['linear_map']}, hardened_pgtables "
         f"{'on' if cfg['hardened_pgtables'] else 'off'}, allocator {cfg['allocator']}"
     )
-    maps = ", ".join(f"{k} {v}" for k, v in lm["mappings"].items())
-    print(f"linear map leaves (count by size): {maps}")
-    pt = ", ".join(f"{k} {v}" for k, v in doc["page_tables"]["kernel"].items())
-    print(f"kernel page tables (pages by level): {pt}")
+    print(
+        f"linear map: {format_size(lm['mapped_bytes'])} mapped "
+        f"({lm['mapped_bytes']} bytes), {lm['block_pct']:g}% of it by blocks"
+    )
+    print(f"  leaves by size: {_leaves(lm['mappings'])}")
+    print(f"  table pages by level: {_pages(lm['tables'])}")
+    print(f"kernel page tables (pages by level): {_pages(doc['page_tables']['kernel'])}")
     c = doc["counters"]
     print(
         f"events: tlbi {c.get('tlbi', 0)}, splits pud {c.get('split_pud', 0)} "

@@ -62,3 +62,10 @@ def check_writable(path: str | Path, what: str) -> None:
 def plural(n: int, noun: str, suffix: str = "es") -> str:
     """``1 process``, ``2 processes`` (``suffix`` for other nouns: ``"s"``)."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}{suffix}"
+
+
+def warn_unsafe(cfg: Any, verb: str) -> None:
+    """One warning line on stderr when ``cfg`` (a MachineConfig) is an unsafe one."""
+    reason = cfg.unsafe
+    if reason is not None:
+        sys.stderr.write(f"kpsim {verb}: WARNING: {reason}\n")

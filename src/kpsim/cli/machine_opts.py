@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from kpsim.cli.common import int_arg
+from kpsim.cli.common import int_arg, warn_unsafe
 from kpsim.machine.boot import Machine
 from kpsim.machine.config import ALLOCATORS, MachineConfig
 from kpsim.mm.kpkeys_series import DEFAULT_SERIES, SERIES_NAMES
@@ -68,8 +68,9 @@ def add_machine_options(p: argparse.ArgumentParser, *, scenario: bool = False) -
 
 
 def config_from_args(args: argparse.Namespace) -> MachineConfig:
-    """A validated ``MachineConfig`` (``ConfigError``/``InputError`` on a bad value)."""
-    return MachineConfig(
+    """A validated ``MachineConfig`` (``ConfigError``/``InputError`` on a bad value);
+    an unsafe one (``MachineConfig.unsafe``) is warned about on stderr."""
+    cfg = MachineConfig(
         memory=args.memory,
         cpus=args.cpus,
         poe=args.poe,
@@ -81,6 +82,8 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         series=args.series,
         seed=args.seed,
     )
+    warn_unsafe(cfg, getattr(args, "verb", None) or "")
+    return cfg
 
 
 def boot_from_args(args: argparse.Namespace) -> Machine:

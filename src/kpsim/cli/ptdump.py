@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kpsim.cli.common import add_json, emit_json
+from kpsim.cli.common import add_json, emit_json, warn_unsafe
 from kpsim.cli.machine_opts import add_machine_options
 from kpsim.errors import InputError
 from kpsim.report.ptdump import REGION_NAMES, REGIONS, ptdump, ptdump_json, ptdump_text
@@ -102,7 +102,9 @@ def machine_after(
     s = _scenario(path, args.workload)
     over = {k: getattr(args, k) for k in OPTION_FIELDS if getattr(args, k, None) is not None}
     params = [validate_params(w.name, w.params, spec=w) for w in s.workloads]
-    m = Machine.boot(machine_config(s, over))
+    cfg = machine_config(s, over)
+    warn_unsafe(cfg, args.verb)
+    m = Machine.boot(cfg)
     for w, values in zip(s.workloads, params, strict=True):
         run_workload(m, w.name, values, seed=s.seed)
     return m

@@ -27,7 +27,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from kpsim.cli.common import add_json, console, emit_json
+from kpsim.cli.common import add_json, console, emit_json, warn_unsafe
 from kpsim.cli.machine_opts import add_machine_options
 from kpsim.engine.job import (
     AUDIT_MODES,
@@ -37,7 +37,7 @@ from kpsim.engine.job import (
     execute,
 )
 from kpsim.errors import InputError
-from kpsim.machine.scenario import Scenario, parse_scenario
+from kpsim.machine.scenario import Scenario, machine_config, parse_scenario
 from kpsim.machine.scenario_text import parse_workload_option, scenario_toml
 
 __all__ = ["DEFAULT_SCENARIO", "DEFAULT_SCENARIO_NAME", "execute", "register", "render", "run"]
@@ -546,6 +546,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.out).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise InputError(f"--out: cannot write: {err.strerror or err}", file=args.out) from None
+    warn_unsafe(machine_config(scenario, _overrides(args)), "run")
     tty = sys.stdout.isatty() and not args.json
     with _Progress(tty) as bar:
         doc = execute(

@@ -78,6 +78,22 @@ class MachineConfig:
             )
 
     @property
+    def unsafe(self) -> str | None:
+        """Why this configuration leaves table pages unprotected (the minimal or grouped
+        allocator on a block-mapped linear map, allowed by ``allow_unsafe_split``), or
+        None. The CLI prints it as a warning."""
+        if not (self.hardened_pgtables and self.poe and self.linear_map == "block"):
+            return None
+        if self.effective_allocator not in ("minimal", "grouped") or not self.allow_unsafe_split:
+            return None
+        return (
+            f"the {self.effective_allocator} allocator on a block-mapped linear map "
+            "(--allow-unsafe-split): keying a table page splits a block whose new table "
+            "page is left unprotected (the recursion Linux would deadlock on); results "
+            "show that unsafe state, the audit reports it"
+        )
+
+    @property
     def effective_allocator(self) -> str:
         """The allocator in use: ``allocator`` if given, else the series' (``pba`` where
         the series uses the block allocator, ``minimal`` otherwise)."""
