@@ -69,3 +69,17 @@ def warn_unsafe(cfg: Any, verb: str) -> None:
     reason = cfg.unsafe
     if reason is not None:
         sys.stderr.write(f"kpsim {verb}: WARNING: {reason}\n")
+
+
+def progress_bar(enabled: bool) -> Any:
+    """``kpsim run``'s progress bar (a context manager whose value is the callback
+    ``(done, total, label)``, or None when disabled): on a terminal only, so callers
+    pass ``sys.stdout.isatty() and not args.json``."""
+    from kpsim.cli.run import _Progress
+
+    return _Progress(enabled)
+
+
+def on_terminal(args: Any) -> bool:
+    """Progress is shown only on a terminal, and never with ``--json``."""
+    return sys.stdout.isatty() and not getattr(args, "json", False)

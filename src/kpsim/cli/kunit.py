@@ -12,8 +12,8 @@ import argparse
 import sys
 from typing import Any
 
-from kpsim.cli.common import add_json, console, emit_json
-from kpsim.cli.machine_opts import add_machine_options, config_from_args
+from kpsim.cli.common import add_json, console, emit_json, on_terminal
+from kpsim.cli.machine_opts import add_machine_options, boot_config, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,10 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     from kpsim.kpkeys.kunit import run_suite
-    from kpsim.machine import Machine
     from kpsim.report.ktap import ktap
 
-    m = Machine.boot(config_from_args(args), rodata_ro=False)
+    m = boot_config(config_from_args(args), on_terminal(args), rodata_ro=False)
     result = run_suite(m)
     result["counters"] = dict(m.counters)
     status = 1 if result["failed"] else 0

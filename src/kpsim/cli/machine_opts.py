@@ -11,8 +11,9 @@ Validation is the ``MachineConfig``'s: a bad value is a ``ConfigError``, which
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from kpsim.cli.common import int_arg, warn_unsafe
+from kpsim.cli.common import int_arg, on_terminal, progress_bar, warn_unsafe
 from kpsim.machine.boot import Machine
 from kpsim.machine.config import ALLOCATORS, MachineConfig
 from kpsim.mm.kpkeys_series import DEFAULT_SERIES, SERIES_NAMES
@@ -86,6 +87,12 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
     return cfg
 
 
-def boot_from_args(args: argparse.Namespace) -> Machine:
-    """Boot the machine the options describe."""
-    return Machine.boot(config_from_args(args))
+def boot_from_args(args: argparse.Namespace, **kwargs: Any) -> Machine:
+    """Boot the machine the options describe, with a progress bar on a terminal."""
+    return boot_config(config_from_args(args), on_terminal(args), **kwargs)
+
+
+def boot_config(cfg: MachineConfig, progress: bool, **kwargs: Any) -> Machine:
+    """``Machine.boot(cfg)``, showing its steps on ``kpsim run``'s bar if ``progress``."""
+    with progress_bar(progress) as bar:
+        return Machine.boot(cfg, progress=bar, **kwargs)

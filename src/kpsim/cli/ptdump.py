@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kpsim.cli.common import add_json, emit_json, warn_unsafe
+from kpsim.cli.common import add_json, emit_json, on_terminal, progress_bar, warn_unsafe
 from kpsim.cli.machine_opts import add_machine_options
 from kpsim.errors import InputError
 from kpsim.report.ptdump import REGION_NAMES, REGIONS, ptdump, ptdump_json, ptdump_text
@@ -104,10 +104,24 @@ def machine_after(
     params = [validate_params(w.name, w.params, spec=w) for w in s.workloads]
     cfg = machine_config(s, over)
     warn_unsafe(cfg, args.verb)
-    m = Machine.boot(cfg)
-    for w, values in zip(s.workloads, params, strict=True):
-        run_workload(m, w.name, values, seed=s.seed)
+    n = len(s.workloads)
+    with progress_bar(on_terminal(args)) as bar:
+        m = Machine.boot(cfg, progress=None if bar is None else _scaled(bar, 0, n + 1))
+        for i, (w, values) in enumerate(zip(s.workloads, params, strict=True), 1):
+            if bar is not None:
+                bar(i, n + 1, f"workload {w.name}")
+            run_workload(m, w.name, values, seed=s.seed)
     return m
+
+
+def _scaled(bar: Any, step: int, steps: int) -> Any:
+    """A progress callback for sub-step ``step`` of ``steps`` (the boot's own steps
+    shown as a fraction of it)."""
+
+    def report(done: int, total: int, label: str) -> None:
+        bar(step * total + done, steps * total, label)
+
+    return report
 
 
 def run(args: argparse.Namespace) -> int:

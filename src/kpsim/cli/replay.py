@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kpsim.cli.common import add_json, emit_json, plural
+from kpsim.cli.common import add_json, emit_json, on_terminal, plural, progress_bar
 from kpsim.cli.machine_opts import add_machine_options, config_from_args
 from kpsim.errors import InputError, OutOfMemory
 from kpsim.machine.boot import Machine
@@ -77,18 +77,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def _replay(cfg: MachineConfig, events: list[Any], file: str) -> tuple[Any, dict[str, int]]:
-    """Boot ``cfg``, replay; the result and the counters the replay added."""
+def _replay(
+    cfg: MachineConfig, events: list[Any], file: str, progress: bool = False
+) -> tuple[Any, dict[str, int]]:
+    """Boot ``cfg``, replay; the result and the counters the replay added. With
+    ``progress``, the boot's steps and the trace line reached on a bar."""
     from kpsim.workloads.replay import replay_events
 
-    m = Machine.boot(cfg)
-    before = m.counters.snapshot()
-    try:
-        res = replay_events(m, events, file=file)
-    except OutOfMemory as err:
-        raise InputError(
-            f"the simulated machine ran out of memory ({err}); use a larger --memory", file=file
-        ) from None
+    with progress_bar(progress) as bar:
+        m = Machine.boot(cfg, progress=bar)
+        before = m.counters.snapshot()
+        try:
+            res = replay_events(m, events, file=file, progress=bar)
+        except OutOfMemory as err:
+            raise InputError(
+                f"the simulated machine ran out of memory ({err}); use a larger --memory",
+                file=file,
+            ) from None
     return res, m.counters.since(before)
 
 
@@ -120,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         compare = False
     live = _read_vmpte(live_path) if compare else None
     events = read_trace(args.file)
-    res, delta = _replay(cfg, events, file)
+    res, delta = _replay(cfg, events, file, on_terminal(args))
     doc: dict[str, Any] = {
         "trace": file,
         "processes": [p.as_dict() for p in res.processes],

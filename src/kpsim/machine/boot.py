@@ -23,6 +23,7 @@ Boot follows arm64 Linux in order (``start_kernel`` -> ``setup_arch`` ->
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kpsim.arch.arm64.arch import Arm64
@@ -43,6 +44,7 @@ from kpsim.mm.kernel import Kernel
 from kpsim.mm.memblock import Memblock
 from kpsim.mm.page_alloc import PageAllocator
 from kpsim.mm.pgtable import PgtableAllocator
+from kpsim.units import format_size
 
 
 def make_allocator(
@@ -111,20 +113,27 @@ class Machine:
 
     @classmethod
     def boot(
-        cls, config: MachineConfig | None = None, *, rodata_ro: bool = True, **kwargs: Any
+        cls,
+        config: MachineConfig | None = None,
+        *,
+        rodata_ro: bool = True,
+        progress: Callable[[int, int, str], None] | None = None,
+        **kwargs: Any,
     ) -> Machine:
         """Build and boot a machine from ``config`` (or ``MachineConfig(**kwargs)``).
 
         ``rodata_ro=False`` stops before ``mark_rodata_ro``, where built-in KUnit tests
-        run. A configuration the kernel would refuse raises
+        run. ``progress(done, total, label)`` is called as each boot step starts (the
+        linear map's creation in ``paging_init`` is most of a large machine's boot).
+        A configuration the kernel would refuse raises
         :class:`~kpsim.errors.ConfigError`; too little memory, ``OutOfMemory``.
         """
         m = cls(config if config is not None else MachineConfig(**kwargs))
-        m._boot(rodata_ro)
+        m._boot(rodata_ro, progress or _no_progress)
         return m
 
     # -- boot steps ----------------------------------------------------------------------
-    def _boot(self, rodata_ro: bool) -> None:
+    def _boot(self, rodata_ro: bool, progress: Callable[[int, int, str], None]) -> None:
         cfg = self.config
         if (
             cfg.hardened_pgtables
@@ -146,13 +155,17 @@ class Machine:
         mb.memblock_reserve(self.arch.kimage_pa, KIMAGE_SIZE)
         self.k.memblock = mb
         early = self._early_allocator()
+        progress(0, 3, f"boot: paging_init (linear map of {format_size(cfg.memory)})")
         self.arch.paging_init(early)
         self.arch.secondary_start()
+        progress(1, 3, "boot: mem_init (buddy allocator, kpkeys init)")
         self.mem_init()
+        progress(2, 3, "boot: mark_rodata_ro")
         self.arch.mark_linear_text_alias_ro()  # smp_cpus_done(), before KUnit and init
         self.booted = True
         if rodata_ro:
             self.mark_rodata_ro()
+        progress(3, 3, "boot: done")
 
     def _early_allocator(self) -> Any:
         cfg = self.config
@@ -216,6 +229,10 @@ class Machine:
         for name in KPKEYS_COUNTERS:  # always present, even at zero
             out[name] += 0
         return Counters(out.snapshot())
+
+
+def _no_progress(done: int, total: int, label: str) -> None:
+    """The default ``progress`` callback: nothing."""
 
 
 def boot(config: MachineConfig | None = None, **kwargs: Any) -> Machine:

@@ -41,7 +41,7 @@ thread group's exit.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -614,17 +614,42 @@ class Replayer:
 
 
 def replay_events(
-    machine: Any, events: Iterable[Event], *, file: str | None = None, lazy: bool = True
+    machine: Any,
+    events: Iterable[Event],
+    *,
+    file: str | None = None,
+    lazy: bool = True,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> ReplayResult:
     """Replay parsed trace records on ``machine``; the per-process result.
 
     ``lazy=False`` leaves out the VMAs for mappings the trace does not show (faults
-    there are refused): a control for what they contribute.
+    there are refused): a control for what they contribute. ``progress(line, lines,
+    label)`` is called every :data:`PROGRESS_EVERY` operations with the trace line
+    reached.
     """
     evs = events if isinstance(events, list) else list(events)
     r = Replayer(machine, lazy=lazy)
-    r.run(memory_ops(evs, file=file))
+    ops: Iterable[MemOp] = memory_ops(evs, file=file)
+    if progress is not None and evs:
+        ops = _reporting(ops, evs[-1].line, progress)
+    r.run(ops)
     return r.result(len(evs))
+
+
+#: Operations between two ``progress`` calls of :func:`replay_events`.
+PROGRESS_EVERY = 2048
+
+
+def _reporting(
+    ops: Iterable[MemOp], lines: int, progress: Callable[[int, int, str], None]
+) -> Iterator[MemOp]:
+    """``ops`` unchanged, calling ``progress`` with the line reached now and then."""
+    for i, op in enumerate(ops):
+        if not i % PROGRESS_EVERY:
+            progress(op.line, lines, "replay")
+        yield op
+    progress(lines, lines, "replay")
 
 
 def replay_ops(machine: Any, ops: Iterator[MemOp] | list[MemOp]) -> ReplayResult:
