@@ -19,7 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from kpsim.errors import (
+from kpsim import _core
+
+_core.install()  # before anything imports a module the compiled core may replace
+
+from kpsim.errors import (  # noqa: E402 - after the compiled core's finder is in place
     AccessFault,
     ConfigError,
     InputError,
