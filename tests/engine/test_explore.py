@@ -74,6 +74,14 @@ def test_split_workload_is_clean_with_every_step_on():
     assert {"split:prepared", "split:locked", "pba:refill", "pba:refilled"} <= set(s.points)
 
 
+def test_user_workload_clean_by_default_and_v4_found_there_too():
+    """The user-mm paths (fork, zap, free_pgtables: micromm.fork and .munmap of 2M): no
+    violation with every step on; RFC v4's rule faults there as well."""
+    assert explore(cfg(workload="user"), 40).first is None
+    s = explore(cfg("v4", workload="user"), 40, kinds=["irq-alloc", "irq-free"])
+    assert s.first is not None and s.first.violations[0].check == "legitimate-write-faulted"
+
+
 def test_v4_batching_bug_is_found_from_the_series_switch_alone():
     """series v4 (no in_interrupt() in the batching guard): an IRQ that frees a page table
     inside a lazy-MMU section faults in set_memory_pkey's write; v5 (the fix) is clean."""

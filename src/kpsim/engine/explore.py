@@ -77,6 +77,9 @@ WORKLOADS: dict[str, str] = {
     "guarded-paths": "allocate a PTE table (set_memory_pkey), write entries in a batched "
     "lazy-MMU section, one guarded write outside it, one inside a nested guard, free it "
     "(PTE-mapped linear map)",
+    "user": "micromm.fork of 2M (a process maps and populates 2M, forks, the child exits) "
+    "then micromm.munmap of 2M: the user-mm paths (fault, copy_page_range, zap, "
+    "free_pgtables), their batched stores one point each (PTE-mapped linear map)",
     "split": "on a block-mapped linear map with the PBA, its cache drained to the reserve: "
     "split a linear-map block (set_memory_ro/rw of one of its pages: the split protocol), "
     "allocate two tables (a refill), free them; a fresh boot per schedule",
@@ -85,6 +88,9 @@ WORKLOADS: dict[str, str] = {
 #: the injections each workload uses by default
 WORKLOAD_INJECTIONS: dict[str, tuple[str, ...]] = {
     "guarded-paths": (
+        "irq-free", "irq-alloc", "sync-alloc", "switch", "cpu-guarded", "cpu-keying",
+    ),
+    "user": (
         "irq-free", "irq-alloc", "sync-alloc", "switch", "cpu-guarded", "cpu-keying",
     ),
     "split": (
@@ -370,8 +376,24 @@ class Explorer:
     def _workload(self, attach: bool = True) -> None:
         if self.cfg.workload == "split":
             self._workload_split(attach)
+        elif self.cfg.workload == "user":
+            self._workload_user(attach)
         else:
             self._workload_guarded(attach)
+
+    def _workload_user(self, attach: bool) -> None:
+        """user (see :data:`WORKLOADS`)."""
+        from kpsim.workloads.registry import run_workload
+
+        arch = self.m.arch
+        if attach:
+            arch.explore_hook = self._hook
+        try:
+            run_workload(self.m, "micromm.fork", {"size": "2M", "h": 0}, seed=self.cfg.seed)
+            self._hook("step:munmap")
+            run_workload(self.m, "micromm.munmap", {"size": "2M", "h": 0}, seed=self.cfg.seed)
+        finally:
+            arch.explore_hook = None
 
     def _workload_split(self, attach: bool) -> None:
         """split (see :data:`WORKLOADS`), on cpu0 in task A."""
