@@ -185,10 +185,11 @@ class PgtableMixin(Arm64Base):
         """
         cpu = self.system.cpus[self.cpu_id]
         va = PAGE_OFFSET + (table_pa - self.layout.memstart_addr)  # phys_to_virt
+        store = cpu.store_table if self.explore_hook is None else self._store_table_explored
         if self._guard_needed():
             saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
             try:
-                n = self._store_table(cpu, va, index, values)
+                n = store(va, index, values)
             finally:
                 self.arch_kpkeys_restore_pkey_reg(saved)
             if saved != KPKEYS_PKEY_REG_INVAL:  # each entry's guard would switch too
@@ -199,19 +200,19 @@ class PgtableMixin(Arm64Base):
                 self.k.counters["kpkeys_enter_skipped"] += n - 1
             self.k.counters["kpkeys_guard_entries"] += n
         else:
-            n = self._store_table(cpu, va, index, values)
+            n = store(va, index, values)
         self.k.counters["pte_write"] += n
         hook = self.irq_hook
         if hook is not None:
             hook()
         return n
 
-    def _store_table(self, cpu: Any, va: int, index: Any, values: Any) -> int:
+    def _store_table_explored(self, va: int, index: Any, values: Any) -> int:
+        """``store_table`` with ``kpsim explore``'s points before and after."""
         hook = self.explore_hook
-        if hook is None:
-            return int(cpu.store_table(va, index, values))
+        assert hook is not None
         hook("store:before")
-        n = int(cpu.store_table(va, index, values))
+        n = int(self.system.cpus[self.cpu_id].store_table(va, index, values))
         hook("store:after")
         return n
 
