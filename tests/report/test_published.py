@@ -118,14 +118,14 @@ def test_unknown_table_is_input_error():
 
 
 def test_data_files_ship_in_the_wheel(tmp_path):
-    """hatchling's wheel contains the four data files of kpsim.report."""
+    """hatchling's wheel contains the five data files of kpsim.report."""
     from hatchling.builders import wheel
 
     built = list(
         wheel.WheelBuilder(str(REPO)).build(directory=str(tmp_path), versions=["standard"])
     )
     names = set(zipfile.ZipFile(built[0]).namelist())
-    for file in ("costs.toml", "published_v4.toml", "published_v5.toml",
+    for file in ("costs.toml", "calibration.toml", "published_v4.toml", "published_v5.toml",
                  "published_v5_corrected.toml"):  # fmt: skip
         assert f"kpsim/report/data/{file}" in names
         assert resources.files("kpsim.report").joinpath("data", file).is_file()
