@@ -456,6 +456,15 @@ def _attack_lines(a: Mapping[str, Any] | None) -> list[Text]:
     return out
 
 
+def _level(doc: Mapping[str, Any]) -> str:
+    """The level of the printed intervals (e.g. "95 %"), from the document."""
+    for w in doc["workloads"]:
+        iv = (w.get("overhead") or {}).get("interval")
+        if iv:
+            return f"{round(100 * iv['level'])} %"
+    return "the quantile"
+
+
 def render(doc: Mapping[str, Any]) -> RenderableType:
     """The one screen ``kpsim run`` prints, built from the JSON document only."""
     sc = doc["scenario"]
@@ -482,7 +491,8 @@ def render(doc: Mapping[str, Any]) -> RenderableType:
     parts.append(
         Text(
             f"cycles per event: {src}; --json has every counter\n"
-            "interval: the calibration's leave-one-family-out held-out spread "
+            f"interval: the {_level(doc)} quantile of the calibration's "
+            "leave-one-family-out held-out residuals "
             "(`kpsim reproduce --cv`); `kpsim run --costs defaults` prices with the priors",
             style="dim",
         )
