@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from kpsim.cli.common import add_json, console, emit_json, int_arg
+from kpsim.cli.common import add_json, console, emit_json, int_arg, on_terminal, progress_bar
 from kpsim.cli.machine_opts import add_machine_options
 from kpsim.cli.machine_opts import config_from_args as machine_config_from_args
 
@@ -95,8 +95,11 @@ def run(args: argparse.Namespace) -> int:
 
     machine_config = machine_config_from_args(args)  # first: --cpus 0 is about --cpus
     config = config_from_args(args)
-    m = Machine.boot(machine_config)
-    report = run_attack(m, config)
+    with progress_bar(on_terminal(args)) as bar:
+        m = Machine.boot(machine_config, progress=bar)
+        if bar is not None:
+            bar(3, 4, "attack campaign")
+        report = run_attack(m, config)
     doc = report.as_json()
     if args.json:
         emit_json(doc)

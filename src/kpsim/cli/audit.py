@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kpsim.cli.common import add_json, console, emit_json, int_arg
+from kpsim.cli.common import add_json, console, emit_json, int_arg, on_terminal, progress_bar
 from kpsim.cli.machine_opts import add_machine_options, boot_from_args
 
 
@@ -45,20 +45,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from kpsim.audit.freewatch import FreeWatch
-    from kpsim.audit.invariants import Violation, audit, check_interrupts
-    from kpsim.errors import ConfigError, OutOfMemory
-    from kpsim.workloads.mixed import mixed_workload
+    from kpsim.audit.invariants import Violation, audit
+    from kpsim.errors import ConfigError
 
     if not 1 <= args.scale <= 64:
         raise ConfigError(f"--scale: must be between 1 and 64, got {args.scale}")
     m = boot_from_args(args)
     found: list[tuple[str, Violation]] = [("boot", v) for v in audit(m)]
+    with progress_bar(on_terminal(args)) as bar:
+        return _audit_run(args, m, found, bar)
+
+
+def _audit_run(args: argparse.Namespace, m: Any, found: list[Any], bar: Any) -> int:
+    """The workload under the free-path watch, then the report (``bar``: the progress
+    callback on a terminal, or None; each audited phase is a step)."""
+    from kpsim.audit.freewatch import FreeWatch
+    from kpsim.audit.invariants import audit, check_interrupts
+    from kpsim.errors import ConfigError, OutOfMemory
+    from kpsim.workloads.mixed import mixed_workload
+
     workload: dict[str, Any] = {"name": args.workload}
     with FreeWatch(m) as watch:
         if args.workload == "mixed":
 
             def check(phase: str) -> None:
+                if bar is not None:
+                    bar(0, 1, f"audit: mixed workload, {phase}")
                 found.extend((phase, v) for v in audit(m))
 
             try:
