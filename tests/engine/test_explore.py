@@ -160,3 +160,12 @@ def test_unknown_disable_step_is_exit_2(capsys):
     """--disable with an unknown step: one line, exit 2."""
     assert main(["explore", "--disable", "isb", "--schedules", "1"]) == 2
     assert "unknown step" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv", [["--schedules", "0"], ["--audit-every", "0"], ["--inject", "nmi"]]
+)
+def test_impossible_options_are_exit_2(capsys, argv):
+    """A budget or audit period below 1, an unknown injection: one line, exit 2."""
+    assert main(["explore", *argv]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

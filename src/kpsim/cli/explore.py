@@ -175,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
         return _replay(args)
     cfg = _config(args)
     kinds = _kinds(args.inject, cfg.workload)
+    if args.schedules < 1:
+        raise InputError(f"--schedules {args.schedules}: must be at least 1")
+    if args.audit_every < 1:
+        raise InputError(f"--audit-every {args.audit_every}: must be at least 1")
     bar = _Bar(sys.stdout.isatty() and not args.json, args.schedules)
     try:
         s = explore(cfg, args.schedules, kinds=kinds, audit_every=args.audit_every, progress=bar)
