@@ -29,9 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g = p.add_argument_group("workload")
     g.add_argument(
         "--workload",
-        choices=("mixed", "none"),
+        choices=("mixed", "soak", "none"),
         default="mixed",
-        help="what runs before the final audit (default mixed; none: audit the booted machine)",
+        help="what runs before the final audit (default mixed; soak: random kernel "
+        "operations, audited every --ops/10 and after a full teardown with the free pages "
+        "counted; none: audit the booted machine)",
+    )
+    g.add_argument(
+        "--ops",
+        type=int_arg,
+        default=10000,
+        metavar="N",
+        help="operations of the soak workload (1-10^8, default 10000)",
     )
     g.add_argument(
         "--scale",
@@ -50,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 1 <= args.scale <= 64:
         raise ConfigError(f"--scale: must be between 1 and 64, got {args.scale}")
+    if not 1 <= args.ops <= 10**8:
+        raise ConfigError(f"--ops: must be between 1 and 10^8, got {args.ops}")
     m = boot_from_args(args)
     found: list[tuple[str, Violation]] = [("boot", v) for v in audit(m)]
     with progress_bar(on_terminal(args)) as bar:
@@ -75,19 +86,35 @@ def _audit_run(args: argparse.Namespace, m: Any, found: list[Any], bar: Any) -> 
 
             try:
                 result = mixed_workload(m, seed=m.config.seed, scale=args.scale, check=check)
-            except OutOfMemory as err:
-                raise ConfigError(
-                    f"the mixed workload at --scale {args.scale} ran out of simulated memory "
-                    f"({err}); use a smaller --scale or more --memory"
-                ) from None
-            workload.update(result.as_dict())
-            found.extend(("interrupts", v) for v in check_interrupts(m, result.irqs))
+            except (OutOfMemory, OSError) as err:
+                if m.k.fault_inject is None or getattr(err, "errno", 12) != 12:
+                    raise ConfigError(
+                        f"the mixed workload at --scale {args.scale} ran out of simulated "
+                        f"memory ({err}); use a smaller --scale or more --memory"
+                    ) from None
+                workload["stopped"] = f"stopped by -ENOMEM: {err}"  # still audited below
+            else:
+                workload.update(result.as_dict())
+                found.extend(("interrupts", v) for v in check_interrupts(m, result.irqs))
+        elif args.workload == "soak":
+            from kpsim.workloads.soak import soak
+
+            def check_soak(phase: str) -> None:
+                found.extend((phase, v) for v in audit(m))
+
+            every = max(1, args.ops // 10)
+            res = soak(m, args.ops, seed=m.config.seed, audit_every=every, check=check_soak)
+            workload.update(res.as_dict())
+            if res.balance["lost"]:
+                lost = res.balance["lost"]
+                found.append(("end", Violation("pages", f"{lost} page(s) lost after teardown")))
     found.extend(("free path", v) for v in watch.violations)
     found.extend(("end", v) for v in audit(m))
     doc = {
         "config": m.config.as_dict(),
         "workload": workload,
         "free_watch": watch.as_dict(),
+        "fault_inject": m.k.fault_inject.as_dict() if m.k.fault_inject is not None else None,
         "violations": [{"phase": ph, **v.as_dict()} for ph, v in found],
         "counters": dict(m.counters),
     }
@@ -104,6 +131,20 @@ def _audit_run(args: argparse.Namespace, m: Any, found: list[Any], bar: Any) -> 
             f"{fw['pages_freed_checked']} freed pages checked to carry pkey 0",
             markup=False,
         )
+        if "operations" in workload:
+            b = workload["balance"]
+            c.print(
+                f"  soak: {workload['operations']} operations, "
+                f"{sum(workload['enomem'].values())} met -ENOMEM, {workload['audits']} audits; "
+                f"free pages {b['free_before']} -> {b['free_after']}, {b['lost']} lost",
+                markup=False,
+            )
+        if "stopped" in workload:
+            c.print(f"  workload {workload['stopped']}", markup=False)
+        fi = m.k.fault_inject
+        if fi is not None:
+            sites = ", ".join(f"{s} {a.injected}/{a.calls}" for s, a in fi.attrs.items())
+            c.print(f"  fault injection: {fi.injected} failures injected ({sites})", markup=False)
         for ph, v in found:
             c.print(f"  [{ph}] {v.invariant}: {v.detail}", markup=False)
     return 1 if found else 0

@@ -16,6 +16,7 @@ from typing import Any
 from kpsim.cli.common import int_arg, on_terminal, progress_bar, warn_unsafe
 from kpsim.machine.boot import Machine
 from kpsim.machine.config import ALLOCATORS, MachineConfig
+from kpsim.mm.fault_inject import SITES as FAULT_SITES
 from kpsim.mm.kpkeys_series import DEFAULT_SERIES, SERIES_NAMES
 
 
@@ -66,6 +67,45 @@ def add_machine_options(p: argparse.ArgumentParser, *, scenario: bool = False) -
         action="store_true",
         help="allow the minimal or grouped allocator on a block-mapped linear map",
     )
+    add_fault_options(p)
+
+
+def add_fault_options(p: argparse.ArgumentParser) -> None:
+    """``--fail-<site> SPEC``: fault injection (:mod:`kpsim.mm.fault_inject`)."""
+    g = p.add_argument_group(
+        "fault injection",
+        "SPEC is Linux's boot syntax INTERVAL,PROBABILITY,SPACE,TIMES (e.g. 1,10,0,-1) or "
+        "KEY=VALUE pairs (probability=10,interval=1,times=-1,space=0,verbose=1; page "
+        "allocator also min_order, ignore_gfp_reclaim, ignore_gfp_highmem; set_memory_pkey "
+        "also unkey=1). Draws are seeded from --seed.",
+    )
+    for site in FAULT_SITES:
+        g.add_argument(
+            "--fail-" + site.replace("_", "-"),
+            dest=f"fail_{site}",
+            default=None,
+            metavar="SPEC",
+            help=f"make {FAULT_HELP[site]} fail",
+        )
+
+
+FAULT_HELP = {
+    "page_alloc": "alloc_pages() (fail_page_alloc)",
+    "pagetable_alloc": "pagetable_alloc()",
+    "set_memory_pkey": "set_memory_pkey() with -ENOMEM",
+    "split": "linear-map splits (split_kernel_leaf_mapping) with -ENOMEM",
+    "pba_refill": "the block allocator's refills",
+}
+
+
+def fault_options(args: argparse.Namespace) -> dict[str, str]:
+    """The ``fail_<site>`` options given (for ``MachineConfig``)."""
+    out = {}
+    for site in FAULT_SITES:
+        v = getattr(args, f"fail_{site}", None)
+        if v is not None:
+            out[f"fail_{site}"] = v
+    return out
 
 
 def config_from_args(args: argparse.Namespace) -> MachineConfig:
@@ -82,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         allow_unsafe_split=args.allow_unsafe_split,
         series=args.series,
         seed=args.seed,
+        **fault_options(args),  # type: ignore[arg-type]
     )
     warn_unsafe(cfg, getattr(args, "verb", None) or "")
     return cfg

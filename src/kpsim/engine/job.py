@@ -33,6 +33,7 @@ feature off, and reports no overhead (there is nothing to compare).
 from __future__ import annotations
 
 import dataclasses
+import errno
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -128,6 +129,11 @@ OPTION_FIELDS = (
     "batching",
     "allow_unsafe_split",
     "series",
+    "fail_page_alloc",
+    "fail_pagetable_alloc",
+    "fail_set_memory_pkey",
+    "fail_split",
+    "fail_pba_refill",
 )
 
 AUDIT_MODES = ("full", "end", "none")
@@ -225,6 +231,13 @@ class _Auditor:
         self.mode = mode
         self.machines = 0
         self.violations: list[dict[str, Any]] = []
+        #: per machine with fault injection armed: what was injected, what it stopped
+        self.faults: list[dict[str, Any]] = []
+
+    def injected(self, m: Machine, where: str, stopped: str | None) -> None:
+        fi = m.k.fault_inject
+        if fi is not None:
+            self.faults.append({"machine": where, "stopped": stopped, "sites": fi.as_dict()})
 
     def check(self, m: Machine, where: str) -> None:
         if self.mode == "none":
@@ -247,6 +260,8 @@ class _Auditor:
         doc: dict[str, Any] = {"machines": self.machines, "violations": self.violations}
         if self.mode != "end":  # the default's document is unchanged (no "mode" key)
             doc["mode"] = self.mode
+        if self.faults:
+            doc["fault_inject"] = self.faults
         return doc
 
 
@@ -359,18 +374,33 @@ def _run_one(
     from kpsim.workloads.registry import run_workload
 
     m = _boot(cfg, scenario, over)
+    stopped = None
     try:
         with auditor.watch(m, where):
             counts = dict(run_workload(m, spec.name, values, seed=cfg.seed))
     except OutOfMemory as err:
-        problem = (
-            f"the simulated machine ran out of memory ({err}); "
-            "use smaller sizes or more [machine] memory"
-        )
-        raise spec.error(None, problem) from None
+        if m.k.fault_inject is None:
+            raise spec.error(None, _oom_problem(err)) from None
+        # an injected failure ended the workload: the machine must still audit clean
+        stopped = f"stopped by -ENOMEM: {err}"
+        counts = dict(m.counters)
+    except OSError as err:  # a system call's -ENOMEM (fork, mremap) under injection
+        if m.k.fault_inject is None or err.errno != errno.ENOMEM:
+            raise
+        # an injected failure ended the workload: the machine must still audit clean
+        stopped = f"stopped by -ENOMEM: {err}"
+        counts = dict(m.counters)
+    auditor.injected(m, where, stopped)
     auditor.check(m, where)
     lm = linear_map_report(m) if cfg.hardened_pgtables else {}
     return counts, lm
+
+
+def _oom_problem(err: BaseException) -> str:
+    return (
+        f"the simulated machine ran out of memory ({err}); "
+        "use smaller sizes or more [machine] memory"
+    )
 
 
 def _priced(counts: Mapping[str, int], costs: Any) -> dict[str, Any]:

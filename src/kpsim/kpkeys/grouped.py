@@ -86,7 +86,9 @@ class GroupedPages(PkeysBlockAllocator):
     def refill_pages(self, alloc_one: bool) -> int | None:
         """A 2 MiB block (else one page), keyed with one call, split, one page out."""
         pfn: int | None = None
-        for order in GROUPED_REFILL_ORDERS:
+        fail = self.fail_refill
+        orders = () if fail is not None and fail.should_fail(1) else GROUPED_REFILL_ORDERS
+        for order in orders:
             pfn = self.k.page_alloc.alloc_pages(GFP_KERNEL, order)
             if pfn is not None:
                 break

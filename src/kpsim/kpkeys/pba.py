@@ -47,6 +47,7 @@ from kpsim.kpkeys.context import kpkeys_enabled, kpkeys_guard
 from kpsim.kpkeys.hardened_pgtables import HardenedPgtables
 from kpsim.kpkeys.ppa import PhysmemAllocator
 from kpsim.kpkeys.protocol import KpkeysArch
+from kpsim.mm.fault_inject import FaultAttr
 from kpsim.mm.gfp import GFP_KERNEL, Gfp
 from kpsim.mm.kernel import Kernel
 from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES, KPKEYS_PKEY_DEFAULT, KPKEYS_PKEY_PGTABLES
@@ -68,6 +69,8 @@ class PkeysBlockAllocator(HardenedPgtables):
     """The v6 PBA; with a PTE-only linear map it is the noblock (seed) allocator."""
 
     name = "pba"
+    #: ``fail_pba_refill`` (:mod:`kpsim.mm.fault_inject`); None: injection off
+    fail_refill: FaultAttr | None = None
 
     def __init__(self, k: Kernel, arch: KpkeysArch, ppa: PhysmemAllocator | None) -> None:
         super().__init__(k, arch, ppa)
@@ -232,7 +235,8 @@ class PkeysBlockAllocator(HardenedPgtables):
 
     def refill_pages(self, alloc_one: bool) -> int | None:
         """``__refill_pages(alloc_one)``: the first page (``alloc_one``) or the range's pfn."""
-        got = self._refill_buddy()
+        fail = self.fail_refill
+        got = None if fail is not None and fail.should_fail(1) else self._refill_buddy()
         if got is None:
             self._count("refill_fail")
             return None

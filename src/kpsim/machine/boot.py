@@ -40,6 +40,7 @@ from kpsim.kpkeys.ppa import PhysmemAllocator
 from kpsim.kpkeys.reserve import SplitReserve
 from kpsim.kpkeys.timeline import Timeline
 from kpsim.machine.config import MachineConfig
+from kpsim.mm.fault_inject import FaultInjection
 from kpsim.mm.kernel import Kernel
 from kpsim.mm.memblock import Memblock
 from kpsim.mm.page_alloc import PageAllocator
@@ -165,7 +166,24 @@ class Machine:
         self.booted = True
         if rodata_ro:
             self.mark_rodata_ro()
+        self.arm_fault_injection()
         progress(3, 3, "boot: done")
+
+    def arm_fault_injection(self) -> FaultInjection | None:
+        """Arm the configured fault-injection sites (once boot is done; see
+        :mod:`kpsim.mm.fault_inject`): each hook reads one attribute, None when off."""
+        specs = self.config.fault_specs()
+        if not specs:
+            return None
+        fi = FaultInjection(specs, self.config.seed)
+        self.k.fault_inject = fi
+        self.k.page_alloc.fail_page_alloc = fi.get("page_alloc")
+        self.k.pgtable.fail = fi.get("pagetable_alloc")
+        self.arch.fail_set_memory_pkey = fi.get("set_memory_pkey")
+        self.arch.fail_split = fi.get("split")
+        if isinstance(self.kpkeys, PkeysBlockAllocator):
+            self.kpkeys.fail_refill = fi.get("pba_refill")
+        return fi
 
     def _early_allocator(self) -> Any:
         cfg = self.config

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from kpsim.errors import ConfigError
 from kpsim.hw.arm64.system import MAX_CPUS
+from kpsim.mm.fault_inject import SITES, FaultSpec, parse_fault_spec
 from kpsim.mm.kpkeys_series import DEFAULT_SERIES, SERIES, SERIES_NAMES
 from kpsim.units import SZ_1G, SZ_2M, format_size, parse_size
 
@@ -45,6 +46,12 @@ class MachineConfig:
     allow_unsafe_split: bool = False
     series: str = DEFAULT_SERIES
     seed: int = 0
+    #: fault injection (:mod:`kpsim.mm.fault_inject`): a spec per site, None for off
+    fail_page_alloc: str | None = None
+    fail_pagetable_alloc: str | None = None
+    fail_set_memory_pkey: str | None = None
+    fail_split: str | None = None
+    fail_pba_refill: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +83,16 @@ class MachineConfig:
                 "model can hold (one PTE per 4K, at most 1T); use less, or a block-mapped "
                 "linear map (--linear-map block)"
             )
+        self.fault_specs()  # a bad spec is a ConfigError now, not at boot
+
+    def fault_specs(self) -> dict[str, FaultSpec]:
+        """The armed fault-injection sites, parsed (``ConfigError`` on a bad spec)."""
+        out: dict[str, FaultSpec] = {}
+        for site in SITES:
+            text = getattr(self, f"fail_{site}")
+            if text is not None:
+                out[site] = parse_fault_spec(site, text)
+        return out
 
     @property
     def unsafe(self) -> str | None:
@@ -119,4 +136,11 @@ class MachineConfig:
             "allow_unsafe_split": self.allow_unsafe_split,
             "series": self.series,
             "seed": self.seed,
-        }
+        } | self._fault_dict()
+
+    def _fault_dict(self) -> dict[str, object]:
+        """``fault_inject``: only when a site is armed (documents stay as they were)."""
+        specs = self.fault_specs()
+        if not specs:
+            return {}
+        return {"fault_inject": {site: spec.as_dict() for site, spec in specs.items()}}

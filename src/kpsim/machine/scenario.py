@@ -42,6 +42,8 @@ from kpsim.machine.config import (
     MIN_MEMORY,
     MachineConfig,
 )
+from kpsim.mm.fault_inject import SITES as FAULT_SITES
+from kpsim.mm.fault_inject import parse_fault_spec
 from kpsim.mm.kpkeys_series import SERIES_NAMES
 from kpsim.units import SZ_2M, format_size, parse_size
 
@@ -71,6 +73,7 @@ KERNEL_FIELDS = (
     "pt_reclaim",
     "allow_unsafe_split",
     "series",
+    *(f"fail_{site}" for site in FAULT_SITES),
 )
 _TOP_FIELDS = ("seed", "machine", "kernel", "workload", "attack")
 
@@ -530,9 +533,20 @@ def _kernel(doc: TomlDoc) -> dict[str, Any]:
         path: KeyPath = ("kernel", key)
         if key in choices:
             out[key] = _choice(doc, path, f"[kernel] {key}", value, choices[key])
+        elif key.startswith("fail_"):
+            out[key] = _fault_spec(doc, path, key, value)
         else:
             out[key] = _bool(doc, path, f"[kernel] {key}", value)
     return out
+
+
+def _fault_spec(doc: TomlDoc, path: KeyPath, key: str, value: Any) -> str:
+    """A ``fail_<site>`` value: a spec string (:func:`kpsim.mm.fault_inject.parse_fault_spec`)."""
+    try:
+        parse_fault_spec(key[len("fail_") :], value)
+    except ConfigError as err:
+        raise doc.error(path, f"[kernel] {err.problem}", config=True) from None
+    return str(value)
 
 
 def _workloads(doc: TomlDoc) -> list[WorkloadSpec]:

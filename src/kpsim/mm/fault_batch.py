@@ -92,6 +92,8 @@ def _touch_range(
     addrs = range(addr, addr + length, stride)
     arch = mm.ctx.arch
     batch = BATCH and stride > 0 and hasattr(arch, "user_batch_ok")
+    if mm.ctx.k.fault_inject is not None:
+        batch = False  # one fault at a time: each allocation meets its injection site
     i, n = 0, len(addrs)
     retry_slot = -1
     while i < n:

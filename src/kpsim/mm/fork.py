@@ -23,10 +23,12 @@ gets a fresh anon_vma identity), KSM, the mm's exe file and other non-VMA state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from kpsim.errors import OutOfMemory
 from kpsim.mm import memory as m
 from kpsim.mm.folio import folio_pte_batch_count, folio_pte_batches
 from kpsim.mm.mm_types import (
@@ -50,9 +52,30 @@ def vma_needs_copy(vma: Vma) -> bool:
     return vma.anon_vma is not None
 
 
-def dup_mm(parent: MmStruct) -> MmStruct:
-    """A new mm with the parent's VMAs, and tables copied for those that need it."""
+def dup_mm(parent: MmStruct, *, on_fail: Callable[[MmStruct], None] | None = None) -> MmStruct:
+    """``dup_mm``: a new mm with the parent's VMAs, and tables copied for those that need
+    it. When a copy runs out of memory (``OutOfMemory``, re-raised), the half-built
+    child is handed to ``on_fail`` (``mmput`` -> ``exit_mmap``) first."""
     child = MmStruct(parent.ctx)
+    try:
+        dup_mmap(child, parent)
+    except OutOfMemory:
+        if on_fail is not None:
+            on_fail(child)
+        raise
+    return child
+
+
+def dup_mmap(child: MmStruct, parent: MmStruct) -> None:
+    """``dup_mmap``: copy the VMAs (and their tables); the parent's TLB is flushed on
+    the way out whether or not every copy succeeded (its PTEs may be write-protected)."""
+    try:
+        _dup_vmas(child, parent)
+    finally:
+        parent.ctx.arch.flush_tlb_mm(parent.asid)
+
+
+def _dup_vmas(child: MmStruct, parent: MmStruct) -> None:
     child.mmap_base, child.start_brk, child.brk = parent.mmap_base, parent.start_brk, parent.brk
     for vma in parent.vmas:
         flags = int(vma.flags)  # plain ints: IntFlag arithmetic is slow
@@ -63,8 +86,6 @@ def dup_mm(parent: MmStruct) -> MmStruct:
         child.insert_vma(Vma(vma.start, vma.end, vma.flags, vma.file, vma.pgoff, anon, vma.name))
         if vma_needs_copy(vma) and not wipe:
             copy_page_range(child, parent, vma)
-    parent.ctx.arch.flush_tlb_mm(parent.asid)
-    return child
 
 
 def copy_page_range(dst: MmStruct, src: MmStruct, vma: Vma) -> None:
@@ -90,6 +111,7 @@ def copy_huge_pmd(dst: MmStruct, src: MmStruct, vma: Vma, slot: int) -> None:
     got = m.pmd_entry(src, addr)
     assert got is not None
     spa, v = got
+    dpa = m.pxd_alloc(dst, 2, addr)  # copy_pmd_range's pmd_alloc comes first
     deposit = m.pte_alloc_one(dst, 3)  # pte_alloc_one for the child's deposit
     head = arch.pte_pfn(v)
     if head != ctx.huge_zero_pfn:
@@ -100,7 +122,6 @@ def copy_huge_pmd(dst: MmStruct, src: MmStruct, vma: Vma, slot: int) -> None:
         if not vma.shared and arch.pte_write(v):
             v = arch.pte_wrprotect(v)
             arch.pt_store(m.entry_ptr(src, spa, 2, addr), v)  # pmdp_set_wrprotect
-    dpa = m.pxd_alloc(dst, 2, addr)
     dst.thp[slot] = deposit
     arch.pt_store(m.entry_ptr(dst, dpa, 2, addr), v & ~(1 << 10))  # pmd_mkold
 

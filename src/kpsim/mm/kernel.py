@@ -17,6 +17,7 @@ class Kernel:
     __slots__ = (
         "arch",
         "counters",
+        "fault_inject",
         "mem",
         "memblock",
         "options",
@@ -36,6 +37,8 @@ class Kernel:
         self.pgtable: Any = None
         self.arch: Any = None
         self.vmap: Any = None  # mm/vmalloc.c state, created on first use
+        #: the armed fault-injection sites (:mod:`kpsim.mm.fault_inject`), or None
+        self.fault_inject: Any = None
 
     def warn(self, function: str, message: str) -> None:
         """``WARN_ON``: recorded as an event and counted, never raised."""

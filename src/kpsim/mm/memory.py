@@ -360,12 +360,17 @@ def do_huge_pmd_anonymous_page(mm: MmStruct, vma: Vma, addr: int, write: bool) -
         deposit = pte_alloc_one(mm, 3)
         entry = arch.pfn_pmd_huge(ctx.huge_zero_pfn, prot)
     else:
+        pmd_pa = pxd_alloc(mm, 2, addr)  # __handle_mm_fault's pmd_alloc comes first
         pfn = alloc_user_page(ctx, order=HPAGE_PMD_ORDER)
         if pfn is None:
             ctx.k.counters["thp_fault_fallback"] += 1
             return False
-        pmd_pa = pxd_alloc(mm, 2, addr)
-        deposit = pte_alloc_one(mm, 3)
+        try:
+            deposit = pte_alloc_one(mm, 3)
+        except OutOfMemory:  # folio_put(), VM_FAULT_OOM
+            ctx.kind[pfn - ctx.base_pfn : pfn - ctx.base_pfn + 512] = 0
+            ctx.k.page_alloc.free_pages(pfn, HPAGE_PMD_ORDER)
+            raise
         pfns = pfn + _IDX
         get_pages(ctx, pfns)
         mm.rss_anon += 512
@@ -703,6 +708,10 @@ def populate_pte_range(mm: MmStruct, vma: Vma, start: int, end: int, write: bool
         anon_vma_prepare(ctx, vma, mm)
         got = [alloc_user_page(ctx) for _ in range(missing.size)]
         if any(p is None for p in got):
+            for p in got:  # nothing was mapped yet: give back what was taken
+                if p is not None:
+                    ctx.kind[p - ctx.base_pfn] = 0
+                    ctx.k.page_alloc.free_pages(p)
             raise OutOfMemory(f"populate for {mm.owner}")
         pfns = np.asarray(got, dtype=np.int64)
         get_pages(ctx, pfns)

@@ -21,9 +21,11 @@ mlock, hugetlb.
 from __future__ import annotations
 
 import errno
+from contextlib import nullcontext
 
 import numpy as np
 
+from kpsim.errors import OutOfMemory
 from kpsim.mm import memory as m
 from kpsim.mm.mm_types import (
     ANON,
@@ -242,7 +244,10 @@ def mmap(
         vm |= _VM_ACCOUNT  # accountable_mapping: merging compares it
     vma_merge(mm, _insert(mm, Vma(addr, addr + length, VmFlags(vm), file, pgoff)))
     if flags & MAP_POPULATE:
-        populate_range(mm, addr, addr + length, write=bool(prot & PROT_WRITE) and not shared)
+        try:
+            populate_range(mm, addr, addr + length, write=bool(prot & PROT_WRITE) and not shared)
+        except OutOfMemory:  # mm_populate(): its error is ignored, the mapping stays
+            mm.ctx.k.counters["mm_populate_enomem"] += 1
     return addr
 
 
@@ -481,12 +486,28 @@ def move_vma(mm: MmStruct, vma: Vma, old: int, old_len: int, new_len: int, new: 
     src = isolate(mm, old, old + old_len)[0]
     dst = Vma(new, new + new_len, src.flags, src.file, src.pgoff, src.anon_vma, src.name)
     mm.insert_vma(dst)
-    move_page_tables(mm, old, new, moved)
+    try:
+        move_page_tables(mm, old, new, moved)
+    except OutOfMemory:
+        _move_back(mm, old, new, moved)
+        raise SyscallError(errno.ENOMEM, "mremap: page-table allocation failed") from None
     if new_len < old_len:
         pass  # the tail is unmapped with the rest of the old range below
     munmap(mm, old, old_len)
     vma_merge(mm, dst)
     return new
+
+
+def _move_back(mm: MmStruct, old: int, new: int, moved: int) -> None:
+    """``move_vma``'s error path: move the entries back from the new area to the old
+    ("which will succeed since page tables still there") and unmap the new VMA; the
+    old one was never removed. Fault injection is held off meanwhile, for that reason."""
+    fi = mm.ctx.k.fault_inject
+    with fi.suspended() if fi is not None else nullcontext():
+        move_page_tables(mm, new, old, moved)
+        dst = mm.find_vma(new)
+        assert dst is not None and dst.start == new
+        munmap(mm, new, dst.end - new)
 
 
 def _extent(old: int, old_end: int, new: int, shift: int) -> int:

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from kpsim.errors import ModelInvariantError, OutOfMemory
 from kpsim.events import Counters, WarnEvent
 from kpsim.hw.physmem import PhysicalMemory
+from kpsim.mm.fault_inject import FaultAttr
 from kpsim.mm.gfp import Gfp
 from kpsim.mm.page import PAGE_FLAGS_CHECK_AT_FREE, MemMap, PageFlags
 from kpsim.units import PAGE_SHIFT
@@ -99,6 +100,7 @@ class PageAllocator:
         "clear_page",
         "counters",
         "end_pfn",
+        "fail_page_alloc",
         "managed_pages",
         "mem",
         "memmap",
@@ -138,6 +140,8 @@ class PageAllocator:
         self._shrinkers: list[Shrinker] = []
         self._in_reclaim = False
         self._warned_order = False
+        #: ``fail_page_alloc`` (:mod:`kpsim.mm.fault_inject`); None: injection off
+        self.fail_page_alloc: FaultAttr | None = None
 
     # -- allocation -------------------------------------------------------------
     def alloc_pages(
@@ -147,6 +151,10 @@ class PageAllocator:
         g = int(gfp)
         if not 0 <= order <= MAX_PAGE_ORDER:
             self._alloc_bad_order(g, order)
+            return None
+        fail = self.fail_page_alloc
+        if fail is not None and fail.should_fail_alloc_page(g, order):
+            self._alloc_injected(g, order)
             return None
         pfn = self._rmqueue(order)
         if pfn is None:
@@ -238,6 +246,15 @@ class PageAllocator:
         if not g & _NOWARN:
             c["alloc_fail_warn"] += 1  # warn_alloc(): "page allocation failure"
         return None
+
+    def _alloc_injected(self, g: int, order: int) -> None:
+        """A failure forced by ``should_fail_alloc_page()``: counted as a failure."""
+        c = self.counters
+        c["alloc_fail"] += 1
+        c[_FAIL_KEYS[order]] += 1
+        c["alloc_fail_injected"] += 1
+        if not g & _NOWARN:
+            c["alloc_fail_warn"] += 1
 
     def _alloc_bad_order(self, g: int, order: int) -> None:
         if order < 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kpsim.mm.fault_inject import FaultAttr
 from kpsim.mm.gfp import Gfp
 from kpsim.mm.kernel import Kernel
 
@@ -33,13 +34,15 @@ class TableInfo:
 
 
 class PgtableAllocator:
-    __slots__ = ("k", "kpkeys_alloc", "kpkeys_free", "live")
+    __slots__ = ("fail", "k", "kpkeys_alloc", "kpkeys_free", "live")
 
     def __init__(self, k: Kernel) -> None:
         self.k = k
         self.kpkeys_alloc: Callable[[Gfp, int], int | None] | None = None
         self.kpkeys_free: Callable[[int, int], None] | None = None
         self.live: dict[int, TableInfo] = {}
+        #: ``fail_pagetable_alloc`` (:mod:`kpsim.mm.fault_inject`); None: injection off
+        self.fail: FaultAttr | None = None
 
     def pagetable_alloc(self, gfp: Gfp, order: int = 0) -> int | None:
         """Allocate a table page (pfn) or return None; ``__GFP_COMP`` is always added."""
@@ -47,6 +50,9 @@ class PgtableAllocator:
         if comp is None:
             comp = _WITH_COMP[gfp] = gfp | Gfp.COMP
         gfp = comp
+        if self.fail is not None and self.fail.should_fail(1 << order):
+            self.k.counters["pgtable_alloc_injected"] += 1
+            return None
         if self.kpkeys_alloc is not None:
             pfn = self.kpkeys_alloc(gfp, order)
         else:

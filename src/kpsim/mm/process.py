@@ -17,10 +17,12 @@ Left out: threads (one task per mm), signals (an unresolvable fault raises
 
 from __future__ import annotations
 
+import errno
 import sys
 from contextlib import AbstractContextManager
 from typing import Any
 
+from kpsim.errors import OutOfMemory
 from kpsim.mm import fault_batch
 from kpsim.mm import fork as fork_mod
 from kpsim.mm import madvise as madvise_mod
@@ -36,7 +38,9 @@ from kpsim.mm.mm_types import (
     MmContext,
     MmStruct,
     SegmentationFault,
+    SyscallError,
     Vma,
+    VmFaultOom,
     VmFlags,
 )
 from kpsim.mm.mmu_gather import MmuGather
@@ -133,6 +137,14 @@ class Process:
         self.task = task
         self.cpu = cpu
         self.alive = True
+        #: operations that ran out of memory: (operation, what failed), oldest first
+        self.oom: list[tuple[str, str]] = []
+
+    def _record_oom(self, op: str, err: BaseException) -> None:
+        """The process model's record of an -ENOMEM / VM_FAULT_OOM (kept to 64)."""
+        self.ctx.k.counters[f"{op}_enomem"] += 1
+        if len(self.oom) < 64:
+            self.oom.append((op, str(err)))
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
@@ -150,10 +162,18 @@ class Process:
             thread = arch.copy_thread(arch.current())
         pid = ctx.next_pid
         ctx.next_pid += 1
-        mm = MmStruct(ctx)
+        try:
+            mm = MmStruct(ctx)
+        except OutOfMemory as err:  # mm_alloc -> pgd_alloc failed: fork/exec's -ENOMEM
+            ctx.k.counters["create_enomem"] += 1
+            raise SyscallError(errno.ENOMEM, f"creating a process: {err}") from None
         p = cls(ctx, mm, Task(pid, comm, mm, thread), cpu)
         if stack:
-            p._setup_stack()
+            try:
+                p._setup_stack()
+            except OutOfMemory:
+                p.exit()  # the new process dies; nothing of it stays
+                raise
         return p
 
     def _setup_stack(self) -> None:
@@ -168,7 +188,14 @@ class Process:
         return KernelSection(self)
 
     def run(self, cpu: int) -> None:
-        """Schedule the process on ``cpu`` (``switch_to``)."""
+        """Schedule the process on ``cpu`` (``switch_to``). A task runs on one CPU at a
+        time: the CPU it leaves switches to its idle task first, so that it holds no
+        TTBR0 of an mm that an exec on the new CPU may free."""
+        if cpu != self.cpu and self.alive:
+            arch = self.ctx.arch
+            with arch.on_cpu(self.cpu):
+                if arch.current() is self.task:
+                    arch.switch_to(self.cpu, self.ctx.idle[self.cpu])
         self.cpu = cpu
         with self.kernel():
             pass
@@ -176,7 +203,11 @@ class Process:
     def fork(self, *, cpu: int | None = None) -> Process:
         """``fork()``: a child with a copy of the address space (rule 7)."""
         with self.kernel():
-            child_mm = fork_mod.dup_mm(self.mm)
+            try:
+                child_mm = fork_mod.dup_mm(self.mm, on_fail=exit_mmap)
+            except OutOfMemory as err:  # copy_process fails: -ENOMEM, no child
+                self._record_oom("fork", err)
+                raise SyscallError(errno.ENOMEM, f"fork: {err}") from None
             thread = self.ctx.arch.copy_thread(self.task)
         pid = self.ctx.next_pid
         self.ctx.next_pid += 1
@@ -186,7 +217,12 @@ class Process:
     def exec(self, comm: str | None = None, *, stack: bool = True) -> None:
         """``execve``: a fresh mm; the old one is torn down completely (rule 8)."""
         old = self.mm
-        self.mm = MmStruct(self.ctx)
+        try:
+            new = MmStruct(self.ctx)
+        except OutOfMemory as err:  # bprm_mm_init fails before the point of no return
+            self._record_oom("exec", err)
+            raise SyscallError(errno.ENOMEM, f"exec: {err}") from None
+        self.mm = new
         self.task.mm = self.mm
         if comm is not None:
             self.task.comm = comm
@@ -226,7 +262,11 @@ class Process:
         for _ in range(3):
             if arch.user_access(addr, write, value):
                 return
-            m.handle_mm_fault(self.mm, addr, write)
+            try:
+                m.handle_mm_fault(self.mm, addr, write)
+            except OutOfMemory as err:  # VM_FAULT_OOM
+                self._record_oom("fault", err)
+                raise VmFaultOom(f"pid {self.task.pid}: fault at {addr:#x}: {err}") from None
         raise SegmentationFault(f"pid {self.task.pid}: access at {addr:#x} keeps faulting")
 
     def read_byte(self, addr: int) -> int:
@@ -270,7 +310,12 @@ class Process:
         new_addr: int | None = None,
     ) -> int:
         with self.kernel():
-            return mmap_mod.mremap(self.mm, old, old_len, new_len, flags, new_addr)
+            try:
+                return mmap_mod.mremap(self.mm, old, old_len, new_len, flags, new_addr)
+            except SyscallError as err:
+                if err.errno == errno.ENOMEM:
+                    self._record_oom("mremap", err)
+                raise
 
     def brk(self, new: int) -> int:
         with self.kernel():

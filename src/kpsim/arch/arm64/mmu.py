@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from kpsim.arch.arm64.pgtable import PgtableMixin, sect_prot
 from kpsim.hw.arm64 import descriptors as d
+from kpsim.mm.fault_inject import FaultAttr
 from kpsim.mm.gfp import GFP_PGTABLE_KERNEL, Gfp
 
 NO_BLOCK_MAPPINGS = 1 << 0
@@ -131,6 +132,8 @@ class MmuMixin(PgtableMixin):
     #: ``kpkeys_prepare_direct_map_split()`` and taking the lock (another context).
     split_observer: Callable[[int, int], None] | None = None
     split_race_hook: Callable[[], None] | None = None
+    #: ``fail_split`` (:mod:`kpsim.mm.fault_inject`); None: injection off
+    fail_split: FaultAttr | None = None
 
     def split_kernel_leaf_mapping(self, start: int, end: int) -> int:
         """Split only the leaves that straddle ``start`` or ``end``; 0 or -ENOMEM.
@@ -212,6 +215,9 @@ class MmuMixin(PgtableMixin):
 
     def _split_block(self, ptr: int, block: int, level: int) -> int:
         """``split_pud``/``split_pmd``: replace a block by a table of smaller leaves."""
+        if self.fail_split is not None and self.fail_split.should_fail(1, f" (level {level})"):
+            self.k.counters["split_injected"] += 1
+            return -12  # the split's table allocation failed
         pfn = self.k.pgtable.alloc_table(
             GFP_PGTABLE_KERNEL | Gfp.PGTABLE_SPLIT, level + 1, "kernel"
         )

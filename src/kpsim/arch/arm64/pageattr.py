@@ -25,13 +25,18 @@ from kpsim.arch.arm64.mmu import MmuMixin
 from kpsim.arch.arm64.tlbflush import TlbFlushMixin
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.hw.arm64.por import ARCH_MAX_PKEY
+from kpsim.mm.fault_inject import FaultAttr
 
 EINVAL = -22
+ENOMEM = -12
 U64 = (1 << 64) - 1
 _TABLE_BITS = d.VALID | d.TYPE
 
 
 class PageattrMixin(MmuMixin, TlbFlushMixin, LazyMmuMixin):
+    #: ``fail_set_memory_pkey`` (:mod:`kpsim.mm.fault_inject`); None: injection off
+    fail_set_memory_pkey: FaultAttr | None = None
+
     def change_memory_common(
         self, addr: int, numpages: int, set_mask: int, clear_mask: int, *, flush: bool = True
     ) -> int:
@@ -148,6 +153,10 @@ class PageattrMixin(MmuMixin, TlbFlushMixin, LazyMmuMixin):
             return 0
         if not self.layout.is_linear(addr) or not 0 <= pkey < ARCH_MAX_PKEY:
             return EINVAL
+        fail = self.fail_set_memory_pkey
+        if fail is not None and (pkey or fail.spec.option("unkey")) and fail.should_fail(numpages):
+            self.k.counters["set_memory_pkey_injected"] += 1
+            return ENOMEM  # what a failed split inside it returns; nothing changed
         self.k.counters["set_memory_pkey"] += 1
         self.k.counters["set_memory_pkey_page"] += numpages
         hook = self.explore_hook
