@@ -244,10 +244,10 @@ def mmap(
         vm |= _VM_ACCOUNT  # accountable_mapping: merging compares it
     vma_merge(mm, _insert(mm, Vma(addr, addr + length, VmFlags(vm), file, pgoff)))
     if flags & MAP_POPULATE:
-        try:
-            populate_range(mm, addr, addr + length, write=bool(prot & PROT_WRITE) and not shared)
-        except OutOfMemory:  # mm_populate(): its error is ignored, the mapping stays
-            mm.ctx.k.counters["mm_populate_enomem"] += 1
+        # Linux's mm_populate() ignores a failure; kpsim lets OutOfMemory out (the
+        # mapping stays, as in Linux) so that no caller measures a half-populated range
+        # as if it were whole (docs/fidelity.md, "Fault injection").
+        populate_range(mm, addr, addr + length, write=bool(prot & PROT_WRITE) and not shared)
     return addr
 
 
