@@ -42,6 +42,13 @@ class OutOfMemory(KpsimError, MemoryError):
     """The simulated machine ran out of memory where the kernel would have failed hard."""
 
 
+class VmFaultOom(OutOfMemory):
+    """A user fault that returned ``VM_FAULT_OOM`` (``pagefault_out_of_memory``): the
+    access did not complete; the process model records it and raises this."""
+
+    errno = 12  # ENOMEM, what the operation that faulted reports
+
+
 class ModelInvariantError(KpsimError, AssertionError):
     """A kernel ``BUG_ON``: the model reached a state Linux treats as fatal."""
 

@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 
 from kpsim.audit.freewatch import FreeWatch
 from kpsim.audit.invariants import audit
-from kpsim.errors import ConfigError
+from kpsim.errors import ConfigError, VmFaultOom
 from kpsim.machine.boot import Machine
 from kpsim.machine.config import MachineConfig
 from kpsim.mm import mmap as mm_
 from kpsim.mm.fault_inject import FaultAttr, parse_fault_spec
 from kpsim.mm.gfp import GFP_KERNEL, GFP_PGTABLE_KERNEL, Gfp
-from kpsim.mm.mm_types import SyscallError, VmFaultOom
+from kpsim.mm.mm_types import SyscallError
 from kpsim.mm.process import Process, mm_context
 from kpsim.workloads.soak import soak
 

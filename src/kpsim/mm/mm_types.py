@@ -81,13 +81,6 @@ class SyscallError(KpsimError, OSError):
         OSError.__init__(self, errno_, message)
 
 
-class VmFaultOom(OutOfMemory):
-    """A user fault that returned ``VM_FAULT_OOM`` (``pagefault_out_of_memory``): the
-    access did not complete; the process model records it and raises this."""
-
-    errno = 12  # ENOMEM, what the operation that faulted reports
-
-
 class SegmentationFault(KpsimError):
     """A user access the kernel cannot resolve (``VM_FAULT_SIGSEGV``): SIGSEGV."""
 

@@ -22,7 +22,7 @@ import sys
 from contextlib import AbstractContextManager
 from typing import Any
 
-from kpsim.errors import OutOfMemory
+from kpsim.errors import OutOfMemory, VmFaultOom
 from kpsim.mm import fault_batch
 from kpsim.mm import fork as fork_mod
 from kpsim.mm import madvise as madvise_mod
@@ -40,7 +40,6 @@ from kpsim.mm.mm_types import (
     SegmentationFault,
     SyscallError,
     Vma,
-    VmFaultOom,
     VmFlags,
 )
 from kpsim.mm.mmu_gather import MmuGather
