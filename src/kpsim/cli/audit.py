@@ -71,7 +71,7 @@ def _audit_run(args: argparse.Namespace, m: Any, found: list[Any], bar: Any) -> 
     """The workload under the free-path watch, then the report (``bar``: the progress
     callback on a terminal, or None; each audited phase is a step)."""
     from kpsim.audit.freewatch import FreeWatch
-    from kpsim.audit.invariants import audit, check_interrupts
+    from kpsim.audit.invariants import Violation, audit, check_interrupts
     from kpsim.errors import ConfigError, OutOfMemory
     from kpsim.workloads.mixed import mixed_workload
 
