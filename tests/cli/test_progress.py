@@ -9,6 +9,7 @@ import pytest
 
 from kpsim.cli.main import main
 from kpsim.machine import Machine
+from kpsim.machine.boot import BOOT_STEPS
 from kpsim.machine.config import MachineConfig
 from kpsim.workloads.replay import PROGRESS_EVERY, replay_events
 from kpsim.workloads.trace import read_trace
@@ -16,13 +17,20 @@ from kpsim.workloads.trace import read_trace
 TRACE = Path(__file__).parent.parent / "data" / "traces" / "make-j2.trace"
 
 
-def test_boot_reports_each_step_in_order() -> None:
-    """Machine.boot(progress=...) is called as each step starts, then at the end."""
+def test_boot_reports_each_step_and_each_gib_mapped() -> None:
+    """Machine.boot(progress=...): the steps in order, never going back, one report per
+    GiB of the linear map while paging_init runs, and the end at BOOT_STEPS."""
     calls: list[tuple[int, int, str]] = []
-    Machine.boot(MachineConfig(memory="256M"), progress=lambda *a: calls.append(a))
-    assert [c[0] for c in calls] == [0, 1, 2, 3] and {c[1] for c in calls} == {3}
-    assert calls[0][2] == "boot: paging_init (linear map of 256M)"
-    assert calls[-1][2] == "boot: done"
+    Machine.boot(MachineConfig(memory="4G"), progress=lambda *a: calls.append(a))
+    done = [c[0] for c in calls]
+    assert done == sorted(done) and done[0] == 0 and calls[-1] == (100, 100, "boot: done")
+    assert {c[1] for c in calls} == {BOOT_STEPS}
+    mapping = [c for c in calls if c[2] == "boot: paging_init (linear map of 4G)"]
+    assert len(mapping) == 1 + 4  # the start, then one per GiB (the first one partial)
+    assert mapping[-1][0] == 90
+    labels = [c[2] for c in calls if c not in mapping]
+    assert labels == ["boot: mem_init (buddy allocator, kpkeys init)", "boot: mark_rodata_ro",
+                      "boot: done"]  # fmt: skip
 
 
 def test_replay_reports_the_line_reached() -> None:

@@ -124,8 +124,9 @@ class Machine:
         """Build and boot a machine from ``config`` (or ``MachineConfig(**kwargs)``).
 
         ``rodata_ro=False`` stops before ``mark_rodata_ro``, where built-in KUnit tests
-        run. ``progress(done, total, label)`` is called as each boot step starts (the
-        linear map's creation in ``paging_init`` is most of a large machine's boot).
+        run. ``progress(done, total, label)`` is called as each boot step starts and
+        after each GiB of the linear map (``paging_init``: most of a large machine's
+        boot); ``total`` is :data:`BOOT_STEPS`.
         A configuration the kernel would refuse raises
         :class:`~kpsim.errors.ConfigError`; too little memory, ``OutOfMemory``.
         """
@@ -156,18 +157,23 @@ class Machine:
         mb.memblock_reserve(self.arch.kimage_pa, KIMAGE_SIZE)
         self.k.memblock = mb
         early = self._early_allocator()
-        progress(0, 3, f"boot: paging_init (linear map of {format_size(cfg.memory)})")
-        self.arch.paging_init(early)
+        label = f"boot: paging_init (linear map of {format_size(cfg.memory)})"
+        progress(0, BOOT_STEPS, label)
+
+        def mapped(done: int, total: int) -> None:  # map_mem: 0..90 by bytes mapped
+            progress(done * 90 // max(total, 1), BOOT_STEPS, label)
+
+        self.arch.paging_init(early, mapped)
         self.arch.secondary_start()
-        progress(1, 3, "boot: mem_init (buddy allocator, kpkeys init)")
+        progress(90, BOOT_STEPS, "boot: mem_init (buddy allocator, kpkeys init)")
         self.mem_init()
-        progress(2, 3, "boot: mark_rodata_ro")
+        progress(99, BOOT_STEPS, "boot: mark_rodata_ro")
         self.arch.mark_linear_text_alias_ro()  # smp_cpus_done(), before KUnit and init
         self.booted = True
         if rodata_ro:
             self.mark_rodata_ro()
         self.arm_fault_injection()
-        progress(3, 3, "boot: done")
+        progress(BOOT_STEPS, BOOT_STEPS, "boot: done")
 
     def arm_fault_injection(self) -> FaultInjection | None:
         """Arm the configured fault-injection sites (once boot is done; see
@@ -247,6 +253,11 @@ class Machine:
         for name in KPKEYS_COUNTERS:  # always present, even at zero
             out[name] += 0
         return Counters(out.snapshot())
+
+
+#: The scale of boot's ``progress`` calls: the linear map's creation is 0 to 90 (by
+#: bytes mapped: most of a large machine's boot), mem_init 90 to 99.
+BOOT_STEPS = 100
 
 
 def _no_progress(done: int, total: int, label: str) -> None:

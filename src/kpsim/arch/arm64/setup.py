@@ -31,7 +31,7 @@ from kpsim.arch.arm64.mmu import NO_BLOCK_MAPPINGS, NO_CONT_MAPPINGS, EarlyAlloc
 from kpsim.arch.arm64.pageattr import PageattrMixin
 from kpsim.arch.arm64.pgtable import PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_ROX, pgprot_tagged
 from kpsim.mm.pgtable import TableInfo
-from kpsim.units import SZ_2M
+from kpsim.units import SZ_1G, SZ_2M
 
 KIMAGE_SIZE = 16 << 20
 TEXT_SIZE = 8 << 20
@@ -84,12 +84,15 @@ class SetupMixin(PageattrMixin):
         self.k.pgtable.live[pa >> 12] = TableInfo(level, "kernel", source)
         self.k.counters["PageTables"] += 1
 
-    def paging_init(self, early_alloc: EarlyAlloc) -> None:
-        """Build ``swapper_pg_dir``: kernel image, linear map, vmemmap."""
+    def paging_init(
+        self, early_alloc: EarlyAlloc, progress: Callable[[int, int], None] | None = None
+    ) -> None:
+        """Build ``swapper_pg_dir``: kernel image, linear map, vmemmap.
+        ``progress(done, total)``: bytes of memory mapped so far (see :meth:`map_mem`)."""
         self.swapper_pg_dir = self.kimage_pa + SWAPPER_OFFSET
         self._register_early(self.swapper_pg_dir, 0, "static")
         self.map_kernel()
-        self.map_mem(early_alloc)
+        self.map_mem(early_alloc, progress)
         self.vmemmap_populate(early_alloc)
         for cpu in self.system.cpus:
             cpu.ttbr1 = self.swapper_pg_dir
@@ -111,7 +114,9 @@ class SetupMixin(PageattrMixin):
                 flags,
             )
 
-    def map_mem(self, early_alloc: EarlyAlloc) -> None:
+    def map_mem(
+        self, early_alloc: EarlyAlloc, progress: Callable[[int, int], None] | None = None
+    ) -> None:
         """``map_mem``: every memblock memory region into the linear map.
 
         Memory is mapped ``pgprot_tagged(PAGE_KERNEL)`` (MT_NORMAL_TAGGED, as Linux does
@@ -120,16 +125,30 @@ class SetupMixin(PageattrMixin):
         (``memblock_mark_nomap``), then mapped on its own PAGE_KERNEL with
         ``NO_CONT_MAPPINGS`` only (blocks allowed, whatever the policy), so that
         ``mark_linear_text_alias_ro`` can remap it without splitting a contiguous range.
+
+        kpsim maps each range a GiB (one PUD entry) at a time, in address order: the
+        tables and their allocation order are those of one call (every block and
+        contiguous range lies inside one GiB), and ``progress(done, total)`` is told
+        the bytes mapped after each GiB.
         """
         k_start = self.kimage_pa
         k_end = self.kimage_pa + INIT_BEGIN_OFFSET
+        ranges = []
         for base, size in self.k.memblock.memory_regions():
             end = base + size
             for lo, hi in ((base, min(end, k_start)), (max(base, k_end), end)):
                 if lo < hi:
-                    self._map_memblock(
-                        lo, hi, pgprot_tagged(PAGE_KERNEL), self.linear_map_flags(), early_alloc
-                    )
+                    ranges.append((lo, hi))
+        total, done = sum(hi - lo for lo, hi in ranges), 0
+        prot, flags = pgprot_tagged(PAGE_KERNEL), self.linear_map_flags()
+        for lo, hi in ranges:
+            while lo < hi:
+                step = min(hi, (lo | (SZ_1G - 1)) + 1)
+                self._map_memblock(lo, step, prot, flags, early_alloc)
+                done += step - lo
+                lo = step
+                if progress is not None:
+                    progress(done, total)
         self._map_memblock(k_start, k_end, PAGE_KERNEL, NO_CONT_MAPPINGS, early_alloc)
 
     def _map_memblock(
