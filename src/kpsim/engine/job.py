@@ -26,6 +26,12 @@ watches the buddy allocator's free path while each workload runs
 (:class:`kpsim.audit.freewatch.FreeWatch`: no page may reach it keyed); ``"none"``
 audits nothing (for large machines, where the audit's walk of every table dominates).
 
+With ``details=True`` (the sweep and the HTML report ask for it; ``kpsim run --json``
+does not) the document also carries, for each feature-on workload run, the linear map
+it left (``on.linear_map``: leaves by size, block share, keyed and cached pages, splits
+since boot, the allocator's sampled timeline) and, under ``ptdump``, the linear map's
+merged runs (offset, size, mapping size, pkey) at boot and after each feature-on run.
+
 A scenario whose ``[kernel]`` turns ``hardened_pgtables`` off runs each workload once,
 feature off, and reports no overhead (there is nothing to compare).
 """
@@ -50,6 +56,7 @@ __all__ = [
     "OPTION_FIELDS",
     "ProgressFn",
     "execute",
+    "validate_workloads",
     "workload_label",
 ]
 
@@ -146,7 +153,7 @@ ProgressFn = Callable[[int, int, str], None]
 # --------------------------------------------------------------------------- inputs
 
 
-def _validate_workloads(scenario: Scenario) -> list[dict[str, Any]]:
+def validate_workloads(scenario: Scenario) -> list[dict[str, Any]]:
     """Each workload's parameters, checked by the registry (defaults filled in)."""
     from kpsim.workloads.registry import WORKLOADS, validate_params
 
@@ -296,6 +303,7 @@ def execute(
     costs_path: str | None = None,
     audit: str = "end",
     progress: ProgressFn | None = None,
+    details: bool = False,
 ) -> dict[str, Any]:
     """Run ``scenario``; the whole result as one JSON-able document."""
     from kpsim.report.calibration import costs_for
@@ -305,7 +313,7 @@ def execute(
     auditor = _Auditor(audit)
     costs, costs_label = costs_for(costs_path)
     cfg = machine_config(scenario, over)
-    params = _validate_workloads(scenario)
+    params = validate_workloads(scenario)
     feature = cfg.hardened_pgtables
     variants: list[tuple[str, MachineConfig]] = [("on", cfg)] if feature else []
     variants.append(("off", dataclasses.replace(cfg, hardened_pgtables=False)))
@@ -319,6 +327,7 @@ def execute(
         m.mark_rodata_ro()
         auditor.check(m, "boot")
         at_boot = linear_map_report(m)
+        dumps: dict[str, Any] = {"at_boot": linear_map_runs(m)} if details else {}
         del m
     after: dict[str, Any] = {}
     workloads = []
@@ -327,18 +336,22 @@ def execute(
                                  "params": values}  # fmt: skip
         for variant, vcfg in variants:
             with steps.step(f"{workload_label(spec)} (feature {variant})"):
-                counts, lm = _run_one(vcfg, scenario, over, spec, values, auditor,
-                                      f"#{i + 1} {spec.name} (feature {variant})")  # fmt: skip
+                counts, lm, extra = _run_one(vcfg, scenario, over, spec, values, auditor,
+                                             f"#{i + 1} {spec.name} (feature {variant})",
+                                             details)  # fmt: skip
             if variant == "on" and lm["mappings"] != at_boot["mappings"]:
                 after[f"#{i + 1} {spec.name}"] = lm
             entry[variant] = _priced(counts, costs)
+            if details and variant == "on":
+                entry[variant]["linear_map"] = extra["summary"]
+                dumps[f"#{i + 1} {workload_label(spec)}"] = extra["runs"]
         entry["overhead"] = _overhead(entry, costs, cfg.batching, costs_label) if feature else None
         workloads.append(entry)
     attack = _attack(attack_cfg, variants, scenario, over, auditor, steps)
     steps.finish()
 
     status = 1 if kunit.get("failed") or auditor.violations or _attack_succeeded(attack) else 0
-    return {
+    doc = {
         "scenario": {
             "path": scenario.path,
             "seed": cfg.seed,  # the seed that ran (an override's, else the scenario's)
@@ -358,6 +371,9 @@ def execute(
         },
         "status": status,
     }
+    if details:
+        doc["ptdump"] = dumps
+    return doc
 
 
 def _run_one(
@@ -368,8 +384,10 @@ def _run_one(
     values: Mapping[str, Any],
     auditor: _Auditor,
     where: str,
-) -> tuple[dict[str, int], dict[str, Any]]:
-    """One workload on a fresh machine: its counter delta and the final linear map."""
+    details: bool = False,
+) -> tuple[dict[str, int], dict[str, Any], dict[str, Any]]:
+    """One workload on a fresh machine: its counter delta, the final linear map, and
+    with ``details`` its summary and ptdump runs (:func:`linear_map_summary`)."""
     from kpsim.report.linear_map import linear_map_report
     from kpsim.workloads.registry import run_workload
 
@@ -393,7 +411,43 @@ def _run_one(
     auditor.injected(m, where, stopped)
     auditor.check(m, where)
     lm = linear_map_report(m) if cfg.hardened_pgtables else {}
-    return counts, lm
+    extra: dict[str, Any] = {}
+    if details and cfg.hardened_pgtables:
+        runs = linear_map_runs(m)
+        extra = {"summary": linear_map_summary(m, lm, runs), "runs": runs}
+    return counts, lm, extra
+
+
+def linear_map_runs(m: Machine) -> list[list[Any]]:
+    """The linear map as merged ptdump runs: ``[offset, size, mapping, pkey]`` each, the
+    offset from ``PAGE_OFFSET``, ``mapping`` the leaf size (``4K 64K 2M 32M 1G``)."""
+    from kpsim.report.ptdump import ptdump
+
+    (section,) = ptdump(m, "linear")
+    out = []
+    for r in section["runs"]:
+        info = r.as_dict()
+        cont = "CON" in info["attrs"]
+        size = {"PUD": "1G", "PMD": "32M" if cont else "2M", "PTE": "64K" if cont else "4K"}
+        out.append([r.start - section["start"], r.end - r.start, size[info["level"]],
+                    info["pkey"]])  # fmt: skip
+    return out
+
+
+def linear_map_summary(m: Machine, lm: Mapping[str, Any], runs: list[list[Any]]) -> dict[str, Any]:
+    """What the linear map holds after a run: leaves, block share, keyed pages (mapped
+    with a non-zero pkey), pages cached by the allocator, splits since boot, timeline."""
+    c = m.k.counters
+    kp = m.kpkeys
+    return {
+        "mappings": lm["mappings"],
+        "block_pct": lm["block_pct"],
+        "tables": lm["tables"],
+        "keyed_pages": sum(size for _, size, _, pkey in runs if pkey) // 4096,
+        "cached_pages": int(getattr(kp, "nr_cached", 0) or 0),
+        "splits": {"pud": c["split_pud"], "pmd": c["split_pmd"], "cont": c["split_cont"]},
+        "timeline": lm.get("timeline", []),
+    }
 
 
 def _oom_problem(err: BaseException) -> str:

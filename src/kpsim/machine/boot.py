@@ -137,21 +137,9 @@ class Machine:
     # -- boot steps ----------------------------------------------------------------------
     def _boot(self, rodata_ro: bool, progress: Callable[[int, int, str], None]) -> None:
         cfg = self.config
-        if (
-            cfg.hardened_pgtables
-            and cfg.poe
-            and cfg.linear_map == "block"
-            and cfg.effective_allocator in ("minimal", "grouped")
-            and not cfg.allow_unsafe_split
-        ):
-            raise ConfigError(
-                f"the {cfg.effective_allocator} allocator"
-                + (f" (series {cfg.series}'s)" if cfg.allocator is None else "")
-                + " needs a PTE-mapped linear map: keying "
-                "a block mapping splits it, and the split's new table page must be keyed too "
-                "(recursion); use --linear-map pte, --allocator pba, or --allow-unsafe-split "
-                "to see it happen"
-            )
+        problem = cfg.boot_problem()
+        if problem is not None:
+            raise ConfigError(problem)
         mb = Memblock()
         mb.memblock_add(cfg.dram_base, cfg.memory)
         mb.memblock_reserve(self.arch.kimage_pa, KIMAGE_SIZE)

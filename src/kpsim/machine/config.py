@@ -94,6 +94,26 @@ class MachineConfig:
                 out[site] = parse_fault_spec(site, text)
         return out
 
+    def boot_problem(self) -> str | None:
+        """Why ``Machine.boot`` would refuse this configuration (``None``: it would not):
+        the cross-field policy that needs the whole configuration."""
+        if (
+            self.hardened_pgtables
+            and self.poe
+            and self.linear_map == "block"
+            and self.effective_allocator in ("minimal", "grouped")
+            and not self.allow_unsafe_split
+        ):
+            return (
+                f"the {self.effective_allocator} allocator"
+                + (f" (series {self.series}'s)" if self.allocator is None else "")
+                + " needs a PTE-mapped linear map: keying "
+                "a block mapping splits it, and the split's new table page must be keyed too "
+                "(recursion); use --linear-map pte, --allocator pba, or --allow-unsafe-split "
+                "to see it happen"
+            )
+        return None
+
     @property
     def unsafe(self) -> str | None:
         """Why this configuration leaves table pages unprotected (the minimal or grouped

@@ -58,6 +58,7 @@ __all__ = [
     "machine_config",
     "parse_scenario",
     "parse_toml",
+    "scenario_from_doc",
     "toml_loads",
 ]
 
@@ -426,8 +427,14 @@ def load_scenario(path: str | Path) -> Scenario:
 
 def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
     """Validate scenario ``text``; ``path`` names it in error messages."""
-    doc = parse_toml(text, path)
+    return scenario_from_doc(parse_toml(text, path))
+
+
+def scenario_from_doc(doc: TomlDoc) -> Scenario:
+    """Validate a parsed scenario (a table inside another file keeps that file's lines:
+    a sweep grid's ``[base]``)."""
     data = doc.data
+    path = doc.file
     _reject_unknown(doc, (), data, _TOP_FIELDS, "top level")
     return Scenario(
         machine=_machine(doc),
