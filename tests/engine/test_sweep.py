@@ -194,3 +194,25 @@ def test_grid_order_and_path_do_not_change_run_ids(tmp_path):
     assert {r.run_id for r in a.runs} == {r.run_id for r in b.runs}
     assert json.dumps(sorted(r.run_id for r in a.runs))
     assert os.path.basename(b.path) == "b.toml"
+
+
+def test_series_kernel_option_is_a_grid_parameter(tmp_path):
+    """kernel.series (a scenario field the grid module never names) sweeps like any other:
+    the runs table's series column holds each run's value."""
+    path = tmp_path / "g.toml"
+    path.write_text(
+        textwrap.dedent("""\
+        audit = "none"
+        [base.machine]
+        memory = "256M"
+        [[base.workload]]
+        name = "micromm.fork"
+        size = "2M"
+        [grid]
+        "kernel.series" = ["v7", "v8"]
+        """)
+    )
+    with Results(tmp_path / "r.duckdb") as r:
+        assert sweep(load_grid(path), r, jobs=1).ran == 2
+        rows = r.table("SELECT series, status FROM runs ORDER BY series")
+    assert rows == [{"series": "v7", "status": 0}, {"series": "v8", "status": 0}]

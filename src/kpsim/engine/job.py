@@ -420,17 +420,18 @@ def _run_one(
 
 def linear_map_runs(m: Machine) -> list[list[Any]]:
     """The linear map as merged ptdump runs: ``[offset, size, mapping, pkey]`` each, the
-    offset from ``PAGE_OFFSET``, ``mapping`` the leaf size (``4K 64K 2M 32M 1G``)."""
-    from kpsim.report.ptdump import ptdump
+    offset from ``PAGE_OFFSET``, ``mapping`` the leaf size (``4K 64K 2M 32M 1G``);
+    holes left out."""
+    from kpsim.arch.arm64.memory import PAGE_OFFSET
+    from kpsim.report.ptdump import Run, ptdump
 
-    (section,) = ptdump(m, "linear")
     out = []
-    for r in section["runs"]:
-        info = r.as_dict()
-        cont = "CON" in info["attrs"]
-        size = {"PUD": "1G", "PMD": "32M" if cont else "2M", "PTE": "64K" if cont else "4K"}
-        out.append([r.start - section["start"], r.end - r.start, size[info["level"]],
-                    info["pkey"]])  # fmt: skip
+    for r in ptdump(m, "linear", pkey=True):
+        if not isinstance(r, Run) or not r.prot:
+            continue
+        cont = "CON" in r.as_dict()["attrs"]
+        size = {2: "1G", 3: "32M" if cont else "2M", 4: "64K" if cont else "4K"}[r.level]
+        out.append([r.start - PAGE_OFFSET, r.end - r.start, size, r.pkey or 0])
     return out
 
 
