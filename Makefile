@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench build clean
+.PHONY: demo test lint bench build browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,10 +27,18 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# kpsim report's test opens a report in Debian's chromium (tests/engine/test_report_browser.py):
+# installed with apt-get when missing, as root; otherwise that test fails and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends chromium >/dev/null; } \
+	  || echo "make: chromium is missing and cannot be installed here (needs root and apt-get)"
+
 # The whole suite against the compiled core, then the same model as pure Python
 # (KPSIM_PURE=1) on a representative subset, so both builds are checked.
 PURE_SUBSET := tests/hw tests/mm tests/kpkeys tests/test_core.py
-test: lint build
+test: lint build browser
 	$(BIN)/pytest
 	KPSIM_PURE=1 $(BIN)/pytest $(PURE_SUBSET)
 

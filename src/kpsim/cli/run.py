@@ -6,10 +6,11 @@ reads the scenario (with no argument the built-in
 :data:`~kpsim.engine.job.DEFAULT_SCENARIO`, shipped as
 ``examples/scenarios/default.toml``), passes the command-line overrides, shows a
 progress bar on a terminal, and prints one screen, or with ``--json`` the engine's
-document; ``--out DIR`` also writes ``run.json``, ``run.txt`` and the ``scenario.toml``
-used. Exit status 1 if a KUnit case fails or the audit finds a violation, or an
-in-threat-model attack write lands with the feature on; 2 on bad input (checked before
-anything runs).
+document; ``--out DIR`` also writes ``run.json`` (that document), ``run.txt`` (the
+screen), ``details.json`` (the linear map after each run and its ptdump runs, for
+``kpsim report``) and the ``scenario.toml`` that ran, every override applied. Exit
+status 1 if a KUnit case fails or the audit finds a violation, or an in-threat-model
+attack write lands with the feature on; 2 on bad input (checked before anything runs).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from kpsim.engine.job import (
     DEFAULT_SCENARIO_NAME,
     OPTION_FIELDS,
     execute,
+    split_details,
 )
 from kpsim.errors import InputError
 from kpsim.machine.scenario import Scenario, machine_config, parse_scenario
@@ -61,7 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
     )
     p.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario TOML file")
-    p.add_argument("--out", metavar="DIR", help="also write run.json, run.txt, scenario.toml")
+    p.add_argument(
+        "--out", metavar="DIR", help="also write run.json, run.txt, details.json, scenario.toml"
+    )
     p.add_argument(
         "--costs",
         metavar="FILE",
@@ -508,11 +512,14 @@ def _text(doc: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
-def _write_out(out: str, doc: Mapping[str, Any], scenario_text: str) -> None:
+def _write_out(
+    out: str, doc: Mapping[str, Any], scenario_text: str, details: Mapping[str, Any]
+) -> None:
     d = Path(out)
     try:
         d.mkdir(parents=True, exist_ok=True)
         (d / "run.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        (d / "details.json").write_text(json.dumps(details) + "\n", encoding="utf-8")
         (d / "run.txt").write_text(_text(doc), encoding="utf-8")
         (d / "scenario.toml").write_text(scenario_text, encoding="utf-8")
     except OSError as err:
@@ -565,9 +572,12 @@ def run(args: argparse.Namespace) -> int:
             costs_path=args.costs,
             audit=args.audit,
             progress=bar,
+            details=bool(args.out),
         )
+    details: dict[str, Any] = {}
     if args.out:
-        _write_out(args.out, doc, _saved_scenario(args, scenario, text))
+        doc, details = split_details(doc)
+        _write_out(args.out, doc, _saved_scenario(args, scenario, text), details)
     if args.json:
         emit_json(doc)
     else:

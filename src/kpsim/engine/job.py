@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -56,6 +57,8 @@ __all__ = [
     "OPTION_FIELDS",
     "ProgressFn",
     "execute",
+    "merge_details",
+    "split_details",
     "validate_workloads",
     "workload_label",
 ]
@@ -507,3 +510,26 @@ def _attack(
 def _attack_succeeded(attack: Mapping[str, Any] | None) -> bool:
     """An in-threat-model write landed with the feature on."""
     return bool(attack and attack.get("on", {}).get("exit_status"))
+
+
+def split_details(doc: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``details=True`` document as (the plain document ``kpsim run --json`` prints,
+    the details: ``ptdump`` and each workload's ``linear_map``), for ``run --out``."""
+    plain: dict[str, Any] = json.loads(json.dumps(doc))
+    details: dict[str, Any] = {"ptdump": plain.pop("ptdump", {}), "linear_map": {}}
+    for w in plain["workloads"]:
+        lm = w.get("on", {}).pop("linear_map", None)
+        if lm is not None:
+            details["linear_map"][str(w["index"])] = lm
+    return plain, details
+
+
+def merge_details(doc: Mapping[str, Any], details: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`split_details`."""
+    full: dict[str, Any] = json.loads(json.dumps(doc))
+    full["ptdump"] = details.get("ptdump", {})
+    for w in full["workloads"]:
+        lm = details.get("linear_map", {}).get(str(w["index"]))
+        if lm is not None and "on" in w:
+            w["on"]["linear_map"] = lm
+    return full
