@@ -216,3 +216,13 @@ def test_series_kernel_option_is_a_grid_parameter(tmp_path):
         assert sweep(load_grid(path), r, jobs=1).ran == 2
         rows = r.table("SELECT series, status FROM runs ORDER BY series")
     assert rows == [{"series": "v7", "status": 0}, {"series": "v8", "status": 0}]
+
+
+EXAMPLE_GRIDS = Path(__file__).resolve().parents[2] / "examples" / "grids"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLE_GRIDS.glob("*.toml")), ids=lambda p: p.name)
+def test_example_grids_validate(path):
+    """Every shipped grid parses and each of its runs is a scenario kpsim run accepts."""
+    grid = load_grid(path)
+    assert grid.runs and len({r.run_id for r in grid.runs}) == len(grid.runs)
