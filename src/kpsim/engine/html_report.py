@@ -200,7 +200,8 @@ def composition_section(src: Source) -> Section:
     if not groups:
         return Section(title, _no_linear_map(src))
     names = list(groups)[:6]
-    fig = make_subplots(rows=len(names), cols=1, subplot_titles=names, vertical_spacing=0.12,
+    titles = [f"{n} ({_machine_text(groups[n][0]['machine'])})" for n in names]
+    fig = make_subplots(rows=len(names), cols=1, subplot_titles=titles, vertical_spacing=0.12,
                         specs=[[{"secondary_y": True}] for _ in names])  # fmt: skip
     for row, name in enumerate(names, start=1):
         states = _timeline(groups[name][0])
@@ -221,15 +222,16 @@ def composition_section(src: Source) -> Section:
         fig.update_xaxes(tickvals=x, ticktext=[_short(lab) for lab in labels], row=row, col=1)
         fig.update_yaxes(title_text="% of mapped bytes", range=[0, 100], row=row, col=1,
                          secondary_y=False)  # fmt: skip
-        fig.update_yaxes(title_text="keyed pages", row=row, col=1, secondary_y=True)
+        fig.update_yaxes(title_text="keyed pages", rangemode="tozero", row=row, col=1,
+                         secondary_y=True)  # fmt: skip
     fig.update_layout(barmode="stack", height=330 * len(names), margin={"t": 40})
-    first = groups[names[0]][0]
     text = (
         "Each policy's first run: the share of the linear map's mapped bytes in each leaf "
         "size, at boot, at every sample of the table allocator's timeline (the PBA samples "
         "at each refill and shrink; the minimal allocator keeps none), and after each "
-        "feature-on workload run (each on a fresh machine); the line is the pages mapped "
-        f"with a non-zero pkey. Machine: {_machine_text(first['machine'])}."
+        "feature-on workload run (each on a fresh machine; a run's samples are its "
+        "allocator's timeline since that machine booted); the line is the pages mapped "
+        "with a non-zero pkey."
     )
     return Section(title, text, fig)
 
@@ -433,13 +435,15 @@ def ptdump_section(src: Source) -> Section:
     import plotly.graph_objects as go
 
     title = "The linear map, as ptdump sees it"
-    maps: list[tuple[str, list[list[Any]]]] = []
+    maps: list[tuple[str, str, list[list[Any]]]] = []
     for name, docs in _by_policy(src.runs).items():
         dumps = docs[0].get("ptdump") or {}
-        if dumps:
-            last = list(dumps)[-1]
+        if dumps:  # the last feature-on run's (keys "#N label"; a database sorts them)
+            runs_after = sorted((k for k in dumps if k.startswith("#")),
+                                key=lambda k: int(k[1:].split()[0]))  # fmt: skip
+            last = runs_after[-1] if runs_after else "at_boot"
             state = "at boot" if last == "at_boot" else f"after {last}"
-            maps.append((f"{name}, {state}", dumps[last]))
+            maps.append((name, state, dumps[last]))
     if not maps:
         if src.kind == "replay":
             return Section(title, _no_linear_map(src))
@@ -448,9 +452,9 @@ def ptdump_section(src: Source) -> Section:
     fig = go.Figure()
     rows = []
     seen: set[str] = set()
-    for label, runs in maps[:4]:
+    for label, _, runs in maps[:4]:
         for kind, index, colours in (("size", 2, SIZE_COLOURS), ("pkey", 3, None)):
-            row = f"{_short(label)}: {kind}"
+            row = f"{label}: {kind}"
             rows.append(row)
             for value in sorted({r[index] for r in runs}, key=str):
                 segs = [s for s in _merged(runs, index) if s[2] == value]
@@ -466,14 +470,23 @@ def ptdump_section(src: Source) -> Section:
     fig.update_layout(barmode="overlay", height=140 + 70 * len(rows),
                       xaxis_title="offset from PAGE_OFFSET (MiB)",
                       yaxis={"categoryorder": "array", "categoryarray": rows[::-1]},
-                      margin={"t": 30, "l": 260})  # fmt: skip
+                      margin={"t": 30, "l": 300})  # fmt: skip
     text = (
         "The linear map's merged ptdump runs along its address range (holes left out), for "
         "each policy's first run after its last feature-on workload: one band coloured by "
         "mapping size (the leaf level, 64K and 32M for contiguous ranges), one by pkey (the "
-        "descriptor's POIndex: 1 is KPKEYS_PKEY_PGTABLES). Zoom to see single pages."
+        "descriptor's POIndex: 1 is KPKEYS_PKEY_PGTABLES). Zoom to see single pages. Drawn: "
+        + "; ".join(
+            f"{label} {state} ({_machine_text(_first(src, label))})" for label, state, _ in maps[:4]
+        )
+        + "."
     )
     return Section(title, text, fig)
+
+
+def _first(src: Source, name: str) -> Mapping[str, Any]:
+    machine: Mapping[str, Any] = _by_policy(src.runs)[name][0]["machine"]
+    return machine
 
 
 # --------------------------------------------------------------------------- the page
