@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench build browser clean
+.PHONY: demo test lint bench build browser clean fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ PURE_SUBSET := tests/hw tests/mm tests/kpkeys tests/test_core.py
 test: lint build browser
 	$(BIN)/pytest
 	KPSIM_PURE=1 $(BIN)/pytest $(PURE_SUBSET)
+
+# The long fuzz run (tests/fuzz): 10^5 seeded mutational cases per input format, then
+# the same formats under atheris (coverage-guided) when it installs; make test runs a
+# short seeded part of it. FUZZ_CASES=N changes the count.
+FUZZ_CASES ?= 100000
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz --cases $(FUZZ_CASES)
+	$(BIN)/python -m pip install --quiet -e '.[fuzz]' && \
+	$(BIN)/python -m tests.fuzz --atheris --cases $(FUZZ_CASES) || \
+	echo "make fuzz: atheris unavailable or failed (see above)"
 
 bench: $(STAMP) build
 	$(BIN)/python -m benchmarks

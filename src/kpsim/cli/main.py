@@ -21,6 +21,11 @@ EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 
 
+def _one_line(text: str) -> str:
+    """A value may hold a newline or other control characters: shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the problem, exit status 2."""
 
@@ -32,7 +37,7 @@ class ArgumentParser(argparse.ArgumentParser):
         self._negative_number_matcher = re.compile(r"^-\d[0-9A-Za-z_.]*$")
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {_one_line(message)}\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -73,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     prog = "kpsim" if args.verb is None else f"kpsim {args.verb}"
     if extra:  # named by the verb whose options they are not
-        sys.stderr.write(f"{prog}: error: unrecognized arguments: {' '.join(extra)}\n")
+        words = _one_line(" ".join(extra))
+        sys.stderr.write(f"{prog}: error: unrecognized arguments: {words}\n")
         return EXIT_USAGE
     if args.verb is None:
         sys.stderr.write("kpsim: error: no VERB given (kpsim --help lists them)\n")
@@ -81,11 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
     except InputError as err:
-        sys.stderr.write(f"kpsim {args.verb}: {err}\n")
+        sys.stderr.write(f"kpsim {args.verb}: {_one_line(str(err))}\n")
         return EXIT_USAGE
     except OutOfMemory as err:  # verbs that expect it say which option to change
         sys.stderr.write(
-            f"kpsim {args.verb}: the simulated machine ran out of memory ({err}); "
+            f"kpsim {args.verb}: the simulated machine ran out of memory ({_one_line(str(err))}); "
             "use more --memory or a smaller workload\n"
         )
         return EXIT_USAGE

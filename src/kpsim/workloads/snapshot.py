@@ -385,7 +385,9 @@ def snapshot_from_json(doc: Any, *, file: str | None = None) -> Snapshot:
 def load_snapshot(path: str | Path) -> Snapshot:
     """Load a snapshot file written by ``kpsim snapshot -o``."""
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(f"not UTF-8 text (byte {err.start})", file=str(path)) from None
     except OSError as err:
         raise InputError(f"cannot read snapshot: {err.strerror}", file=str(path)) from None
     except json.JSONDecodeError as err:

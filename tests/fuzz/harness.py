@@ -1,0 +1,300 @@
+"""The fuzz harness: every input format through the real CLI entry point, judged alike.
+
+One case is an input (a file's bytes, or a command line) fed to ``kpsim.cli.main.main``
+in this process, with its stdout and stderr captured. A case passes when
+
+- nothing escapes ``main`` but its return value or ``SystemExit`` (no traceback);
+- the status is 0, 1 or 2;
+- a rejection (status 2) prints exactly one line on stderr, ``kpsim VERB: ...``,
+  which for a file input names the file (and, counted apart, a line of it).
+
+To keep the cost of a case to parsing and validation, ``Machine.boot`` is replaced by
+a stub that raises :class:`Accepted` (everything before the boot ran: the input was
+accepted); with ``boot=True`` a case runs for real. Snapshots have no verb that reads
+them back, so that format calls ``kpsim.workloads.snapshot.load_snapshot`` and judges
+its ``InputError`` by the same rules.
+
+Formats (:data:`FORMATS`): ``cli`` (option values of the machine verbs), ``scenario``
+(``kpsim run FILE``), ``steps`` (``kpsim conform --sim-only --steps FILE``), ``trace``
+(``kpsim replay FILE``), ``schedule`` (``kpsim explore --replay FILE``), ``snapshot``.
+Mutation is seeded (:func:`mutate`): the same seed gives the same cases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kpsim.cli.main import main
+from kpsim.errors import InputError
+from kpsim.machine.boot import Machine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Accepted(Exception):
+    """Raised by the boot stub: the input got as far as booting a machine."""
+
+
+class FuzzFailure(AssertionError):
+    """A case broke the rules (the message says which, with the input)."""
+
+
+@contextlib.contextmanager
+def boot_stubbed() -> Iterator[None]:
+    real = Machine.__dict__["boot"]
+
+    def stub(cls: type, config: object = None, **kw: object) -> Machine:
+        raise Accepted
+
+    Machine.boot = classmethod(stub)  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        Machine.boot = real  # type: ignore[method-assign]
+
+
+@dataclass
+class Tally:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def cases(self) -> int:
+        return sum(self.outcomes.values())
+
+
+def run_argv(argv: list[str], file: str | None = None) -> str:
+    """One case through ``main``; the outcome name, or ``FuzzFailure``."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(argv)
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else 2
+    except Accepted:
+        return "accepted"
+    except Exception as e:
+        raise FuzzFailure(f"{argv}: escaped main: {type(e).__name__}: {e}") from e
+    return judge(argv, rc, err.getvalue(), file)
+
+
+def judge(argv: list[str], rc: int, err: str, file: str | None) -> str:
+    if rc not in (0, 1, 2):
+        raise FuzzFailure(f"{argv}: exit status {rc}")
+    if "Traceback (most recent call last)" in err:
+        raise FuzzFailure(f"{argv}: traceback on stderr:\n{err}")
+    if rc != 2:
+        return f"status {rc}"
+    lines = err.splitlines()
+    lines = [ln for ln in lines if not re.match(r"kpsim [a-z]+: WARNING: ", ln)] or lines
+    if len(lines) != 1 or not lines[0].startswith("kpsim"):
+        raise FuzzFailure(f"{argv}: a rejection must be one 'kpsim VERB: ...' line, got {err!r}")
+    if file is not None:
+        if file not in lines[0]:
+            raise FuzzFailure(f"{argv}: the rejection does not name the file: {lines[0]!r}")
+        if re.search(re.escape(file) + r":\d+:", lines[0]):
+            return "rejected at a line"
+        return "rejected (file)"
+    return "rejected"
+
+
+def run_snapshot(path: str) -> str:
+    """``load_snapshot`` judged as a verb would print its InputError."""
+    from kpsim.workloads.snapshot import load_snapshot
+
+    try:
+        load_snapshot(path)
+    except InputError as e:
+        return judge(["snapshot-load", path], 2, f"kpsim snapshot: {e}\n", path)
+    except Exception as e:
+        raise FuzzFailure(f"load_snapshot: escaped: {type(e).__name__}: {e}") from e
+    return "accepted"
+
+
+# -- the formats ----------------------------------------------------------------------------
+def _seeds(pattern: str, limit: int = 4000) -> list[bytes]:
+    return [p.read_bytes()[:limit] for p in sorted(ROOT.glob(pattern))]
+
+
+def snapshot_seed() -> bytes:
+    """A small valid snapshot document, as ``kpsim snapshot -o`` writes one."""
+    from kpsim.workloads.snapshot import Snapshot, parse_maps, snapshot_to_json, user_vmas
+
+    maps = "55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0 [heap]\n"
+    vmas = tuple(user_vmas(parse_maps(maps), "x86_64"))
+    snap = Snapshot(4242, "x86_64", 3, vmas, ((0x55D0C0A00000, 0x55D0C0A03000),),
+                    "pagemap_scan", "blocked")  # fmt: skip
+    return json.dumps(snapshot_to_json(snap)).encode()
+
+
+SCHEDULE_SEED = (
+    b"# kpsim explore schedule\nseries v7\nworkload guarded-paths\nmemory 256M\ncpus 2\n"
+    b"seed 0\nbatching on\npoe on\nhardened_pgtables on\ninject 3 irq  # at x\n"
+)
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    suffix: str
+    seeds: Callable[[], list[bytes]]
+    argv: Callable[[str], list[str]]
+
+
+FILE_FORMATS = {
+    "scenario": Format(
+        "scenario", ".toml", lambda: _seeds("examples/scenarios/*.toml"), lambda p: ["run", p]
+    ),
+    "steps": Format(
+        "steps",
+        ".toml",
+        lambda: _seeds("examples/steps/*.toml"),
+        lambda p: ["conform", "--sim-only", "--steps", p],
+    ),
+    "trace": Format(
+        "trace",
+        ".trace",
+        lambda: _seeds("tests/data/traces/*.trace", 1500),
+        lambda p: ["replay", p],
+    ),
+    "schedule": Format(
+        "schedule", ".sched", lambda: [SCHEDULE_SEED], lambda p: ["explore", "--replay", p]
+    ),
+    "snapshot": Format("snapshot", ".json", lambda: [snapshot_seed()], lambda p: []),
+}
+FORMATS = ("cli", *FILE_FORMATS)
+
+#: tokens the mutator splices in: the values parsers trip over
+TOKENS = [
+    b"-1", b"0", b"1", b"4096", b"18446744073709551616", b"1e309", b"nan", b"inf", b"0x",
+    b"0xfffffffffffff", b"1G", b"512T", b"3M", b"-0", b'"', b"'", b"[", b"]", b"{", b"}",
+    b"=", b",", b":", b"#", b"\\", b"\n", b"\r\n", b"\t", b"\x00", b"\xff", b"\xc3\xa9",
+    b"\xf0\x9f\x92\xa5", b"true", b"false", b"[[step]]", b"[[workload]]", b"[kernel]",
+    b"[machine]", b"op = ", b'name = "', b"inject ", b"series ", b"memory ", b"/", b"@",
+    b"probability=", b"fail_page_alloc", b"1,100,0,-1", b" ", b"  # ", b"1" * 40,
+]  # fmt: skip
+
+
+def mutate(data: bytes, r: random.Random, pool: list[bytes]) -> bytes:
+    """A few seeded byte-, token- and line-level mutations of ``data``."""
+    b = bytearray(data)
+    for _ in range(r.choice((1, 1, 2, 3, 6))):
+        op = r.randrange(8)
+        pos = r.randrange(len(b) + 1)
+        if op == 0 and b:  # flip a byte
+            b[min(pos, len(b) - 1)] = r.randrange(256)
+        elif op == 1:  # insert a token
+            b[pos:pos] = r.choice(TOKENS)
+        elif op == 2 and b:  # delete a span
+            del b[pos : pos + r.randrange(1, 16)]
+        elif op == 3 and b:  # replace a number or word by a token
+            m = list(re.finditer(rb"[0-9A-Za-z_.x]+", bytes(b)))
+            if m:
+                w = r.choice(m)
+                b[w.start() : w.end()] = r.choice(TOKENS)
+        elif op == 4:  # duplicate or drop a line
+            lines = bytes(b).split(b"\n")
+            i = r.randrange(len(lines))
+            if r.random() < 0.5:
+                lines.insert(i, lines[i])
+            else:
+                del lines[i]
+            b = bytearray(b"\n".join(lines))
+        elif op == 5 and pool:  # splice from another seed
+            other = r.choice(pool)
+            j = r.randrange(len(other) + 1)
+            b[pos:] = other[j : j + r.randrange(1, 200)] + bytes(b[pos:])
+        elif op == 6 and b:  # truncate
+            del b[pos:]
+        else:  # swap two lines
+            lines = bytes(b).split(b"\n")
+            i, j = r.randrange(len(lines)), r.randrange(len(lines))
+            lines[i], lines[j] = lines[j], lines[i]
+            b = bytearray(b"\n".join(lines))
+    return bytes(b[:20000])
+
+
+# -- command-line values ------------------------------------------------------------------------
+VERBS = ("boot", "run", "audit", "kunit", "explore", "pba", "ptdump", "walk", "replay")
+OPTIONS: dict[str, list[str]] = {
+    "--memory": ["4G", "256M", "1T", "3M", "0", "-1G", "4g", "0x40000000", "1.5G", "128T", "129T"],
+    "--cpus": ["1", "2", "256", "0", "-3", "999", "x", "0x2"],
+    "--linear-map": ["pte", "block", "PTE", ""],
+    "--seed": ["0", "7", "-1", "2**64", "18446744073709551616"],
+    "--allocator": ["minimal", "pba", "grouped", "reserve", "slab"],
+    "--series": ["v7", "v6", "v4", "v9", "enter-leave"],
+    "--fail-page-alloc": ["1,10,0,-1", "probability=5,times=-1", "min_order=1", "1,2", "x"],
+    "--fail-pagetable-alloc": ["times=3", "interval=0", "probability=100,times=1"],
+    "--fail-set-memory-pkey": ["unkey=1", "unkey=2", "verbose=1,probability=1"],
+    "--fail-split": ["1,100,0,1", "space=5", "probability=-1"],
+    "--fail-pba-refill": ["times=-1", "times=-2", ""],
+    "--scale": ["1", "64", "65", "0"],
+    "--ops": ["1", "0", "100000001"],
+    "--schedules": ["1", "0", "-5"],
+    "--audit-every": ["1", "0"],
+    "--workload": ["mixed", "none", "soak", "nope"],
+}
+FLAGS = ["--no-poe", "--no-batching", "--allow-unsafe-split", "--no-hardened-pgtables", "--json"]
+
+
+def cli_case(r: random.Random) -> list[str]:
+    argv = [r.choice(VERBS)]
+    for _ in range(r.randrange(1, 5)):
+        if r.random() < 0.2:
+            argv.append(r.choice(FLAGS))
+            continue
+        opt = r.choice(list(OPTIONS))
+        val = r.choice(OPTIONS[opt])
+        if r.random() < 0.3:
+            val = mutate(val.encode(), r, []).decode("utf-8", "replace")
+        argv += [opt, val]
+    if argv[0] in ("walk",):
+        argv.append(r.choice(["0xffff000000000000", "0", "zz"]))
+    if argv[0] == "replay":
+        argv.append(str(ROOT / "tests/data/traces/true.trace"))
+    return argv
+
+
+# -- the driver ---------------------------------------------------------------------------------
+def fuzz(fmt: str, cases: int, seed: int = 0, *, stop_on_failure: bool = True) -> Tally:
+    """``cases`` seeded mutational cases of ``fmt``; failures collected (or raised)."""
+    r = random.Random(f"kpsim-fuzz:{fmt}:{seed}")
+    tally = Tally()
+    with tempfile.TemporaryDirectory() as tmp, boot_stubbed():
+        if fmt == "cli":
+            for _ in range(cases):
+                _one(tally, lambda: run_argv(cli_case(r)), stop_on_failure)
+            return tally
+        f = FILE_FORMATS[fmt]
+        pool = f.seeds()
+        path = os.path.join(tmp, "input" + f.suffix)
+        for i in range(cases):
+            data = pool[i % len(pool)] if i < len(pool) else mutate(r.choice(pool), r, pool)
+            Path(path).write_bytes(data)
+            if fmt == "snapshot":
+                _one(tally, lambda: run_snapshot(path), stop_on_failure)
+            else:
+                _one(tally, lambda: run_argv(f.argv(path), path), stop_on_failure)
+    return tally
+
+
+def _one(tally: Tally, case: Callable[[], str], stop: bool) -> None:
+    try:
+        tally.outcomes[case()] += 1
+    except FuzzFailure as e:
+        tally.outcomes["FAILURE"] += 1
+        if stop:
+            raise
+        if len(tally.failures) < 50:
+            tally.failures.append(str(e)[:2000])
