@@ -136,13 +136,19 @@ def test_a_cost_the_rows_cannot_determine_is_flagged(capsys):
     bound) nor fork_pte_copy+zap_pte (never counted): both are said, not presented as
     fitted. The control: a parameter the rows do determine (por_write+isb) gets no
     warning, and exactly the parameters at a bound are flagged."""
-    assert main(["reproduce", *SMALL, "--rows", "vmalloc", "--fit", "vmalloc", "--json"]) == 0
+    argv = ["reproduce", *SMALL, "--rows", "vmalloc", "--fit", "vmalloc", "--json"]
+    assert main([*argv, "--prior", "0"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["unidentified"] == ["fork_pte_copy+zap_pte"]
     flagged = {w.split(" = ")[0] for w in doc["warnings"] if "bound" in w}
     at_bound = {k for k, v in doc["params"].items() if v <= 0.00101 or v >= 0.99e8}
     assert flagged == at_bound == {"set_memory_pkey"}
     assert 1 < doc["params"]["por_write+isb"] < 1e4
+    # with the default one-decade prior the same fit keeps it off the bound
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert not [w for w in doc["warnings"] if "bound" in w]
+    assert 1 < doc["params"]["set_memory_pkey"] < 1e5
 
 
 @pytest.fixture(scope="module")

@@ -319,3 +319,17 @@ def test_only_unconstrained_parameters_leave_costs_at_base():
     result = reproduce(synthetic_counts, synthetic_table(), spec("fork", "page_fault"))
     assert result.unidentified == ("page_fault",)
     assert result.costs.as_dict() == start_costs().as_dict()
+
+
+def test_a_prior_pulls_weakly_determined_costs_towards_their_start():
+    """MAP with a one-decade log-normal prior: on exact figures the plain fit finds the
+    truth, the prior fit stays between start and truth for the weakly determined
+    pte_write (start 1, truth 5) and near the truth for por_write+isb."""
+    table = synthetic_table()
+    plain = reproduce(synthetic_counts, table, spec("fork,vmalloc"))
+    prior = reproduce(
+        synthetic_counts, table, dataclasses.replace(spec("fork,vmalloc"), prior_decades=1.0)
+    )
+    assert plain.params["pte_write"] == pytest.approx(FITTED["pte_write"], rel=1e-3)
+    assert 1.0 <= prior.params["pte_write"] < FITTED["pte_write"]
+    assert prior.params["por_write+isb"] == pytest.approx(FITTED["por_write+isb"], rel=0.2)

@@ -239,6 +239,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="cost file over the priors ('defaults': the priors alone) instead of the "
         "calibration; with --fit/--cv the fit starts from it",
     )
+    p.add_argument(
+        "--prior",
+        type=float,
+        default=1.0,
+        metavar="DECADES",
+        help="with --fit/--cv: a log-normal prior on each fitted cost centred on its "
+        "start, this many decades as one standard deviation (default 1; 0: none)",
+    )
     p.add_argument("--write-costs", metavar="FILE", help="write the fitted costs here")
     p.add_argument(
         "--write-calibration",
@@ -276,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--loops", args.loops), ("--processes", args.processes)):
         if value < 1:
             raise InputError(f"{flag}: must be at least 1, got {value}")
+    if not args.prior >= 0 or args.prior > 10:
+        raise InputError(f"--prior: must be between 0 and 10 decades, got {args.prior}")
     if args.cv and args.fit is not None:
         raise InputError("--cv fits every fold itself: it takes no --fit")
     if args.write_calibration and not args.cv:
@@ -310,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
     model = {"micromm_size": size, "vmalloc_loops": args.loops,
              "kernbench_processes": args.processes}  # fmt: skip
     if args.cv:
-        spec = FitSpec(params=params, costs=base)
+        spec = FitSpec(params=params, costs=base, prior_decades=args.prior or None)
         cv = cross_validate(table, counts, spec)
         second = None
         if table.name != "v4":
@@ -325,14 +335,18 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             doc = cv.to_json()
             doc["start_costs"] = label
+            doc["prior_decades"] = args.prior or None
             doc["second_test_set"] = second
             doc["model"] = dict(model, seconds=round(elapsed, 2), runs=len(runs.cache))
             emit_json(doc)
             return 0
-        _print_cv(console(), table, cv, second, label, elapsed, len(runs.cache))
+        prior = f"; prior sd {args.prior:g} decade(s) per parameter" if args.prior else ""
+        _print_cv(console(), table, cv, second, label + prior, elapsed, len(runs.cache))
         return 0
     if args.fit is not None:
-        result = fit(table, counts, FitSpec(fit_rows=args.fit, params=params, costs=base))
+        spec = FitSpec(fit_rows=args.fit, params=params, costs=base,
+                       prior_decades=args.prior or None)  # fmt: skip
+        result = fit(table, counts, spec)
         label = f"fitted on {args.fit} (from {label})"
     else:
         result = evaluate(table, counts, base)
@@ -374,6 +388,7 @@ def _command(args: argparse.Namespace) -> str:
     parts = ["kpsim reproduce --cv", f"--table {args.table}"]
     if args.params:
         parts.append(f"--params {args.params}")
+    parts.append(f"--prior {args.prior:g}")
     if args.size != "1G":
         parts.append(f"--size {args.size}")
     if args.loops != 200:

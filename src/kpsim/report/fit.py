@@ -126,6 +126,9 @@ class FitSpec:
     params: str = DEFAULT_PARAMS
     costs: CostTable | None = None
     modes: tuple[Mode, ...] = MODES
+    #: a log-normal prior on each parameter, centred on its base cost, with this many
+    #: decades as one standard deviation (None: no prior, plain least squares)
+    prior_decades: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +286,10 @@ class _Problem:
     base: Array
     members: list[tuple[npt.NDArray[np.intp], Array]]
     weight: Array
+    #: log-space prior: centre (the parameters' starting costs) and the weight 1/sd of a
+    #: residual (u - centre) / sd per parameter; sd = 0 (no prior) when ``prior`` is None
+    prior: Array | None = None
+    prior_weight: float = 0.0
 
     def costs(self, u: Array) -> Array:
         c = self.base.copy()
@@ -300,6 +307,9 @@ class _Problem:
         jac = np.empty((len(r), len(self.members)))
         for k, (idx, _) in enumerate(self.members):
             jac[:, k] = dm_dc[:, idx] @ c[idx]
+        if self.prior is not None and self.prior_weight > 0:
+            r = np.concatenate([r, (u - self.prior) * self.prior_weight])
+            jac = np.vstack([jac, np.eye(len(u)) * self.prior_weight])
         return r, jac
 
 
@@ -366,7 +376,11 @@ def fit(table: PublishedTable, counts: Mapping[str, RowCounts], spec: FitSpec) -
     ]
     unidentified = tuple(p.name for p in params if p not in free)
     problem, events = _problem(fitted, free, base)
-    u, iterations = _solve(problem, np.array([math.log(p.initial) for p in free]))
+    u0 = np.array([math.log(p.initial) for p in free])
+    if spec.prior_decades is not None and spec.prior_decades > 0:
+        problem.prior = u0.copy()
+        problem.prior_weight = 1.0 / (spec.prior_decades * math.log(10))
+    u, iterations = _solve(problem, u0)
     values = {p.name: math.fsum(base[e] for e in p.events) for p in params}
     values.update({p.name: math.exp(float(ug)) for p, ug in zip(free, u, strict=True)})
     updates = {e: values[p.name] * s for p in free for e, s in zip(p.events, p.shares, strict=True)}

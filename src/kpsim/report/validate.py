@@ -286,11 +286,13 @@ def cross_validate(
     folds: dict[str, dict[str, float]] = {}
     warnings: list[str] = []
     at_bound: set[str] = set()
-    full = fit(table, counts, FitSpec("all" + drop, spec.params, base, spec.modes))
+    full = fit(table, counts, FitSpec("all" + drop, spec.params, base, spec.modes,
+                                      spec.prior_decades))  # fmt: skip
     full_mod = {(r.key, r.mode): r.modelled for r in full.rows}
     _bounds(full.params, "full fit", at_bound)
     for fam in present:
-        res = fit(table, counts, FitSpec(f"all,-{fam}{drop}", spec.params, base, spec.modes))
+        res = fit(table, counts, FitSpec(f"all,-{fam}{drop}", spec.params, base, spec.modes,
+                                         spec.prior_decades))  # fmt: skip
         folds[fam] = dict(res.params)
         _bounds(res.params, f"fold {fam}", at_bound)
         warnings += [f"fold {fam}: {w}" for w in res.warnings if "bound" not in w]
