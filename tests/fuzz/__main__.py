@@ -13,7 +13,9 @@ import subprocess
 import sys
 import time
 
-from tests.fuzz.harness import FORMATS, fuzz
+from tests.fuzz.harness import FORMATS, Tally, fuzz
+
+CHUNK = 5000
 
 
 def main(argv: list[str]) -> int:
@@ -33,7 +35,16 @@ def main(argv: list[str]) -> int:
             print(f"{fmt}: atheris exit {rc} ({time.perf_counter() - t:.0f} s)", flush=True)
             status = status or rc
             continue
-        tally = fuzz(fmt, args.cases, args.seed, stop_on_failure=False)
+        tally = Tally()
+        done = 0
+        while done < args.cases:  # in chunks (each its own seed), the totals printed as it goes
+            n = min(CHUNK, args.cases - done)
+            part = fuzz(fmt, n, args.seed * 100_003 + done, stop_on_failure=False)
+            tally.outcomes.update(part.outcomes)
+            tally.failures += part.failures
+            done += n
+            if done < args.cases:
+                print(f"{fmt}: {done} cases so far, {len(tally.failures)} failures", flush=True)
         dt = time.perf_counter() - t
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(tally.outcomes.items()))
         print(f"{fmt}: {tally.cases} cases in {dt:.0f} s ({tally.cases / dt:.0f}/s): {outcomes}",

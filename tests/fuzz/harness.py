@@ -16,7 +16,8 @@ its ``InputError`` by the same rules.
 
 Formats (:data:`FORMATS`): ``cli`` (option values of the machine verbs), ``scenario``
 (``kpsim run FILE``), ``steps`` (``kpsim conform --sim-only --steps FILE``), ``trace``
-(``kpsim replay FILE``), ``schedule`` (``kpsim explore --replay FILE``), ``snapshot``.
+(``kpsim replay FILE``), ``schedule`` (``kpsim explore --replay FILE``), ``snapshot``,
+``grid`` (``kpsim sweep GRID``: the results database it would open is stubbed too).
 Mutation is seeded (:func:`mutate`): the same seed gives the same cases.
 """
 
@@ -56,11 +57,19 @@ def boot_stubbed() -> Iterator[None]:
     def stub(cls: type, config: object = None, **kw: object) -> Machine:
         raise Accepted
 
+    def no_db(*a: object, **kw: object) -> None:  # kpsim sweep: the grid was accepted
+        raise Accepted
+
+    import kpsim.engine.results as results
+
+    real_results = results.Results
     Machine.boot = classmethod(stub)  # type: ignore[method-assign,assignment]
+    results.Results = no_db  # type: ignore[assignment,misc]
     try:
         yield
     finally:
         Machine.boot = real  # type: ignore[method-assign]
+        results.Results = real_results  # type: ignore[misc]
 
 
 @dataclass
@@ -172,6 +181,9 @@ FILE_FORMATS = {
         "schedule", ".sched", lambda: [SCHEDULE_SEED], lambda p: ["explore", "--replay", p]
     ),
     "snapshot": Format("snapshot", ".json", lambda: [snapshot_seed()], lambda p: []),
+    "grid": Format(
+        "grid", ".toml", lambda: _seeds("examples/grids/*.toml"), lambda p: ["sweep", p]
+    ),
 }
 FORMATS = ("cli", *FILE_FORMATS)
 

@@ -123,5 +123,8 @@ def test_a_snapshot_that_is_not_utf8_is_input_error(tmp_path) -> None:
     path.write_bytes(b'{"format": 1, "pid": \xff}')
     with pytest.raises(InputError, match="not UTF-8"):
         load_snapshot(path)
+    path.write_bytes(snapshot_seed().replace(b'"vmpte_pages": 3', b'"vmpte_pages": Infinity'))
+    with pytest.raises(InputError, match="not a kpsim snapshot"):  # was an OverflowError
+        load_snapshot(path)
     path.write_bytes(snapshot_seed())
     assert load_snapshot(path).pid == 4242

@@ -378,7 +378,7 @@ def snapshot_from_json(doc: Any, *, file: str | None = None) -> Snapshot:
             str(doc["quiescence"]),
             smaps,
         )
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:  # Infinity: Overflow
         raise InputError(f"not a kpsim snapshot: {err}", file=file) from None
 
 
