@@ -17,6 +17,8 @@ Variants per policy (``KPSIM_SOAK_VARIANTS``, default ``off,on,inject``):
 Every row prints the audit violations (0 expected) and the pages lost (0 expected).
 ``KPSIM_SOAK_OPS`` sets the operations per run (default 4000; the issue's soak is
 ``KPSIM_SOAK_OPS=1000000 python -m benchmarks --mode here soak``).
+``KPSIM_SOAK_NO_BATCH=1`` turns the vectorised user-fault path off (it is what the soak
+found wrong: a stale TLB entry, then a page-table page written as a user page).
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ def run(allocator: str, linear_map: str, variant: str, ops: int, spec: str) -> d
 
 
 def main() -> dict[str, float]:
+    if os.environ.get("KPSIM_SOAK_NO_BATCH"):  # one fault at a time (mm/fault_batch.py off)
+        from kpsim.mm import fault_batch
+
+        fault_batch.BATCH = False
+        print("soak: the vectorised user-fault path is off (KPSIM_SOAK_NO_BATCH)")
     ops = int(os.environ.get("KPSIM_SOAK_OPS", "4000"))
     spec = os.environ.get("KPSIM_SOAK_FAIL", "probability=5,times=-1")
     variants = os.environ.get("KPSIM_SOAK_VARIANTS", "off,on,inject").split(",")
