@@ -137,11 +137,13 @@ def test_register_aliases(what, capsys):
         (["por", "-1"], "kpsim decode: por value: '-1' is outside the 64-bit range\n"),
         (
             ["foo", "0x1"],
-            "kpsim decode: unknown register 'foo': use pte, pmd, pud, pgd, esr or por\n",
+            "kpsim decode: unknown register 'foo': use pte, pmd, pud, pgd, esr or por (arm64); "
+            "x86-pte, x86-pde, x86-pdpte, x86-pml4e, pkrs, pkru or pf-error (x86)\n",
         ),
         (
             ["tcr", "0x1", "--json"],
-            "kpsim decode: unknown register 'tcr': use pte, pmd, pud, pgd, esr or por\n",
+            "kpsim decode: unknown register 'tcr': use pte, pmd, pud, pgd, esr or por (arm64); "
+            "x86-pte, x86-pde, x86-pdpte, x86-pml4e, pkrs, pkru or pf-error (x86)\n",
         ),
     ],
 )

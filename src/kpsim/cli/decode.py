@@ -17,11 +17,28 @@ from kpsim.errors import InputError
 from kpsim.hw.arm64.descriptors import NAME_LEVEL, Descriptor
 from kpsim.hw.arm64.esr import decode_esr, esr_rows
 from kpsim.hw.arm64.por import ARCH_MAX_PKEY, decode_por, por_rows
+from kpsim.hw.x86 import pte as x86pte
+from kpsim.hw.x86.fault import decode_pf, pf_rows, pf_summary
+from kpsim.hw.x86.pkeys import decode_pkr, pkr_rows
 from kpsim.units import parse_u64
 
 # p4d is folded into pgd with 4 levels: an arm64 oops prints the same value for both.
-ALIASES = {"p4d": "pgd", "esr_el1": "esr", "por_el1": "por", "por_el0": "por"}
-CHOICES = "pte, pmd, pud, pgd, esr or por"
+ALIASES = {
+    "p4d": "pgd",
+    "esr_el1": "esr",
+    "por_el1": "por",
+    "por_el0": "por",
+    "ia32_pkrs": "pkrs",
+    "pf": "pf-error",
+    "error_code": "pf-error",
+}
+CHOICES = (
+    "pte, pmd, pud, pgd, esr or por (arm64); "
+    "x86-pte, x86-pde, x86-pdpte, x86-pml4e, pkrs, pkru or pf-error (x86)"
+)
+#: x86 kinds: an entry at a level of x86-64's 4-level paging, PKRS/PKRU, a #PF error code.
+X86_LEVEL = {"x86-pte": 1, "x86-pde": 2, "x86-pdpte": 3, "x86-pml4e": 4}
+X86_OTHER = ("pkrs", "pkru", "pf-error")
 DESCRIPTION = """\
 Decode a value from a crash report, a page-table dump or a register read, and
 print every field in words.
@@ -35,6 +52,10 @@ Or paste a crash report: `kpsim decode 'TEXT'` with one argument holding
 `ESR = 0x...`, `pgd=... pud=... pmd=... pte=...` (the show_pte line) or `POR_EL1 =
 ...`, or `kpsim decode -` to read the text from stdin: every value found is decoded,
 in order (p4d= is skipped when it repeats pgd=, as arm64's folded p4d does).
+
+x86-64: x86-pte, x86-pde, x86-pdpte or x86-pml4e (an entry of 4-level paging: PT,
+PD, PDPT, PML4), pkrs or pkru (IA32_PKRS / PKRU: AD and WD of each of the 16
+protection keys), pf-error (a #PF error code, as an x86 oops prints it).
 """
 EPILOG = """\
 examples:
@@ -43,6 +64,9 @@ examples:
   kpsim decode por 0x57                 pkey 0 RWX, pkey 1 RW (KPKEYS_CTX_PGTABLES)
   kpsim decode 'ESR = 0x000000409600004f'
   dmesg | kpsim decode -                every ESR and page-table entry of the oops
+  kpsim decode x86-pte 0x8800000101234063   x86 PTE: NX, pkey 1, dirty, writable
+  kpsim decode pkrs 0x8                 IA32_PKRS: pkey 1 write-disabled
+  kpsim decode pf-error 0x23            supervisor write blocked by a protection key
 """
 #: ``ESR = 0x..`` (mem_abort_decode), ``pgd=%016llx`` ... (show_pte), ``POR_EL1 = ...``
 _SPLAT = re.compile(
@@ -100,6 +124,12 @@ def decode_value(what: str, value: int) -> tuple[str, Rows, dict[str, object]]:
         return _esr(value)
     if what == "por":
         return _por(value)
+    if what in X86_LEVEL:
+        return _x86_entry(what, value)
+    if what in ("pkrs", "pkru"):
+        return _pkr(what, value)
+    if what == "pf-error":
+        return _pf_error(value)
     return _descriptor(what, value)
 
 
@@ -140,7 +170,7 @@ def register_name(text: str) -> str:
     """``pte``/``pmd``/``pud``/``pgd``/``esr``/``por`` (case-insensitive, ``_el1`` aliases)."""
     name = text.strip().lower()
     name = ALIASES.get(name, name)
-    if name not in NAME_LEVEL and name not in ("esr", "por"):
+    if name not in NAME_LEVEL and name not in ("esr", "por", *X86_LEVEL, *X86_OTHER):
         raise InputError(f"unknown register {text!r}: use {CHOICES}")
     return name
 
@@ -200,6 +230,51 @@ def _por(value: int) -> tuple[str, Rows, dict[str, object]]:
     doc: dict[str, object] = {"register": "por", "raw": f"{value:#018x}", "pkeys": pkeys}
     doc["summary"] = summary
     return f"POR_ELx {value:#018x}", por_rows(value), doc
+
+
+def _x86_entry(what: str, value: int) -> tuple[str, Rows, dict[str, object]]:
+    level = X86_LEVEL[what]
+    words = x86pte.describe(value, level)
+    if not words["present"]:
+        summary = "not present: any access faults (#PF with P=0)"
+    elif words["kind"] == "table":
+        summary = (
+            f"points to the next table at {words['address']}; "
+            f"{'writable' if words['writable'] else 'read-only'}, "
+            f"{'user' if words['user'] else 'supervisor'}"
+            f"{', no execute' if words['nx'] else ''} below it"
+        )
+    else:
+        summary = (
+            f"maps a {words['size']} page at {words['address']}: "
+            f"{'writable' if words['writable'] else 'read-only'}, "
+            f"{'user' if words['user'] else 'supervisor'}"
+            f"{', no execute' if words['nx'] else ''}"
+            f"{', global' if words['global'] else ''}; pkey {words['pkey']}"
+        )
+    name = x86pte.LEVEL_NAME[level].upper()
+    title = f"{what} {value:#018x} (x86-64 {name}, level {level} of 4)"
+    return title, x86pte.entry_rows(value, level), {"register": what, **words, "summary": summary}
+
+
+def _pkr(what: str, value: int) -> tuple[str, Rows, dict[str, object]]:
+    if value >> 32:
+        raise InputError(f"{what} value {value:#x}: bits 63:32 are reserved (WRMSR would #GP)")
+    keys = decode_pkr(value)
+    limited = [f"pkey {k['pkey']} {k['access']}" for k in keys if k["ad"] or k["wd"]]
+    summary = ", ".join(limited) if limited else "every pkey read/write"
+    name = "IA32_PKRS" if what == "pkrs" else "PKRU"
+    doc: dict[str, object] = {"register": what, "raw": f"{value:#010x}", "pkeys": keys}
+    doc["summary"] = summary
+    return f"{name} {value:#010x}", pkr_rows(value), doc
+
+
+def _pf_error(value: int) -> tuple[str, Rows, dict[str, object]]:
+    if value >> 32:
+        raise InputError(f"pf-error value {value:#x}: a #PF error code is 32 bits")
+    summary = pf_summary(value)
+    doc: dict[str, object] = {"register": "pf-error", **decode_pf(value), "summary": summary}
+    return f"#PF error code {value:#x}", pf_rows(value), doc
 
 
 def rows_text(title: str, rows: Sequence[tuple[str, str, str]], summary: str) -> str:

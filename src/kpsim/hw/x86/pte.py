@@ -119,7 +119,6 @@ def leaf_entry(
 
 def entry_rows(value: int, level: int = 1) -> list[tuple[str, str, str]]:
     """(bits, field, meaning) rows of an entry at ``level``, as ``kpsim decode`` prints."""
-    name = LEVEL_NAME[level]
     if not value & P:
         return [("0", "P", "0: not present (bits 63:1 are ignored by the walker)")]
     leaf = is_leaf(value, level)
@@ -135,7 +134,7 @@ def entry_rows(value: int, level: int = 1) -> list[tuple[str, str, str]]:
         rows.append(("6", "D", "1: dirty" if value & D else "0: clean"))
         rows.append(("7", "PAT", str(int(bool(value & PAT_4K)))))
     elif level == 4:
-        ps = "1: reserved (must be 0 in a PML4E)" if value & PS else "0"
+        ps = "1: reserved (must be 0 in a PML4E): #PF with RSVD" if value & PS else "0"
         rows.append(("7", "PS", ps))
     else:
         if leaf:
@@ -152,7 +151,6 @@ def entry_rows(value: int, level: int = 1) -> list[tuple[str, str, str]]:
     else:
         rows.append(("51:12", "address", f"{value & addr_mask(52):#x} (the next table)"))
     rows.append(("63", "XD", "1: no execute (if EFER.NXE)" if value & NX else "0: executable"))
-    del name
     return rows
 
 
@@ -176,9 +174,9 @@ def describe(value: int, level: int = 1) -> dict[str, object]:
             address=f"{leaf_address(value, level):#x}",
             size={1: "4K", 2: "2M", 3: "1G"}[level],
             dirty=bool(value & D),
-            global_=bool(value & G),
             pkey=pkey(value),
         )
+        out["global"] = bool(value & G)
     else:
         out["address"] = f"{value & addr_mask(52):#x}"
     return out
