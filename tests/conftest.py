@@ -8,6 +8,8 @@ counterexample found locally becomes a regression test.
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import os
 import types
@@ -27,17 +29,37 @@ def pytest_report_header(config: object) -> str:
     return f"kpsim core: {_core.STATE}"
 
 
+@functools.cache
+def _final_names(module: str) -> frozenset[str]:
+    """The module-level names the source of ``module`` declares ``Final`` (compiled code
+    inlines or caches them, so patching them misses compiled readers)."""
+    from kpsim import _core
+
+    path = _core.PACKAGE_DIR.parent.joinpath(*module.split(".")).with_suffix(".py")
+    tree = ast.parse(path.read_text())
+    return frozenset(
+        n.target.id
+        for n in tree.body
+        if isinstance(n, ast.AnnAssign)
+        and isinstance(n.target, ast.Name)
+        and "Final" in ast.unparse(n.annotation)
+    )
+
+
 def _patches_compiled_code(target: object, name: str) -> bool:
     """Whether ``setattr(target, name, ...)`` would miss callers in the compiled core.
 
     Compiled code calls the functions and native-class methods of compiled modules
-    directly, so replacing one has no effect on compiled callers; module-level data
-    (thresholds, pools) is read from the module at run time, so patching it works.
+    directly and inlines their ``Final`` constants, so replacing one has no effect on
+    compiled callers; other module-level data (thresholds, pools) is read from the
+    module at run time, so patching it works.
     """
     from kpsim import _core
 
     if isinstance(target, types.ModuleType):
-        return _core.is_compiled(target) and callable(getattr(target, name, None))
+        if not _core.is_compiled(target):
+            return False
+        return callable(getattr(target, name, None)) or name in _final_names(target.__name__)
     cls = target if isinstance(target, type) else type(target)
     return any(hasattr(c, "__mypyc_attrs__") for c in cls.__mro__)
 

@@ -11,16 +11,18 @@ observer, as if all accesses were to coherent, sequentially consistent memory).
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 import numpy.typing as npt
 
 from kpsim.errors import ConfigError, KpsimError
 from kpsim.units import PAGE_SHIFT, PAGE_SIZE, PhysAddr
 
-WORDS_PER_FRAME = PAGE_SIZE // 8
+WORDS_PER_FRAME: Final = PAGE_SIZE // 8
 Frame = npt.NDArray[np.uint64]
 
-_ZERO = np.zeros(WORDS_PER_FRAME, dtype=np.uint64)
+_ZERO: Final = np.zeros(WORDS_PER_FRAME, dtype=np.uint64)
 _ZERO.setflags(write=False)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import chain
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import numpy as np
 
@@ -36,11 +36,11 @@ from kpsim.mm.mm_types import ANON, MmStruct, VmFlags
 #: Resolve runs of faults a PTE table at a time (False: strictly one address at a time).
 BATCH = True
 #: Fewer addresses than this in a table are done one at a time.
-MIN_BATCH = 8
+MIN_BATCH: Final = 8
 
 Access = Callable[[int, bool, int], None]
-_GFP = GFP_HIGHUSER_MOVABLE | Gfp.ZERO
-_MISSING = None
+_GFP: Final = GFP_HIGHUSER_MOVABLE | Gfp.ZERO
+_MISSING: Final = None
 
 
 class BatchArch(ArchOps, Protocol):

@@ -19,17 +19,17 @@ Linux, e.g. a write-protected PTE among writable ones) are not compared.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
 from kpsim.mm.mm_types import HPAGE_PMD_ORDER, ZERO, MmContext
 
-_HPAGE_NR = 1 << HPAGE_PMD_ORDER
+_HPAGE_NR: Final = 1 << HPAGE_PMD_ORDER
 #: candidate-head windows up to this many 2 MiB frames are deduplicated by bincount
-_WINDOW = 4096
+_WINDOW: Final = 4096
 #: windows up to this many frames are looked up frame by frame
-_SMALL = 8
+_SMALL: Final = 8
 
 
 def unique_sorted(a: Any) -> Any:

@@ -24,7 +24,7 @@ gets a fresh anon_vma identity), KSM, the mm's exe file and other non-VMA state.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -44,8 +44,8 @@ from kpsim.mm.mm_types import (
     VmFlags,
 )
 
-_DONTCOPY = int(VmFlags.DONTCOPY)
-_WIPEONFORK = int(VmFlags.WIPEONFORK)
+_DONTCOPY: Final = int(VmFlags.DONTCOPY)
+_WIPEONFORK: Final = int(VmFlags.WIPEONFORK)
 
 
 def vma_needs_copy(vma: Vma) -> bool:

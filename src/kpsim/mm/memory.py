@@ -26,7 +26,7 @@ copies the whole THP (Linux splits the PMD and copies one page: same table count
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -50,10 +50,10 @@ from kpsim.mm.mm_types import (
 )
 from kpsim.mm.mmu_gather import MmuGather
 
-_IDX = np.arange(512, dtype=np.int64)
-_GFP_USER_ZERO = GFP_HIGHUSER_MOVABLE | Gfp.ZERO
-_VM_READ = int(VmFlags.READ)
-_VM_WRITE = int(VmFlags.WRITE)
+_IDX: Final = np.arange(512, dtype=np.int64)
+_GFP_USER_ZERO: Final = GFP_HIGHUSER_MOVABLE | Gfp.ZERO
+_VM_READ: Final = int(VmFlags.READ)
+_VM_WRITE: Final = int(VmFlags.WRITE)
 
 
 # --------------------------------------------------------------------------- tables
@@ -187,7 +187,7 @@ def copy_user_pages(ctx: MmContext, dst: int, src: int, n: int = 1) -> None:
             mem.frame(dst + i)[:] = mem.frames[src + i]
 
 
-_ACCESS = VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC
+_ACCESS: Final = VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC
 
 
 def _anon_vma_compatible(a: Vma, b: Vma) -> bool:

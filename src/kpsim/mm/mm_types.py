@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from mypy_extensions import mypyc_attr
@@ -32,23 +32,23 @@ from kpsim.mm.gfp import GFP_HIGHUSER_MOVABLE, GFP_PGTABLE_USER, Gfp
 from kpsim.mm.kernel import Kernel
 
 #: page_prot by (architecture class, VM_READ|VM_WRITE|VM_EXEC|VM_SHARED bits)
-_PAGE_PROT: dict[tuple[type, int], int] = {}
+_PAGE_PROT: Final[dict[tuple[type, int], int]] = {}
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
-PMD_SIZE = 1 << 21
-HPAGE_PMD_ORDER = 9
+PAGE_SHIFT: Final = 12
+PAGE_SIZE: Final = 1 << PAGE_SHIFT
+PMD_SIZE: Final = 1 << 21
+HPAGE_PMD_ORDER: Final = 9
 #: VA shift indexed at each level (0 = PGD .. 3 = PTE) and the span shift of a table.
-LEVEL_SHIFT = (39, 30, 21, 12)
-SPAN_SHIFT = (48, 39, 30, 21)
-TASK_SIZE = 1 << 48
-MMAP_MIN_GAP = 128 << 20
+LEVEL_SHIFT: Final = (39, 30, 21, 12)
+SPAN_SHIFT: Final = (48, 39, 30, 21)
+TASK_SIZE: Final = 1 << 48
+MMAP_MIN_GAP: Final = 128 << 20
 #: page kinds in :attr:`MmContext.kind`
-ANON = 0
-FILE = 1
-ZERO = 2
-_PINNED = 1 << 40  # map count bias of pages never freed by unmapping (zero pages, cache)
-_GFP_PINNED = GFP_HIGHUSER_MOVABLE | Gfp.ZERO
+ANON: Final = 0
+FILE: Final = 1
+ZERO: Final = 2
+_PINNED: Final = 1 << 40  # map count bias of pages never freed by unmapping (zero pages, cache)
+_GFP_PINNED: Final = GFP_HIGHUSER_MOVABLE | Gfp.ZERO
 
 
 class VmFlags(enum.IntFlag):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 from contextlib import nullcontext
+from typing import Final
 
 import numpy as np
 
@@ -42,22 +43,22 @@ from kpsim.mm.mm_types import (
 )
 from kpsim.mm.mmu_gather import MmuGather
 
-PROT_NONE = 0
-PROT_READ = 1
-PROT_WRITE = 2
-PROT_EXEC = 4
-MAP_SHARED = 0x01
-MAP_PRIVATE = 0x02
-MAP_FIXED = 0x10
-MAP_ANONYMOUS = 0x20
-MAP_NORESERVE = 0x4000
-MAP_POPULATE = 0x8000
-MAP_FIXED_NOREPLACE = 0x100000
-MREMAP_MAYMOVE = 1
-MREMAP_FIXED = 2
-_PROT_FLAGS = VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC
+PROT_NONE: Final = 0
+PROT_READ: Final = 1
+PROT_WRITE: Final = 2
+PROT_EXEC: Final = 4
+MAP_SHARED: Final = 0x01
+MAP_PRIVATE: Final = 0x02
+MAP_FIXED: Final = 0x10
+MAP_ANONYMOUS: Final = 0x20
+MAP_NORESERVE: Final = 0x4000
+MAP_POPULATE: Final = 0x8000
+MAP_FIXED_NOREPLACE: Final = 0x100000
+MREMAP_MAYMOVE: Final = 1
+MREMAP_FIXED: Final = 2
+_PROT_FLAGS: Final = VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC
 #: ``VM_DATA_DEFAULT_FLAGS`` of an anonymous read-write area (heap, stack)
-VM_DATA_DEFAULT = (
+VM_DATA_DEFAULT: Final = (
     VmFlags.READ
     | VmFlags.WRITE
     | VmFlags.MAYREAD
@@ -65,16 +66,16 @@ VM_DATA_DEFAULT = (
     | VmFlags.MAYEXEC
     | VmFlags.ANON
 )
-_NO_MERGE = VmFlags.NONE
-_VM_READ = int(VmFlags.READ)
-_VM_WRITE = int(VmFlags.WRITE)
-_VM_EXEC = int(VmFlags.EXEC)
-_VM_MAY = int(VmFlags.MAYREAD | VmFlags.MAYWRITE | VmFlags.MAYEXEC)
-_VM_SHARED_MAYSHARE = int(VmFlags.SHARED | VmFlags.MAYSHARE)
-_VM_ANON = int(VmFlags.ANON)
-_VM_NORESERVE = int(VmFlags.NORESERVE)
-_VM_ACCOUNT = int(VmFlags.ACCOUNT)
-_VM_NORESERVE_SHARED_WRITE = int(VmFlags.NORESERVE | VmFlags.SHARED | VmFlags.WRITE)
+_NO_MERGE: Final = VmFlags.NONE
+_VM_READ: Final = int(VmFlags.READ)
+_VM_WRITE: Final = int(VmFlags.WRITE)
+_VM_EXEC: Final = int(VmFlags.EXEC)
+_VM_MAY: Final = int(VmFlags.MAYREAD | VmFlags.MAYWRITE | VmFlags.MAYEXEC)
+_VM_SHARED_MAYSHARE: Final = int(VmFlags.SHARED | VmFlags.MAYSHARE)
+_VM_ANON: Final = int(VmFlags.ANON)
+_VM_NORESERVE: Final = int(VmFlags.NORESERVE)
+_VM_ACCOUNT: Final = int(VmFlags.ACCOUNT)
+_VM_NORESERVE_SHARED_WRITE: Final = int(VmFlags.NORESERVE | VmFlags.SHARED | VmFlags.WRITE)
 
 
 def page_align(n: int) -> int:

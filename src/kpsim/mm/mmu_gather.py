@@ -31,20 +31,20 @@ page allocator; tables are freed at once (no RCU table freeing, no
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
 from kpsim.mm.mm_types import PAGE_SIZE, PMD_SIZE, SPAN_SHIFT, TASK_SIZE, MmStruct
 
 #: ``MMU_GATHER_BUNDLE``: slots of the on-stack batch
-MMU_GATHER_BUNDLE = 8
+MMU_GATHER_BUNDLE: Final = 8
 #: ``MAX_GATHER_BATCH``: slots of one batch page ((PAGE_SIZE - 16) / 8)
-MAX_GATHER_BATCH = (PAGE_SIZE - 16) // 8
+MAX_GATHER_BATCH: Final = (PAGE_SIZE - 16) // 8
 #: ``MAX_GATHER_BATCH_COUNT``: batch pages one gather may add (10000 / MAX_GATHER_BATCH)
-MAX_GATHER_BATCH_COUNT = 10000 // MAX_GATHER_BATCH
-PUD_SIZE = 1 << SPAN_SHIFT[2]
-P4D_SIZE = 1 << SPAN_SHIFT[1]
+MAX_GATHER_BATCH_COUNT: Final = 10000 // MAX_GATHER_BATCH
+PUD_SIZE: Final = 1 << SPAN_SHIFT[2]
+P4D_SIZE: Final = 1 << SPAN_SHIFT[1]
 
 
 class MmuGather:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterator
+from typing import Final
 
 from kpsim.errors import ModelInvariantError
 
@@ -38,13 +39,13 @@ class PageFlags(enum.IntFlag):
 
 
 #: Flags that must be clear when a page is freed (Linux: bad_page() on free).
-PAGE_FLAGS_CHECK_AT_FREE = PageFlags.TABLE | PageFlags.ANON | PageFlags.FILE | PageFlags.SLAB
+PAGE_FLAGS_CHECK_AT_FREE: Final = PageFlags.TABLE | PageFlags.ANON | PageFlags.FILE | PageFlags.SLAB
 #: Flags that are computed from allocator state and never stored.
-DERIVED_FLAGS = PageFlags.RESERVED | PageFlags.BUDDY
+DERIVED_FLAGS: Final = PageFlags.RESERVED | PageFlags.BUDDY
 
-_CHECK_AT_FREE = int(PAGE_FLAGS_CHECK_AT_FREE)
-_DERIVED = int(DERIVED_FLAGS)
-_TABLE = int(PageFlags.TABLE)
+_CHECK_AT_FREE: Final = int(PAGE_FLAGS_CHECK_AT_FREE)
+_DERIVED: Final = int(DERIVED_FLAGS)
+_TABLE: Final = int(PageFlags.TABLE)
 
 
 class Page:

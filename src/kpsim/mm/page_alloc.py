@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable
+from typing import Final
 
 from kpsim.errors import ModelInvariantError, OutOfMemory
 from kpsim.events import Counters, WarnEvent
@@ -49,31 +50,31 @@ from kpsim.mm.gfp import Gfp
 from kpsim.mm.page import PAGE_FLAGS_CHECK_AT_FREE, MemMap, PageFlags
 from kpsim.units import PAGE_SHIFT
 
-MAX_PAGE_ORDER = 10
-NR_PAGE_ORDERS = MAX_PAGE_ORDER + 1
-MAX_ORDER_NR_PAGES = 1 << MAX_PAGE_ORDER
+MAX_PAGE_ORDER: Final = 10
+NR_PAGE_ORDERS: Final = MAX_PAGE_ORDER + 1
+MAX_ORDER_NR_PAGES: Final = 1 << MAX_PAGE_ORDER
 #: ``SHRINK_BATCH``: what a shrinker is asked to scan per call (or 2^order if larger).
-SHRINK_BATCH = 128
+SHRINK_BATCH: Final = 128
 
 Shrinker = Callable[[int], int]
 ClearPage = Callable[[int], None]
 
-_ZERO = int(Gfp.ZERO)
-_COMP = int(Gfp.COMP)
-_PREP = _ZERO | _COMP
-_DIRECT_RECLAIM = int(Gfp.DIRECT_RECLAIM)
-_NOWARN = int(Gfp.NOWARN)
-_NOFAIL = int(Gfp.NOFAIL)
-_BUDDY = int(PageFlags.BUDDY)
-_RESERVED = int(PageFlags.RESERVED)
-_HEAD = int(PageFlags.HEAD)
-_DERIVED = _BUDDY | _RESERVED
-_LIVE = int(PAGE_FLAGS_CHECK_AT_FREE) | _HEAD
-_RUN_MASK = MAX_ORDER_NR_PAGES - 1
+_ZERO: Final = int(Gfp.ZERO)
+_COMP: Final = int(Gfp.COMP)
+_PREP: Final = _ZERO | _COMP
+_DIRECT_RECLAIM: Final = int(Gfp.DIRECT_RECLAIM)
+_NOWARN: Final = int(Gfp.NOWARN)
+_NOFAIL: Final = int(Gfp.NOFAIL)
+_BUDDY: Final = int(PageFlags.BUDDY)
+_RESERVED: Final = int(PageFlags.RESERVED)
+_HEAD: Final = int(PageFlags.HEAD)
+_DERIVED: Final = _BUDDY | _RESERVED
+_LIVE: Final = int(PAGE_FLAGS_CHECK_AT_FREE) | _HEAD
+_RUN_MASK: Final = MAX_ORDER_NR_PAGES - 1
 
-_ALLOC_KEYS = tuple(f"alloc_order_{o}" for o in range(NR_PAGE_ORDERS))
-_FREE_KEYS = tuple(f"free_order_{o}" for o in range(NR_PAGE_ORDERS))
-_FAIL_KEYS = tuple(f"alloc_fail_order_{o}" for o in range(NR_PAGE_ORDERS))
+_ALLOC_KEYS: Final = tuple(f"alloc_order_{o}" for o in range(NR_PAGE_ORDERS))
+_FREE_KEYS: Final = tuple(f"free_order_{o}" for o in range(NR_PAGE_ORDERS))
+_FAIL_KEYS: Final = tuple(f"alloc_fail_order_{o}" for o in range(NR_PAGE_ORDERS))
 
 Block = tuple[int, int, str]  # (start pfn, end pfn, what) for the audit
 

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from kpsim.mm.fault_inject import FaultAttr
 from kpsim.mm.gfp import Gfp
 from kpsim.mm.kernel import Kernel
 
-LEVEL_NAMES = ("pgd", "pud", "pmd", "pte")
+LEVEL_NAMES: Final = ("pgd", "pud", "pmd", "pte")
 #: ``gfp | __GFP_COMP`` by ``gfp`` (a pure function; IntFlag ``|`` is slow per call)
-_WITH_COMP: dict[Gfp, Gfp] = {}
+_WITH_COMP: Final[dict[Gfp, Gfp]] = {}
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import sys
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Final
 
 from kpsim.errors import OutOfMemory, VmFaultOom
 from kpsim.mm import fault_batch
@@ -45,9 +45,9 @@ from kpsim.mm.mm_types import (
 from kpsim.mm.mmu_gather import MmuGather
 from kpsim.mm.sched import Task
 
-STACK_SIZE = 132 << 10  # what a fresh process has faulted: a few pages below the top
-STACK_TOP = TASK_SIZE - (16 << 20)
-_CTX_ATTR = "user_mm_context"
+STACK_SIZE: Final = 132 << 10  # what a fresh process has faulted: a few pages below the top
+STACK_TOP: Final = TASK_SIZE - (16 << 20)
+_CTX_ATTR: Final = "user_mm_context"
 
 
 def mm_context(k: Kernel, arch: ArchOps, **options: Any) -> MmContext:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from itertools import chain, compress, filterfalse, pairwise, repeat
 from operator import itemgetter, not_
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 import numpy as np
 
@@ -42,16 +42,16 @@ if TYPE_CHECKING:
     from kpsim.hw.arm64.system import Arm64System
 
 R, X, W = 1, 2, 4
-_NO_OVERLAY = (7,) * 8
-_FAULT_NAMES: dict[int, str] = {int(k): k.name.lower() for k in FaultKind}
-_TRANSLATION_L0 = int(FaultKind.TRANSLATION)
-_OVERLAYS: dict[int, tuple[int, ...]] = {}
-_ARENA = FrameArena()
-_ALL = slice(None)
-_SHR12 = (12).__rrshift__  # va >> 12, as a C-level callable for map()
-_FIRST = itemgetter(0)
-_DESC = itemgetter(5)  # host storage for frames made many at a time
-_NOT_OA = np.uint64(~d.OA_MASK & ((1 << 64) - 1))
+_NO_OVERLAY: Final = (7,) * 8
+_FAULT_NAMES: Final[dict[int, str]] = {int(k): k.name.lower() for k in FaultKind}
+_TRANSLATION_L0: Final = int(FaultKind.TRANSLATION)
+_OVERLAYS: Final[dict[int, tuple[int, ...]]] = {}
+_ARENA: Final = FrameArena()
+_ALL: Final = slice(None)
+_SHR12: Final = (12).__rrshift__  # va >> 12, as a C-level callable for map()
+_FIRST: Final = itemgetter(0)
+_DESC: Final = itemgetter(5)  # host storage for frames made many at a time
+_NOT_OA: Final = np.uint64(~d.OA_MASK & ((1 << 64) - 1))
 
 
 def _vpn_array(vas: list[int]) -> Any:

@@ -16,48 +16,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+from typing import Final
 
 from kpsim.errors import InputError
 
 # Bit positions (Arm ARM D8.3; Linux pgtable-hwdef.h names in comments).
-VALID = 1 << 0  # PTE_VALID
-TYPE = 1 << 1  # PTE_TYPE_PAGE at level 3, PMD_TYPE_TABLE at levels 0-2
-ATTRINDX_SHIFT = 2  # PTE_ATTRINDX(t)
-ATTRINDX_MASK = 0x7 << ATTRINDX_SHIFT
-NS = 1 << 5
-AP_SHIFT = 6  # AP[2:1] in bits 7:6
-AP_MASK = 0x3 << AP_SHIFT
-AP_USER = 1 << 6  # PTE_USER: AP[1], EL0 access
-AP_RDONLY = 1 << 7  # PTE_RDONLY: AP[2], read-only
-SH_SHIFT = 8
-SH_MASK = 0x3 << SH_SHIFT
-SH_INNER = 0x3 << SH_SHIFT  # PTE_SHARED
-AF = 1 << 10  # PTE_AF
-NG = 1 << 11  # PTE_NG
-OA_MASK = ((1 << 48) - 1) & ~0xFFF  # output address, bits 47:12
-GP = 1 << 50  # PTE_GP (BTI guarded page)
-DBM = 1 << 51  # PTE_DBM, Linux's PTE_WRITE
-CONT = 1 << 52  # PTE_CONT
-PXN = 1 << 53  # PTE_PXN
-UXN = 1 << 54  # PTE_UXN
-SW_DIRTY = 1 << 55  # PTE_DIRTY (software)
-SW_SPECIAL = 1 << 56  # PTE_SPECIAL (software)
-POINDEX_SHIFT = 60  # PTE_PO_IDX_0
-POINDEX_MASK = 0x7 << POINDEX_SHIFT  # PTE_PO_IDX_MASK = GENMASK(62, 60)
+VALID: Final = 1 << 0  # PTE_VALID
+TYPE: Final = 1 << 1  # PTE_TYPE_PAGE at level 3, PMD_TYPE_TABLE at levels 0-2
+ATTRINDX_SHIFT: Final = 2  # PTE_ATTRINDX(t)
+ATTRINDX_MASK: Final = 0x7 << ATTRINDX_SHIFT
+NS: Final = 1 << 5
+AP_SHIFT: Final = 6  # AP[2:1] in bits 7:6
+AP_MASK: Final = 0x3 << AP_SHIFT
+AP_USER: Final = 1 << 6  # PTE_USER: AP[1], EL0 access
+AP_RDONLY: Final = 1 << 7  # PTE_RDONLY: AP[2], read-only
+SH_SHIFT: Final = 8
+SH_MASK: Final = 0x3 << SH_SHIFT
+SH_INNER: Final = 0x3 << SH_SHIFT  # PTE_SHARED
+AF: Final = 1 << 10  # PTE_AF
+NG: Final = 1 << 11  # PTE_NG
+OA_MASK: Final = ((1 << 48) - 1) & ~0xFFF  # output address, bits 47:12
+GP: Final = 1 << 50  # PTE_GP (BTI guarded page)
+DBM: Final = 1 << 51  # PTE_DBM, Linux's PTE_WRITE
+CONT: Final = 1 << 52  # PTE_CONT
+PXN: Final = 1 << 53  # PTE_PXN
+UXN: Final = 1 << 54  # PTE_UXN
+SW_DIRTY: Final = 1 << 55  # PTE_DIRTY (software)
+SW_SPECIAL: Final = 1 << 56  # PTE_SPECIAL (software)
+POINDEX_SHIFT: Final = 60  # PTE_PO_IDX_0
+POINDEX_MASK: Final = 0x7 << POINDEX_SHIFT  # PTE_PO_IDX_MASK = GENMASK(62, 60)
 
 # Table descriptor attribute bits (hierarchical permissions).
-PXN_TABLE = 1 << 59
-UXN_TABLE = 1 << 60
-AP_TABLE_NO_EL0 = 1 << 61  # APTable[0]
-AP_TABLE_RDONLY = 1 << 62  # APTable[1]
-NS_TABLE = 1 << 63
+PXN_TABLE: Final = 1 << 59
+UXN_TABLE: Final = 1 << 60
+AP_TABLE_NO_EL0: Final = 1 << 61  # APTable[0]
+AP_TABLE_RDONLY: Final = 1 << 62  # APTable[1]
+NS_TABLE: Final = 1 << 63
 
-CONT_ENTRIES = 16
+CONT_ENTRIES: Final = 16
 
-LEVEL_SHIFT = {0: 39, 1: 30, 2: 21, 3: 12}
-LEVEL_NAME = {0: "pgd", 1: "pud", 2: "pmd", 3: "pte"}
-NAME_LEVEL = {v: k for k, v in LEVEL_NAME.items()}
-BLOCK_OA_MASK = {1: OA_MASK & ~((1 << 30) - 1), 2: OA_MASK & ~((1 << 21) - 1), 3: OA_MASK}
+LEVEL_SHIFT: Final = {0: 39, 1: 30, 2: 21, 3: 12}
+LEVEL_NAME: Final = {0: "pgd", 1: "pud", 2: "pmd", 3: "pte"}
+NAME_LEVEL: Final = {v: k for k, v in LEVEL_NAME.items()}
+BLOCK_OA_MASK: Final = {1: OA_MASK & ~((1 << 30) - 1), 2: OA_MASK & ~((1 << 21) - 1), 3: OA_MASK}
 
 
 class MemAttr(IntEnum):
@@ -392,25 +393,25 @@ class Descriptor:
 
 
 # APTable[1:0] (Arm ARM D8.4.1.2): what a table descriptor removes from the leaves below.
-AP_TABLE_EFFECT = (
+AP_TABLE_EFFECT: Final = (
     "no effect",
     "no EL0 data access below",
     "no write access below",
     "no write access and no EL0 data access below",
 )
 
-_SHAREABILITY = ("non-shareable", "reserved", "outer shareable", "inner shareable")
+_SHAREABILITY: Final = ("non-shareable", "reserved", "outer shareable", "inner shareable")
 
 # describe() key, bits, field name, words when set (a format of describe()'s words,
 # ``value`` being the key's own), words when clear (booleans only).
 _Row = tuple[str, str, str, str, str]
-_TABLE_ROWS: tuple[_Row, ...] = (
+_TABLE_ROWS: Final[tuple[_Row, ...]] = (
     ("pxn_table", "59", "PXNTable", "yes: nothing below is executable at EL1", "no"),
     ("uxn_table", "60", "UXNTable", "yes: nothing below is executable at EL0", "no"),
     ("ap_table", "62:61", "APTable", "{value:#04b}: {ap_table_effect}", ""),
     ("ns_table", "63", "NSTable", "yes: next level is non-secure", "no"),
 )
-_LEAF_ROWS: tuple[_Row, ...] = (
+_LEAF_ROWS: Final[tuple[_Row, ...]] = (
     ("attr_index", "4:2", "AttrIndx", "{value} ({memory_type})", ""),
     ("ns", "5", "NS", "yes: non-secure output address", "no"),
     (

@@ -10,12 +10,13 @@ i.e. ESR bit 38.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final
 
-EC_SHIFT = 26
-IL = 1 << 25
-WNR = 1 << 6
-ISS2_SHIFT = 32
-ISS2_OVERLAY = 1 << 6  # ESR_ELx_Overlay, within ISS2
+EC_SHIFT: Final = 26
+IL: Final = 1 << 25
+WNR: Final = 1 << 6
+ISS2_SHIFT: Final = 32
+ISS2_OVERLAY: Final = 1 << 6  # ESR_ELx_Overlay, within ISS2
 
 
 class EC(IntEnum):
@@ -26,7 +27,7 @@ class EC(IntEnum):
     DABT_CUR = 0x25
 
 
-EC_TEXT = {
+EC_TEXT: Final = {
     EC.UNKNOWN: "unknown reason",
     EC.IABT_LOW: "instruction abort from a lower exception level",
     EC.IABT_CUR: "instruction abort from the current exception level",
@@ -44,7 +45,7 @@ class FaultKind(IntEnum):
     PERMISSION = 0x0C
 
 
-FSC_TEXT = {
+FSC_TEXT: Final = {
     FaultKind.ADDRESS_SIZE: "address size fault",
     FaultKind.TRANSLATION: "translation fault",
     FaultKind.ACCESS_FLAG: "access flag fault",
@@ -69,7 +70,7 @@ def make_esr(
 
 
 # Linux's esr_class_str() (arch/arm64/kernel/traps.c), as "EC = 0x25: DABT (current EL)".
-EC_NAMES = {
+EC_NAMES: Final = {
     0x00: "Unknown/Uncategorized",
     0x01: "WFx",
     0x03: "CP15 MCR/MRC",
@@ -117,7 +118,7 @@ EC_NAMES = {
 }
 
 # Fault status codes other than the level-indexed families 0x00-0x0F (Arm ARM, DFSC/IFSC).
-_FSC_OTHER = {
+_FSC_OTHER: Final = {
     0x10: "synchronous external abort, not on a table walk",
     0x11: "synchronous tag check fault",
     0x13: "synchronous external abort on a level -1 table walk",
@@ -195,7 +196,7 @@ def _fsc_text(code: int) -> str:
 
 # decode_esr() key, bits, field name, words when set (a format of decode_esr()'s
 # words, ``value`` being the key's own), words when clear (booleans only).
-_ESR_ROWS: tuple[tuple[str, str, str, str, str], ...] = (
+_ESR_ROWS: Final[tuple[tuple[str, str, str, str, str], ...]] = (
     ("raw", "63:0", "raw", "{value}", ""),
     ("ec", "31:26", "EC", "{value}: {ec_name}, {exception_class}", ""),
     ("il", "25", "IL", "yes: 32-bit instruction", "no: 16-bit instruction"),

@@ -22,14 +22,14 @@ from __future__ import annotations
 import contextlib
 import mmap
 import weakref
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
 ARENA_BYTES = 32 << 20
 #: at most this many dead arenas are kept for reuse (1 GiB of host memory)
-POOL_ARENAS = 32
-_ROW = 4096
+POOL_ARENAS: Final = 32
+_ROW: Final = 4096
 _POOL: list[mmap.mmap] = []
 
 

@@ -17,7 +17,7 @@ Left out: 52-bit VA, TTBR-level ASID/VMID nuances beyond one ASID per TTBR0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -26,18 +26,18 @@ from kpsim.hw.arm64.esr import FaultKind
 from kpsim.hw.arm64.fault import Fault
 from kpsim.hw.physmem import PhysicalMemory
 
-VA_BITS = 48
-USER_VA_END = 1 << VA_BITS
-KERNEL_VA_START = (1 << 64) - (1 << VA_BITS)
-_LEVELS = ((0, 39), (1, 30), (2, 21), (3, 12))
-_TABLE_LEVELS = ((0, 39), (1, 30), (2, 21))
-_STRIP = d.AP_TABLE_RDONLY | d.AP_TABLE_NO_EL0 | d.PXN_TABLE | d.UXN_TABLE
-_TRANSLATION = int(FaultKind.TRANSLATION)
-_ACCESS_FLAG = int(FaultKind.ACCESS_FLAG)
-_OA = d.OA_MASK
-_AF = d.AF
-_PAGE_OK = d.VALID | d.TYPE | d.AF
-_BLOCK_OA = (0, d.BLOCK_OA_MASK[1], d.BLOCK_OA_MASK[2], d.BLOCK_OA_MASK[3])
+VA_BITS: Final = 48
+USER_VA_END: Final = 1 << VA_BITS
+KERNEL_VA_START: Final = (1 << 64) - (1 << VA_BITS)
+_LEVELS: Final = ((0, 39), (1, 30), (2, 21), (3, 12))
+_TABLE_LEVELS: Final = ((0, 39), (1, 30), (2, 21))
+_STRIP: Final = d.AP_TABLE_RDONLY | d.AP_TABLE_NO_EL0 | d.PXN_TABLE | d.UXN_TABLE
+_TRANSLATION: Final = int(FaultKind.TRANSLATION)
+_ACCESS_FLAG: Final = int(FaultKind.ACCESS_FLAG)
+_OA: Final = d.OA_MASK
+_AF: Final = d.AF
+_PAGE_OK: Final = d.VALID | d.TYPE | d.AF
+_BLOCK_OA: Final = (0, d.BLOCK_OA_MASK[1], d.BLOCK_OA_MASK[2], d.BLOCK_OA_MASK[3])
 #: A leaf as the TLB caches it: (page_pa, perm_el1, perm_el0, po_index, level, desc).
 LeafEntry = tuple[int, int, int, int, int, int]
 
@@ -70,9 +70,9 @@ def _perm_table() -> tuple[tuple[int, int], ...]:
 
 
 #: (EL1, EL0) rights for every combination of the bits that decide them (D8.4.1.2).
-PERMS = _perm_table()
-PERMS_EL1 = np.array([p[0] for p in PERMS], dtype=np.int64)
-PERMS_EL0 = np.array([p[1] for p in PERMS], dtype=np.int64)
+PERMS: Final = _perm_table()
+PERMS_EL1: Final = np.array([p[0] for p in PERMS], dtype=np.int64)
+PERMS_EL0: Final = np.array([p[1] for p in PERMS], dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)

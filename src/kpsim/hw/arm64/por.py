@@ -8,23 +8,25 @@ Models the Arm ARM register description and Linux's helpers in
 
 from __future__ import annotations
 
+from typing import Final
+
 from kpsim.errors import InputError
 from kpsim.hw.arm64.descriptors import perm_str
 
-POR_ELX_BITS_PER_IDX = 4
-POE_MASK = 0xF
-POE_NONE = 0x0
-POE_R = 0x1
-POE_X = 0x2
-POE_RX = 0x3
-POE_W = 0x4
-POE_RW = 0x5
-POE_WX = 0x6
-POE_RWX = 0x7
-ARCH_MAX_PKEY = 8
-POR_FIELDS = 16
+POR_ELX_BITS_PER_IDX: Final = 4
+POE_MASK: Final = 0xF
+POE_NONE: Final = 0x0
+POE_R: Final = 0x1
+POE_X: Final = 0x2
+POE_RX: Final = 0x3
+POE_W: Final = 0x4
+POE_RW: Final = 0x5
+POE_WX: Final = 0x6
+POE_RWX: Final = 0x7
+ARCH_MAX_PKEY: Final = 8
+POR_FIELDS: Final = 16
 
-POE_NAMES = {
+POE_NAMES: Final = {
     POE_NONE: "NONE",
     POE_R: "R",
     POE_X: "X",

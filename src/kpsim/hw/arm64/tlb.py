@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -53,10 +53,10 @@ from kpsim.hw.arm64.descriptors import CONT, LEVEL_SHIFT, OA_MASK
 from kpsim.hw.arm64.mmu import KERNEL_VA_START, USER_VA_END, LeafEntry, walk_entry_wc
 from kpsim.hw.physmem import PhysicalMemory
 
-ASID_SHIFT = 52  # above every page number of a 64-bit VA (va >> 12 < 2**52)
-VPN_MASK = (1 << ASID_SHIFT) - 1
-USER_VPN_END = USER_VA_END >> 12
-SPAN_SHIFTS = (16, 21, 25, 30, 34)  # 64K contPTE, 2M, 32M contPMD, 1G, 16G contPUD
+ASID_SHIFT: Final = 52  # above every page number of a 64-bit VA (va >> 12 < 2**52)
+VPN_MASK: Final = (1 << ASID_SHIFT) - 1
+USER_VPN_END: Final = USER_VA_END >> 12
+SPAN_SHIFTS: Final = (16, 21, 25, 30, 34)  # 64K contPTE, 2M, 32M contPMD, 1G, 16G contPUD
 
 TlbEntry = tuple[int, int, int, int, int, int, Any]
 #: A walk-cache entry: (level-3 table pa, the table bits gathered above it)
