@@ -20,8 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+PHASES: dict[str, float] = {}  # seconds spent in mypyc (type check, IR, C) and in gcc
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
+#: Object files by what they were compiled from (an edit recompiles only the C files it
+#: changed: usually the edited module's, plus the headers' dependants when declarations
+#: changed).
+OBJ_CACHE = ROOT / "build" / "core-objcache"
 
 
 def _load_core():  # type: ignore[no-untyped-def]
@@ -60,6 +65,34 @@ def _fds_to(path: Path):  # type: ignore[no-untyped-def]
             os.close(saved[1])
 
 
+def _object_key(src: str, args: list[str]) -> str:
+    """What an object file depends on: its C file, every header mypyc generated beside
+    it, the mypyc version (its runtime headers) and the compiler arguments."""
+    import hashlib
+
+    import mypyc
+
+    h = hashlib.sha256()
+    h.update(Path(src).read_bytes())
+    for hdr in sorted(Path(src).parent.glob("*.h")):
+        h.update(hdr.name.encode() + b"\0" + hdr.read_bytes())
+    h.update(repr((getattr(mypyc, "__file__", ""), _mypy_version(), args)).encode())
+    return h.hexdigest()
+
+
+def _mypy_version() -> str:
+    from mypy.version import __version__
+
+    return str(__version__)
+
+
+def _prune_cache(keep: int = 300) -> None:
+    """Keep the ``keep`` most recently written cached objects."""
+    files = sorted(OBJ_CACHE.glob("*.o"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for f in files[keep:]:
+        f.unlink(missing_ok=True)
+
+
 def _parallel_compile(jobs: int) -> None:
     """Compile an extension's C files ``jobs`` at a time (distutils compiles them one by
     one; mypyc's shared library is one extension of many files)."""
@@ -76,7 +109,17 @@ def _parallel_compile(jobs: int) -> None:
 
         def one(obj: str) -> None:
             src, ext = build[obj]
+            key = _object_key(src, [*cc_args, *extra, *pp_opts])
+            cached = OBJ_CACHE / f"{key}.o"
+            if cached.is_file():
+                Path(obj).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(cached, obj)
+                PHASES["cached_objects"] = PHASES.get("cached_objects", 0) + 1
+                return
             self._compile(obj, src, ext, cc_args, extra, pp_opts)
+            OBJ_CACHE.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(obj, cached.with_suffix(".tmp"))
+            cached.with_suffix(".tmp").rename(cached)
 
         with ThreadPoolExecutor(jobs) as pool:
             list(pool.map(one, objects))
@@ -99,6 +142,7 @@ def build(core, opt: str, jobs: int, log: Path) -> dict[str, str]:  # type: igno
     os.chdir(SRC)
     try:
         with _fds_to(log):
+            t0 = time.monotonic()
             ext = mypycify(
                 paths,
                 opt_level=opt,
@@ -106,6 +150,7 @@ def build(core, opt: str, jobs: int, log: Path) -> dict[str, str]:  # type: igno
                 target_dir=str(tmp / "c"),
                 multi_file=True,
             )
+            t1 = time.monotonic()
             dist = Distribution({"name": "kpsim-core", "ext_modules": ext})
             dist.script_name = "build_core.py"
             dist.script_args = [
@@ -119,6 +164,7 @@ def build(core, opt: str, jobs: int, log: Path) -> dict[str, str]:  # type: igno
             ]
             dist.parse_command_line()
             dist.run_commands()
+            PHASES.update(mypyc=round(t1 - t0, 1), cc=round(time.monotonic() - t1, 1))
     finally:
         os.chdir(cwd)
     return {
@@ -164,7 +210,13 @@ def main() -> int:
     seconds = time.monotonic() - t0
     (lib / core.MANIFEST).write_text(
         json.dumps(
-            {"digest": digest, "modules": modules, "opt": args.opt, "seconds": round(seconds, 1)},
+            {
+                "digest": digest,
+                "modules": modules,
+                "opt": args.opt,
+                "seconds": round(seconds, 1),
+                "phases": PHASES,
+            },
             indent=1,
         )
     )
@@ -173,9 +225,13 @@ def main() -> int:
     if out.exists():
         out.rename(old)
     lib.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    _prune_cache()
     shutil.rmtree(ROOT / "build" / "core.tmp", ignore_errors=True)
-    print(f"kpsim: compiled core built in {seconds:.1f} s ({len(core.COMPILED)} modules)")
+    shutil.rmtree(old, ignore_errors=True)
+    print(
+        f"kpsim: compiled core built in {seconds:.1f} s ({len(core.COMPILED)} modules; "
+        f"mypyc {PHASES.get('mypyc', 0):.1f} s, gcc -O{args.opt} {PHASES.get('cc', 0):.1f} s)"
+    )
     return 0
 
 
