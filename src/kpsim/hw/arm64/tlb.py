@@ -247,8 +247,8 @@ class Tlb:
         runs = self.bulk.get(tag)
         if runs is None:
             runs = self.bulk[tag] = {}
-        lo, hi = int(regions[0]), int(regions[-1])
-        if lo == hi:
+        lo = int(regions[0])
+        if bool((regions == lo).all()):  # one region (pages come in any order)
             groups = [(lo, slice(None))]
         else:
             cuts = [0, *(np.flatnonzero(regions[1:] != regions[:-1]) + 1).tolist(), len(v)]
