@@ -43,3 +43,13 @@ def test_soak_seed_0_without_injection_is_clean(capsys) -> None:
     """The soak of the control above, seed 0, no injection: no violation (it found a
     TLB bulk fill that filed a page under another 2 MiB region, tests/hw/test_tlb_bulk.py)."""
     assert main(["audit", "--workload", "soak", "--ops", "300", "--memory", "512M"]) == 0
+
+
+def test_explore_under_injection_counts_enomem_not_violations(capsys) -> None:
+    """kpsim explore with failing allocations: the explored paths fail with -ENOMEM
+    (counted), never a model error, and the protection checks still pass (exit 0)."""
+    argv = ["explore", "--schedules", "150", "--json", "--fail-page-alloc", "1,20,0,-1",
+            "--fail-pagetable-alloc", "1,20,0,-1"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "model-error" not in out

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kpsim.audit.invariants import audit, linear_pkey, protected_cache_pfns
-from kpsim.errors import AccessFault, InputError, KpsimError
+from kpsim.errors import AccessFault, InputError, KpsimError, OutOfMemory
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.kpkeys.context import kpkeys_guard
 from kpsim.kpkeys.pba import PBA_NR_RESERVED_PAGES, PkeysBlockAllocator
@@ -194,13 +194,20 @@ class Explorer:
     def _boot(self) -> Machine:
         self.held: list[int] = []
         m = Machine.boot(self._machine_config())
+        fi = m.k.fault_inject
+        if fi is not None:
+            with fi.suspended():  # the explorer's own set-up is not under test
+                return self._set_up(m)
+        return self._set_up(m)
+
+    def _set_up(self, m: Machine) -> Machine:
         self.m = m
         self.boots += 1
         arch = m.arch
         arch.set_disabled(self.cfg.disabled)
         k = m.k
         spare = k.page_alloc.alloc_pages(GFP_KERNEL, 0)
-        assert spare is not None
+        spare = _need(spare)
         self.spare = spare
         # A live kernel table: the one holding the linear map's leaf entry for ``spare``
         # (the guarded writes of injected code write that entry back unchanged).
@@ -233,7 +240,7 @@ class Explorer:
         assert isinstance(pba, PkeysBlockAllocator)
         while len(pba.cache) > PBA_NR_RESERVED_PAGES:
             pfn = pba.pba_pgtable_alloc(GFP_KERNEL)
-            assert pfn is not None
+            pfn = _need(pfn)
             self.held.append(pfn)
         self.blocks = []
         for _ in range(3):
@@ -407,7 +414,7 @@ class Explorer:
             tables = []
             for _ in range(2):
                 t = k.pgtable.alloc_table(GFP_PGTABLE_KERNEL, 3, "kernel")
-                assert t is not None
+                t = _need(t)
                 tables.append(t)
                 self._live.append(t)
             self._hook("step:free")
@@ -426,7 +433,7 @@ class Explorer:
         # The page about to become a table is first used as data on cpu1 (its TLB now
         # holds the pkey-0 translation that the keying's TLB flush must remove).
         pfn = k.page_alloc.alloc_pages(GFP_KERNEL, 0)
-        assert pfn is not None
+        pfn = _need(pfn)
         with arch.on_cpu(1):
             arch.cpu.store(arch.page_to_virt(pfn), 0x5A)
         k.page_alloc.free_pages(pfn, 0)
@@ -435,7 +442,7 @@ class Explorer:
             arch.explore_hook = self._hook
         try:
             t = k.pgtable.alloc_table(GFP_PGTABLE_KERNEL, 3, "kernel")
-            assert t is not None
+            t = _need(t)
             self._live = [t]
             self._hook("step:lazy-section")
             base = arch.page_to_virt(t)
@@ -480,6 +487,11 @@ class Explorer:
             self._workload()
         except AccessFault as err:
             out.violations.append(Violation("legitimate-write-faulted", str(err.fault)))
+        except OutOfMemory as err:
+            if m.k.fault_inject is None:  # only an injected failure may end a step here
+                out.violations.append(Violation("model-error", f"OutOfMemory: {err}"))
+            else:
+                m.k.counters["explore_enomem"] += 1  # the path failed cleanly: audited below
         except (KpsimError, AssertionError) as err:
             out.violations.append(Violation("model-error", f"{type(err).__name__}: {err}"))
         finally:
@@ -721,3 +733,10 @@ def parse_schedule(text: str, file: str) -> tuple[ExploreConfig, Schedule]:
     except ConfigError as err:
         raise InputError(err.problem, file=file) from None
     return ExploreConfig(mc, workload, frozenset(disabled)), tuple(sorted(sched))
+
+
+def _need(pfn: int | None) -> int:
+    """An allocation the explored path needs: None is -ENOMEM (fault injection)."""
+    if pfn is None:
+        raise OutOfMemory("an allocation of the explored path failed")
+    return pfn
