@@ -515,17 +515,7 @@ def reproduce(
     """
     tbl = load_table(table) if isinstance(table, str) else table
     spec = FitSpec(fit_rows=fit_spec) if isinstance(fit_spec, str) else fit_spec
-    counts: dict[str, dict[str, Counts]] = {}
-    for row in tbl.rows:
-        for mode in MODES:
-            got = counts_provider(row, mode)
-            if got is None:
-                continue
-            if "on" not in got or "off" not in got:
-                raise CountsError(f"counts provider, row {row.key} ({mode}): need 'on' and 'off'")
-            rc = counts.setdefault(row.key, {})
-            rc[f"on_{mode}"], rc[f"off_{mode}"] = got["on"], got["off"]
-    return fit(tbl, counts, spec)
+    return fit(tbl, collect_counts(counts_provider, tbl), spec)
 
 
 def evaluate(table: PublishedTable, counts: Mapping[str, RowCounts], costs: CostTable) -> FitResult:
