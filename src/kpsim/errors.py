@@ -8,6 +8,7 @@ access API.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -59,3 +60,16 @@ class AccessFault(KpsimError):
     def __init__(self, fault: Any) -> None:
         self.fault = fault
         super().__init__(str(fault))
+
+
+def read_input_text(path: str | os.PathLike[str], what: str) -> str:
+    """The UTF-8 text of the user's input file at ``path``; ``what`` names the kind of
+    file in the one-line :class:`InputError` for a file that cannot be read or is not
+    UTF-8 ("cannot read scenario: ...", "scenario is not UTF-8 text (...)")."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as err:
+        raise InputError(f"cannot read {what}: {err.strerror or err}", file=str(path)) from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{what} is not UTF-8 text ({err.reason})", file=str(path)) from None

@@ -30,7 +30,7 @@ from kpsim.engine.explore import (
     parse_schedule,
     schedule_text,
 )
-from kpsim.errors import InputError
+from kpsim.errors import InputError, read_input_text
 
 DEFAULT_SAVE = "explore-violation.sched"
 
@@ -227,12 +227,7 @@ def _print(doc: dict[str, Any]) -> None:
 
 def _replay(args: argparse.Namespace) -> int:
     path = Path(args.replay)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"cannot read schedule: {err.strerror or err}", file=str(path)) from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"schedule is not UTF-8 text ({err.reason})", file=str(path)) from None
+    text = read_input_text(path, "schedule")
     cfg, schedule = parse_schedule(text, str(path))
     ex = Explorer(cfg)
     points = ex.points()

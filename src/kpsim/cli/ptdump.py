@@ -11,12 +11,11 @@ import argparse
 import dataclasses
 import difflib
 import sys
-from pathlib import Path
 from typing import Any
 
 from kpsim.cli.common import add_json, emit_json, on_terminal, progress_bar, warn_unsafe
 from kpsim.cli.machine_opts import add_machine_options
-from kpsim.errors import InputError
+from kpsim.errors import InputError, read_input_text
 from kpsim.report.ptdump import REGION_NAMES, REGIONS, ptdump, ptdump_json, ptdump_text
 
 OPTION_FIELDS = (
@@ -145,12 +144,7 @@ def _dump_lines(args: argparse.Namespace, path: str) -> list[str]:
     """A dump's lines: a scenario file is run and dumped, anything else read as text."""
     if path.endswith(".toml"):
         return ptdump_text(ptdump(machine_after(args, path), args.region, args.pkey)).splitlines()
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise InputError(f"cannot read dump: {err.strerror or err}", file=path) from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"dump is not UTF-8 text ({err.reason})", file=path) from None
+    lines = read_input_text(path, "dump").splitlines()
     if not any(line.startswith("---[ ") for line in lines):
         raise InputError("not a kernel_page_tables dump (no ---[ marker ]--- line)", file=path)
     return _select_text(lines, args.region, path)

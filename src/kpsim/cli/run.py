@@ -38,7 +38,7 @@ from kpsim.engine.job import (
     execute,
     split_details,
 )
-from kpsim.errors import InputError
+from kpsim.errors import InputError, read_input_text
 from kpsim.machine.scenario import Scenario, machine_config, parse_scenario
 from kpsim.machine.scenario_text import parse_workload_option, scenario_toml
 
@@ -110,12 +110,7 @@ def _load(args: argparse.Namespace) -> tuple[Scenario, str]:
             return s, scenario_toml(s)
         return parse_scenario(DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME), DEFAULT_SCENARIO
     path = Path(args.scenario)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"cannot read scenario: {err.strerror or err}", file=str(path)) from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"scenario is not UTF-8 text ({err.reason})", file=str(path)) from None
+    text = read_input_text(path, "scenario")
     s = parse_scenario(text, str(path))
     return (dataclasses.replace(s, workloads=options), text) if options else (s, text)
 

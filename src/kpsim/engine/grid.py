@@ -48,7 +48,7 @@ from typing import Any
 import tomli_w
 
 from kpsim.engine.job import AUDIT_MODES
-from kpsim.errors import InputError
+from kpsim.errors import InputError, read_input_text
 from kpsim.machine.scenario import (
     KERNEL_FIELDS,
     MACHINE_FIELDS,
@@ -93,14 +93,7 @@ class Grid:
 
 def load_grid(path: str | Path) -> Grid:
     """Read and validate the grid file at ``path``."""
-    name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"cannot read grid: {err.strerror or err}", file=name) from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"grid is not UTF-8 text ({err.reason})", file=name) from None
-    return parse_grid(text, name)
+    return parse_grid(read_input_text(path, "grid"), str(path))
 
 
 def parse_grid(text: str, path: str = "<grid>") -> Grid:

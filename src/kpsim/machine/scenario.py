@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kpsim.errors import ConfigError, InputError
+from kpsim.errors import ConfigError, InputError, read_input_text
 from kpsim.hw.arm64.system import MAX_CPUS
 from kpsim.machine.config import (
     ALLOCATORS,
@@ -415,14 +415,7 @@ def _culprit(fields: Mapping[str, Any]) -> str | None:
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate the scenario file at ``path``."""
-    name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"cannot read scenario: {err.strerror or err}", file=name) from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"scenario is not UTF-8 text ({err.reason})", file=name) from None
-    return parse_scenario(text, name)
+    return parse_scenario(read_input_text(path, "scenario"), str(path))
 
 
 def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from kpsim.errors import InputError, KpsimError
+from kpsim.errors import InputError, KpsimError, read_input_text
 from kpsim.machine.scenario import TomlDoc, parse_toml
 
 __all__ = [
@@ -207,12 +207,7 @@ def load_costs(path: str | Path | None = None, base: CostTable | None = None) ->
     table = default_costs() if base is None else base
     if path is None:
         return table
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"cannot read cost file: {err.strerror or err}", file=str(path)) from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"cost file is not UTF-8 text ({err.reason})", file=str(path)) from None
+    text = read_input_text(path, "cost file")
     return table.replace(parse_cost_overrides(text, str(path), table.names), "override")
 
 
