@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from kpsim.cli.arch_opts import add_arch_option
 from kpsim.cli.common import add_json, console, emit_json
 from kpsim.cli.host_verbs import EXIT_FOUND, EXIT_OK, fail
 from kpsim.workloads.host import (
@@ -80,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="start the model from an empty process, not from a copy of the host "
         "child's address space (kernel-placed mappings then land elsewhere)",
     )
+    add_arch_option(p)
     add_json(p)
     p.set_defaults(func=run)
 

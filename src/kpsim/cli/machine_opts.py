@@ -1,8 +1,9 @@
 """Machine options shared by every verb that boots a machine (written once, here).
 
-``--memory SIZE``, ``--cpus N``, ``--no-poe``, ``--linear-map pte|block``, ``--seed N``,
-``--hardened-pgtables/--no-hardened-pgtables``, ``--allocator NAME``,
-``--batching/--no-batching``, ``--allow-unsafe-split``, ``--series NAME``;
+``--arch arm64|x86``, ``--memory SIZE``, ``--cpus N``, ``--no-poe``,
+``--linear-map pte|block``, ``--seed N``, ``--hardened-pgtables/--no-hardened-pgtables``,
+``--allocator NAME``, ``--batching/--no-batching``, ``--allow-unsafe-split``,
+``--series NAME``;
 :func:`boot_from_args` turns them into a booted :class:`~kpsim.machine.boot.Machine`.
 Validation is the ``MachineConfig``'s: a bad value is a ``ConfigError``, which
 ``kpsim`` reports on one line with exit status 2.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from kpsim.cli.arch_opts import add_arch_option
 from kpsim.cli.common import int_arg, on_terminal, progress_bar, warn_unsafe
 from kpsim.machine.boot import Machine
 from kpsim.machine.config import ALLOCATORS, MachineConfig
@@ -29,6 +31,7 @@ def add_machine_options(p: argparse.ArgumentParser, *, scenario: bool = False) -
         return "(default: the scenario's)" if scenario else f"(default {text})"
 
     g = p.add_argument_group("machine")
+    add_arch_option(g, scenario=scenario)
     g.add_argument("--memory", default="4G", metavar="SIZE", help=f"RAM size {dflt('4G')}")
     g.add_argument("--cpus", type=int_arg, default=2, metavar="N", help=f"CPUs {dflt('2')}")
     g.add_argument("--no-poe", dest="poe", action="store_false", help="CPUs without FEAT_S1POE")

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from kpsim.cli.arch_opts import check_arch
 from kpsim.errors import InputError, OutOfMemory
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
@@ -85,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("kpsim: error: no VERB given (kpsim --help lists them)\n")
         return EXIT_USAGE
     try:
+        check_arch(args.verb, getattr(args, "arch", None))
         status: int = args.func(args)
     except InputError as err:
         sys.stderr.write(f"kpsim {args.verb}: {_one_line(str(err))}\n")

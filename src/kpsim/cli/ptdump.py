@@ -19,6 +19,7 @@ from kpsim.errors import InputError, read_input_text
 from kpsim.report.ptdump import REGION_NAMES, REGIONS, ptdump, ptdump_json, ptdump_text
 
 OPTION_FIELDS = (
+    "arch",
     "memory",
     "cpus",
     "poe",

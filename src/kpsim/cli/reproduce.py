@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kpsim.cli.arch_opts import add_arch_option
 from kpsim.cli.common import add_json, check_writable, console, emit_json, int_arg
 from kpsim.errors import InputError
 from kpsim.events import Counters
@@ -273,6 +274,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="N",
         help="kernbench compiler runs (default 8)",
     )
+    add_arch_option(p)
     add_json(p)
     p.set_defaults(func=run)
 

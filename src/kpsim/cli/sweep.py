@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kpsim.cli.arch_opts import add_arch_option
 from kpsim.cli.common import add_json, console, emit_json, int_arg
 from kpsim.errors import InputError
 
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dask", metavar="ADDRESS", help="run on this Dask scheduler instead")
     p.add_argument("--parquet", metavar="FILE", help="then export the results as Parquet")
     p.add_argument("--csv", metavar="FILE", help="then export the results as CSV")
+    add_arch_option(p, scenario=True)
     add_json(p)
     p.set_defaults(func=run)
 

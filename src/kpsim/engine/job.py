@@ -129,6 +129,7 @@ pages = 16
 
 #: The machine and kernel fields a caller may override (``kpsim run``'s options).
 OPTION_FIELDS = (
+    "arch",
     "memory",
     "cpus",
     "poe",

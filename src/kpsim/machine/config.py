@@ -11,6 +11,8 @@ from kpsim.mm.kpkeys_series import DEFAULT_SERIES, SERIES, SERIES_NAMES
 from kpsim.units import SZ_1G, SZ_2M, format_size, parse_size
 
 LINEAR_MAP_POLICIES = ("pte", "block")
+#: the simulated architectures (``kpsim --arch``, a scenario's ``[machine] arch``)
+ARCHES: tuple[str, ...] = ("arm64", "x86")
 ALLOCATORS: tuple[str, ...] = ("minimal", "pba", "grouped", "reserve")
 MIN_MEMORY = 256 << 20
 MAX_MEMORY = 1 << 47  # the 48-bit linear map covers 128 TiB

@@ -4,7 +4,7 @@ Models nothing in Linux; this is kpsim's input format (issue 7, item 1). A scena
 a TOML file::
 
     seed = 1
-    [machine]          # memory (size), cpus (1..256), poe (bool)
+    [machine]          # arch ("arm64" | "x86"), memory (size), cpus (1..256), poe (bool)
     [kernel]           # linear_map, hardened_pgtables, allocator, batching, pt_reclaim,
                        # allow_unsafe_split, series (v4..v8, enter-leave)
     [[workload]]       # name = "...", then the workload's own parameters
@@ -37,6 +37,7 @@ from kpsim.errors import ConfigError, InputError, read_input_text
 from kpsim.hw.arm64.system import MAX_CPUS
 from kpsim.machine.config import (
     ALLOCATORS,
+    ARCHES,
     LINEAR_MAP_POLICIES,
     MAX_MEMORY,
     MIN_MEMORY,
@@ -65,7 +66,7 @@ __all__ = [
 KeyPath = tuple[str | int, ...]
 
 LINEAR_MAPS = LINEAR_MAP_POLICIES
-MACHINE_FIELDS = ("memory", "cpus", "poe")
+MACHINE_FIELDS = ("arch", "memory", "cpus", "poe")
 KERNEL_FIELDS = (
     "linear_map",
     "hardened_pgtables",
@@ -392,6 +393,12 @@ def machine_config(s: Scenario, overrides: Mapping[str, Any] | None = None) -> M
     over = dict(overrides or {})
     fields: dict[str, Any] = {**s.machine, **s.kernel, "seed": s.seed}
     fields.update(over)
+    no_x86 = "arch" not in MachineConfig.__dataclass_fields__  # until the x86 machine exists
+    if no_x86 and fields.pop("arch", "arm64") != "arm64":
+        problem = "x86: the x86 machine (arch/x86 and the boot dispatch) is not built yet"
+        if "arch" in over or s.section("arch") is None:
+            raise ConfigError(problem)
+        raise s.error("arch", problem, config=True)
     try:
         return MachineConfig(**fields)
     except ConfigError as err:
@@ -482,6 +489,8 @@ def _machine(doc: TomlDoc) -> dict[str, Any]:
     table = _table(doc, "machine")
     _reject_unknown(doc, ("machine",), table, MACHINE_FIELDS, "[machine]")
     out: dict[str, Any] = {}
+    if "arch" in table:
+        out["arch"] = _choice(doc, ("machine", "arch"), "[machine] arch", table["arch"], ARCHES)
     if "memory" in table:
         out["memory"] = _memory(doc, table["memory"])
     if "cpus" in table:
