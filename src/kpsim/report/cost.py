@@ -28,6 +28,7 @@ from kpsim.errors import InputError, KpsimError, read_input_text
 from kpsim.machine.scenario import TomlDoc, parse_toml
 
 __all__ = [
+    "ARCH_COSTS",
     "EVENTS",
     "SOURCES",
     "CostEntry",
@@ -65,6 +66,8 @@ STATUSES: Final[tuple[str, ...]] = ("unknown", "definition", "override", "fitted
 #: or the counter's definition.
 SOURCES: Final[tuple[str, ...]] = ("cited", "derived", "host", "assumed", "definition")
 _DEFAULTS_NAME: Final = "kpsim/report/data/costs.toml"
+#: each non-arm64 architecture's prior file, laid over costs.toml (issue 18, item 5)
+ARCH_COSTS: Final[dict[str, str]] = {"x86": "costs-x86.toml"}
 _DEFAULT_FIELDS: Final = frozenset({"cycles", "status", "source", "ref", "history"})
 _BARE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -124,11 +127,20 @@ class CostTable:
         return CostTable(MappingProxyType(entries))
 
 
-@lru_cache(maxsize=1)
-def default_costs() -> CostTable:
-    """The shipped defaults (``report/data/costs.toml``)."""
+@lru_cache(maxsize=4)
+def default_costs(arch: str = "arm64") -> CostTable:
+    """The shipped priors (``report/data/costs.toml``); for another architecture,
+    those with its own file laid over them (``costs-x86.toml``: :data:`ARCH_COSTS`)."""
     text = resources.files("kpsim.report").joinpath("data", "costs.toml").read_text("utf-8")
-    return parse_defaults(text, _DEFAULTS_NAME)
+    base = parse_defaults(text, _DEFAULTS_NAME)
+    if arch == "arm64":
+        return base
+    if arch not in ARCH_COSTS:
+        raise KpsimError(f"no cost priors for architecture {arch!r}")
+    name = ARCH_COSTS[arch]
+    text = resources.files("kpsim.report").joinpath("data", name).read_text("utf-8")
+    over = parse_defaults(text, f"kpsim/report/data/{name}")
+    return CostTable(MappingProxyType({**base.entries, **over.entries}))
 
 
 def parse_defaults(text: str, file: str) -> CostTable:
