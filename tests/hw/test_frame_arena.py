@@ -56,3 +56,29 @@ def test_a_dead_arena_is_reused_zeroed_and_a_live_one_never(monkeypatch) -> None
     fresh = [other.take_one() for _ in range(3)] + list(other.take(1))
     assert frame_arena.pooled_arenas() == 0  # taken from the pool
     assert all(not f.any() for f in fresh)  # written before, zeroed now
+
+
+def test_unwritten_rows_hold_no_host_memory_before_or_after_reuse(monkeypatch) -> None:
+    """Rows handed out but never written stay non-resident (mincore), also when their
+    arena is reused; the written ones are resident (negative control) and come back zero."""
+    gc.collect()
+    monkeypatch.setattr(frame_arena, "ARENA_BYTES", 64 * 4096)
+    monkeypatch.setattr(frame_arena, "_POOL", [])
+    arena = FrameArena()
+    rows = list(arena.take(64))
+    for f in rows[::8]:
+        f[:] = 0xAB
+    buf = rows[0].base.base  # the arena's mmap, through the flat array
+    if frame_arena._MINCORE is None:  # the host cannot tell: every row counts as written
+        assert frame_arena.resident_rows(buf).all()
+        return
+    expect = np.zeros(64, dtype=bool)
+    expect[::8] = True
+    assert (frame_arena.resident_rows(buf) == expect).all()
+    del rows, f, arena  # the arena holds its current block too
+    gc.collect()
+    assert frame_arena.pooled_arenas() == 1
+    again = FrameArena()
+    reused = list(again.take(32)) + [again.take_one() for _ in range(32)]
+    assert (frame_arena.resident_rows(buf) == expect).all()  # only the written ones
+    assert all(not f.any() for f in reused)  # (reading maps the host's zero page)
