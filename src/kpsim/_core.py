@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-#: The modules mypyc compiles (the hot paths: hardware model and the user mm's fault,
-#: zap and fork paths).
+#: The modules mypyc compiles (the hot paths: hardware model, the user mm's fault, zap
+#: and fork paths, and the arm64 arch layer between them).
 COMPILED: tuple[str, ...] = (
     "kpsim.hw.physmem",
     "kpsim.hw.arm64.descriptors",
@@ -54,12 +54,26 @@ COMPILED: tuple[str, ...] = (
     "kpsim.mm.page_alloc",
     "kpsim.mm.pgtable",
     "kpsim.mm.process",
+    "kpsim.arch.arm64.arch",
+    "kpsim.arch.arm64.base",
+    "kpsim.arch.arm64.entry",
+    "kpsim.arch.arm64.kpkeys",
+    "kpsim.arch.arm64.lazy_mmu",
+    "kpsim.arch.arm64.linear_map_stats",
+    "kpsim.arch.arm64.memory",
+    "kpsim.arch.arm64.mmu",
+    "kpsim.arch.arm64.pageattr",
+    "kpsim.arch.arm64.pgtable",
+    "kpsim.arch.arm64.pgtable_user",
+    "kpsim.arch.arm64.setup",
+    "kpsim.arch.arm64.tlbflush",
+    "kpsim.arch.arm64.vmalloc_arch",
 )
 
 #: Directories (relative to ``src/kpsim``) and files whose sources the digest covers: the
 #: compiled modules and everything they import (mypyc may inline another module's
 #: ``Final`` constants, so an edit there also makes the build stale).
-SOURCE_DIRS: tuple[str, ...] = ("hw", "mm")
+SOURCE_DIRS: tuple[str, ...] = ("hw", "mm", "arch/arm64")
 SOURCE_FILES: tuple[str, ...] = ("errors.py", "units.py", "events.py", "_core.py")
 
 PACKAGE_DIR = Path(__file__).resolve().parent

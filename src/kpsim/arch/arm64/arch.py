@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mypy_extensions import mypyc_attr
+
 from kpsim.arch.arm64.base import PerCpu
 from kpsim.arch.arm64.entry import EntryMixin
 from kpsim.arch.arm64.kpkeys import (
@@ -28,6 +30,7 @@ from kpsim.mm.kpkeys_series import DEFAULT_SERIES, SERIES, Series
 from kpsim.mm.sched import Task
 
 
+@mypyc_attr(native_class=False)  # see Arm64Base
 class Arm64(SetupMixin, EntryMixin, VmallocArchMixin, PgtableUserMixin):
     name = "arm64"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from kpsim.arch.arm64.memory import Layout
 from kpsim.hw.arm64.cpu import Cpu
 from kpsim.hw.arm64.system import Arm64System
@@ -24,8 +26,16 @@ class PerCpu:
         self.saved_por: list[int] = []
 
 
+@mypyc_attr(native_class=False)  # see Arm64Base
 class Arm64Base:
-    """Attributes every arm64 mixin may use."""
+    """Attributes every arm64 mixin may use.
+
+    The compiled core (``kpsim._core``) compiles the arm64 arch modules, but ``Arm64``
+    and its mixins stay ordinary (non-native) Python classes there: mypyc's native
+    classes allow single inheritance only (the mixins would have to be traits), and
+    a native instance takes no attributes its class does not declare, while callers
+    set hooks and monkeypatch methods on the arch object. The method bodies are
+    compiled; attribute access and method calls keep Python's semantics."""
 
     k: Kernel
     system: Arm64System

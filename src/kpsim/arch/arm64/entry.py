@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 from kpsim.arch.arm64.base import Arm64Base
 from kpsim.arch.arm64.kpkeys import (
     ThreadStruct,
@@ -43,6 +45,7 @@ class OnCpu:
         self.arch.cpu_id = self.prev
 
 
+@mypyc_attr(native_class=False)  # see Arm64Base
 class EntryMixin(Arm64Base):
     def on_cpu(self, cpu_id: int) -> OnCpu:
         """Run the enclosed kernel code on ``cpu_id`` (what ``smp_processor_id`` returns)."""

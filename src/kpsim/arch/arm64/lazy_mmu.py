@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mypy_extensions import mypyc_attr
+
 from kpsim.arch.arm64.base import Arm64Base
 from kpsim.arch.arm64.kpkeys import arch_kpkeys_set_context
 from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES, KPKEYS_PKEY_REG_INVAL
 
 
+@mypyc_attr(native_class=False)  # see Arm64Base
 class LazyMmuMixin(Arm64Base):
     def _write_por_explored(
         self, value: int, hook: Callable[[str], None], isb: bool = True

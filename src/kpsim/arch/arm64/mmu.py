@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
+from mypy_extensions import mypyc_attr
 
 from kpsim.arch.arm64.pgtable import PgtableMixin, sect_prot
 from kpsim.hw.arm64 import descriptors as d
@@ -40,6 +41,7 @@ NDArr = npt.NDArray[np.uint64]
 _ARANGE = np.arange(512, dtype=np.uint64)
 
 
+@mypyc_attr(native_class=False)  # see Arm64Base
 class MmuMixin(PgtableMixin):
     # -- policy -----------------------------------------------------------------------
     def force_pte_mapping(self) -> bool:
@@ -158,26 +160,26 @@ class MmuMixin(PgtableMixin):
                     self.explore_hook("split:prepared")
             self.split_lock_depth += 1  # mutex pgtable_split_lock
             try:
-                if (
-                    hooks is not None
-                    and ready_check
-                    and not hooks.kpkeys_ready_for_direct_map_split()
-                ):
+                ready = (
+                    hooks is None or not ready_check or hooks.kpkeys_ready_for_direct_map_split()
+                )
+                if not ready:
                     self.k.counters["split_not_ready"] += 1
-                    continue
-                if self.explore_hook is not None:
-                    self.explore_hook("split:locked")
-                self.arch_enter_lazy_mmu_mode()
-                try:
-                    for edge in (start, end):
-                        ret = self.split_kernel_leaf_mapping_locked(edge)
-                        if ret:
-                            return ret
-                finally:
-                    self.arch_leave_lazy_mmu_mode()
+                else:
+                    if self.explore_hook is not None:
+                        self.explore_hook("split:locked")
+                    self.arch_enter_lazy_mmu_mode()
+                    try:
+                        for edge in (start, end):
+                            ret = self.split_kernel_leaf_mapping_locked(edge)
+                            if ret:
+                                return ret
+                    finally:
+                        self.arch_leave_lazy_mmu_mode()
             finally:
                 self.split_lock_depth -= 1
-            return 0
+            if ready:  # not ready: drop the lock and go round again
+                return 0
         self.k.warn("split_kernel_leaf_mapping", "never ready for a direct map split")
         return -12
 

@@ -18,6 +18,7 @@ whenever that allocator is on, so a foreign split always finds its reserve (grou
 from __future__ import annotations
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from kpsim.arch.arm64.lazy_mmu import LazyMmuMixin
 from kpsim.arch.arm64.memory import PAGE_OFFSET
@@ -33,6 +34,7 @@ U64 = (1 << 64) - 1
 _TABLE_BITS = d.VALID | d.TYPE
 
 
+@mypyc_attr(native_class=False)  # see Arm64Base
 class PageattrMixin(MmuMixin, TlbFlushMixin, LazyMmuMixin):
     #: ``fail_set_memory_pkey`` (:mod:`kpsim.mm.fault_inject`); None: injection off
     fail_set_memory_pkey: FaultAttr | None = None

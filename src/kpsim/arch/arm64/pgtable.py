@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from kpsim.arch.arm64.base import Arm64Base
 from kpsim.arch.arm64.kpkeys import (
@@ -57,6 +58,7 @@ def sect_prot(prot: int) -> int:
     return prot & ~d.TYPE
 
 
+@mypyc_attr(native_class=False)  # see Arm64Base
 class PgtableMixin(Arm64Base):
     # -- reads -----------------------------------------------------------------------
     def entry_pa(self, ptr: int) -> int:

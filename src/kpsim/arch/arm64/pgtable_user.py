@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from kpsim.arch.arm64.base import Arm64Base
 from kpsim.hw.arm64 import descriptors as d
@@ -77,6 +78,7 @@ _AF = _U(d.AF)
 _OA = _U(d.OA_MASK)
 
 
+@mypyc_attr(native_class=False)  # see Arm64Base
 class PgtableUserMixin(Arm64Base):
     # -- protections and constructors ----------------------------------------------------
     @staticmethod

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mypy_extensions import mypyc_attr
+
 from kpsim.arch.arm64.memory import KIMAGE_VADDR
 from kpsim.arch.arm64.mmu import NO_BLOCK_MAPPINGS, NO_CONT_MAPPINGS, EarlyAlloc
 from kpsim.arch.arm64.pageattr import PageattrMixin
@@ -57,6 +59,27 @@ def _no_alloc(level: int) -> int:
     raise AssertionError(f"update_mapping_prot needs a new level-{level} table")
 
 
+class _StaticPool:
+    """:meth:`SetupMixin.static_pool`'s allocator: the next static table page down from
+    ``top`` (a class, not a closure: the compiled core cannot compile a closure in a
+    method of a non-native class)."""
+
+    def __init__(self, arch: SetupMixin, top: int) -> None:
+        self.arch = arch
+        self.top = top
+        self.used = 0
+
+    def __call__(self, level: int) -> int:
+        if self.used >= STATIC_POOL_PAGES:
+            raise StopIteration  # as next() on the exhausted pool did
+        self.used += 1
+        pa = self.top - self.used * 4096
+        self.arch._register_early(pa, level, "static")
+        self.arch.static_tables.append(pa)
+        return pa
+
+
+@mypyc_attr(native_class=False)  # see Arm64Base
 class SetupMixin(PageattrMixin):
     kimage_pa: int
     vmemmap_range: tuple[int, int, int]
@@ -69,16 +92,7 @@ class SetupMixin(PageattrMixin):
     def static_pool(self) -> Callable[[int], int]:
         """The ``init_pg_dir`` pool: static table pages at the end of the image, after bss
         (``init_pg_dir``..``init_pg_end`` in vmlinux.lds.S)."""
-        pool = iter(range(1, STATIC_POOL_PAGES + 1))
-        top = self.kimage_pa + KIMAGE_SIZE
-
-        def alloc(level: int) -> int:
-            pa = top - next(pool) * 4096
-            self._register_early(pa, level, "static")
-            self.static_tables.append(pa)
-            return pa
-
-        return alloc
+        return _StaticPool(self, self.kimage_pa + KIMAGE_SIZE)
 
     def _register_early(self, pa: int, level: int, source: str) -> None:
         self.k.pgtable.live[pa >> 12] = TableInfo(level, "kernel", source)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from kpsim.arch.arm64.base import Arm64Base
 
 PAGE_SIZE = 1 << 12
@@ -31,6 +33,7 @@ PAGE_SIZE = 1 << 12
 MAX_DVM_OPS = 512
 
 
+@mypyc_attr(native_class=False)  # see Arm64Base
 class TlbFlushMixin(Arm64Base):
     @staticmethod
     def _flush_barriers(counters: Any) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from kpsim.arch.arm64.memory import KIMAGE_VADDR, VMALLOC_END, VMALLOC_START
 from kpsim.arch.arm64.pgtable import PAGE_KERNEL, PgtableMixin, sect_prot
@@ -45,6 +46,7 @@ CONT_PTES = CONT_PTE_SIZE >> PAGE_SHIFT
 _CONT_ARANGE = np.arange(CONT_PTES, dtype=np.uint64)
 
 
+@mypyc_attr(native_class=False)  # see Arm64Base
 class VmallocArchMixin(PgtableMixin, TlbFlushMixin):
     kimage_pa: int  # set by Arm64.__init__ (the image's physical base)
 
