@@ -16,6 +16,7 @@ MiB = 1 << 20
 LEAF_BITS = (0, 1, 6, 7, 10, 53, 54, 60, 61, 62, 12, 20)
 #: table-descriptor bits: valid, type, PXNTable, UXNTable, APTable[1:0]
 TABLE_BITS = (0, 1, 59, 60, 61, 62)
+_OTHER: list = []  # the address space that does not run at the end
 
 
 def _machine(linear_map: str):
@@ -27,12 +28,20 @@ def _machine(linear_map: str):
     p.madvise(h, 4 * MiB, MADV_HUGEPAGE)
     p.touch(h, write=True)  # a PMD block in the user half
     p.touch(h + 8192)
+    q = Process.create(m, "q")  # another address space's entries stay in cpu0's TLB
+    b = q.mmap(None, 2 * MiB)
+    q.touch_range(b, 2 * MiB, stride=4096, write=True)
+    p.touch(a)  # p runs on cpu0 again
+    _OTHER[:] = [q]
     return m
 
 
-def _entry_pas(m, cpu, va):
-    """The physical addresses of the descriptors a walk of ``va`` reads, top first."""
+def _entry_pas(m, cpu, va, asid):
+    """The physical addresses of the descriptors a walk of ``va`` reads, top first (in
+    the address space of ``asid``, the running one's when None)."""
     root = cpu.ttbr1 if va >= KERNEL_VA_START else cpu.ttbr0
+    if va < KERNEL_VA_START and asid is not None and asid != cpu.asid:
+        root = _OTHER[0].mm.pgd_pa  # q, the only other address space
     pa, out = root, []
     for shift in (39, 30, 21, 12):
         entry = pa + (((va >> shift) & 0x1FF) << 3)
@@ -52,13 +61,13 @@ def test_grouped_tlb_check_equals_the_reference_walk(linear_map):
     m = _machine(linear_map)
     assert _check_tlbs(m) == check_tlbs_reference(m) == []
     rng = random.Random(1405)
-    cached = [(cpu, va) for cpu in m.hw.cpus for va, asid, _ in cpu.tlb.cached()
-              if asid is None or asid == cpu.asid]  # fmt: skip
+    cached = [(cpu, va, asid) for cpu in m.hw.cpus for va, asid, _ in cpu.tlb.cached()]
     assert len(cached) > 1000
+    assert any(asid is not None and asid != cpu.asid for cpu, _, asid in cached)
     found = 0
-    for trial in range(150):
-        cpu, va = rng.choice(cached)
-        pas = _entry_pas(m, cpu, va)
+    for trial in range(200):
+        cpu, va, asid = rng.choice(cached)
+        pas = _entry_pas(m, cpu, va, asid)
         if trial % 3 == 0 and len(pas) > 1:  # a table entry above the leaf
             where = rng.choice(pas[:-1])
             bit = rng.choice(TABLE_BITS)

@@ -41,7 +41,14 @@ import numpy as np
 
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.hw.arm64.fault import Fault
-from kpsim.hw.arm64.mmu import KERNEL_VA_START, walk, walk_leaf, walk_to_pte_table
+from kpsim.hw.arm64.mmu import (
+    KERNEL_VA_START,
+    PERMS_EL0,
+    PERMS_EL1,
+    walk,
+    walk_to_pte_table,
+)
+from kpsim.hw.arm64.tlb import VPN_MASK
 from kpsim.mm.page import PageFlags
 
 Walked = dict[int, tuple[str, int]]
@@ -291,13 +298,16 @@ def _check_metadata(m: Any, walked: Walked, deposits: dict[int, str]) -> list[Vi
 def _check_tlbs(m: Any) -> list[Violation]:
     """Invariant 5: every TLB entry of the running address spaces agrees with a walk.
 
-    The entries are grouped by root and 2 MiB region: one walk of the first three
-    levels (:func:`~kpsim.hw.arm64.mmu.walk_to_pte_table`) serves every entry of a
-    region whose walk reaches a level-3 table, and each entry is then checked against
-    its level-3 descriptor (:func:`~kpsim.hw.arm64.mmu.walk_leaf`: the same checks and
-    rights as :func:`~kpsim.hw.arm64.mmu.walk`); a region that does not reach one
-    (blocks, faults) is walked entry by entry. Same violations, in the same order, as
-    :func:`check_tlbs_reference` (tests/audit compare them on planted stale entries)."""
+    Whole arrays per TLB part (the kernel/global entries, the running ASID's entries,
+    each bulk-tier run; :class:`~kpsim.hw.arm64.tlb.Tlb`): the entries are grouped by
+    2 MiB region, one walk of the first three levels
+    (:func:`~kpsim.hw.arm64.mmu.walk_to_pte_table`) serves every entry of a region that
+    reaches a level-3 table, and each entry is compared with its level-3 descriptor as
+    the walker evaluates it (valid page with the Access flag, output address, the
+    rights from :data:`~kpsim.hw.arm64.mmu.PERMS` under the table bits, the pkey); a
+    region that reaches no level-3 table (blocks, faults) is walked entry by entry.
+    Same violations, in the same order, as :func:`check_tlbs_reference` (tests/audit
+    compare them on random corruptions of leaves and table entries)."""
     out = []
     for cpu in m.hw.cpus:
         for va in _stale_vas(m.mem, cpu):
@@ -305,38 +315,112 @@ def _check_tlbs(m: Any) -> list[Violation]:
     return out
 
 
+_U64 = np.uint64
+_PAGE_OK = _U64(d.VALID | d.TYPE | d.AF)
+
+
+def _leaf_fields(descs: Any, strip: int) -> tuple[Any, Any, Any, Any, Any]:
+    """Level-3 descriptors evaluated as :func:`~kpsim.hw.arm64.mmu.walk_leaf` does:
+    (valid page with AF, page pa, EL1 rights, EL0 rights, pkey), arrays."""
+    ok = (descs & _PAGE_OK) == _PAGE_OK
+    key = (((descs >> _U64(6)) & _U64(3)) | (((descs >> _U64(53)) & _U64(3)) << _U64(2))).astype(
+        np.int64
+    ) | (((strip >> 59) & 0xF) << 4)
+    return (
+        ok,
+        descs & _U64(d.OA_MASK),
+        PERMS_EL1[key],
+        PERMS_EL0[key],
+        (descs >> _U64(60)) & _U64(7),
+    )
+
+
 def _stale_vas(mem: Any, cpu: Any) -> list[int]:
     """The VAs, in :meth:`Tlb.cached` order, of ``cpu``'s stale entries."""
-    groups: dict[tuple[int, int], list[tuple[int, int, Any]]] = {}
-    n = 0
-    for va, asid, e in cpu.tlb.cached():
-        if asid is not None and asid != cpu.asid:
-            continue  # another address space's entry: checked when it runs
-        root = cpu.ttbr1 if va >= KERNEL_VA_START else cpu.ttbr0
+    tlb = cpu.tlb
+    bad: list[int] = []
+    parts = [tlb.entries]
+    mine = tlb.asids.get(cpu.asid + 1)  # other address spaces: checked when they run
+    if mine:
+        parts.append(mine)
+    for part in parts:
+        if part:
+            bad += _stale_in_dict(mem, cpu, part)
+    for tag, runs in tlb.bulk.items():
+        if tag and tag != cpu.asid + 1:
+            continue
+        for region, run in runs.items():
+            bad += _stale_in_run(mem, cpu, region, run)
+    return bad
+
+
+def _root(cpu: Any, va: int) -> Any:
+    return cpu.ttbr1 if va >= KERNEL_VA_START else cpu.ttbr0
+
+
+def _stale_in_dict(mem: Any, cpu: Any, part: dict[int, Any]) -> list[int]:
+    """Stale entries of one TLB dict (key -> entry tuple), in the dict's order."""
+    vpn = np.array([k & VPN_MASK for k in part], dtype=np.uint64)
+    entries = list(part.values())
+    pa, el1, el0, po = (np.array(f, dtype=np.uint64) for f in list(zip(*entries, strict=True))[:4])
+    region = vpn >> _U64(9)
+    order = np.argsort(region, kind="stable")
+    sorted_region = region[order]
+    starts = np.flatnonzero(np.r_[True, sorted_region[1:] != sorted_region[:-1]])
+    ends = np.r_[starts[1:], order.size]
+    stale = np.zeros(vpn.size, dtype=bool)
+    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+        idx = order[lo:hi]
+        va0 = int(vpn[idx[0]]) << 12
+        root = _root(cpu, va0)
         if root is None:
             continue
-        key = (root, va >> 21)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = []
-        group.append((n, va, e))
-        n += 1
-    bad: list[tuple[int, int]] = []
-    for (root, _region), items in groups.items():
-        reach = walk_to_pte_table(mem, root, items[0][1])
+        reach = walk_to_pte_table(mem, root, va0)
         if reach is None:
-            for i, va, e in items:
-                if _stale(mem, root, va, e):
-                    bad.append((i, va))
+            for i in idx.tolist():
+                stale[i] = _stale(mem, root, int(vpn[i]) << 12, entries[i])
             continue
         table_pa, strip = reach
-        frame = mem.frame_ro(table_pa >> 12)
-        for i, va, e in items:
-            leaf = walk_leaf(frame.item((va >> 12) & 511), strip)
-            if leaf is None or leaf[:4] != e[:4]:
-                bad.append((i, va))
-    bad.sort()
-    return [va for _, va in bad]
+        descs = mem.frame_ro(table_pa >> 12)[(vpn[idx] & _U64(511)).astype(np.int64)]
+        ok, w_pa, w_el1, w_el0, w_po = _leaf_fields(descs, strip)
+        stale[idx] = (
+            ~ok
+            | (w_pa != pa[idx])
+            | (w_el1 != el1[idx].astype(np.int64))
+            | (w_el0 != el0[idx].astype(np.int64))
+            | (w_po != po[idx])
+        )
+    return [int(v) << 12 for v in vpn[stale].tolist()]
+
+
+def _stale_in_run(mem: Any, cpu: Any, region: int, run: Any) -> list[int]:
+    """Stale entries of one bulk-tier run (ascending pages, as :meth:`Tlb.items`)."""
+    nz = np.flatnonzero(run.descs)
+    if not nz.size:
+        return []
+    va0 = region << 21
+    root = _root(cpu, va0)
+    if root is None:
+        return []
+    cached = run.descs[nz]
+    reach = walk_to_pte_table(mem, root, va0)
+    if reach is None:
+        out = []
+        for i, desc in zip(nz.tolist(), cached.tolist(), strict=True):
+            e = (desc & d.OA_MASK, run.el1, run.el0, (desc >> 60) & 7)
+            if _stale(mem, root, va0 | (i << 12), e):
+                out.append(va0 | (i << 12))
+        return out
+    table_pa, strip = reach
+    ok, w_pa, w_el1, w_el0, w_po = _leaf_fields(mem.frame_ro(table_pa >> 12)[nz], strip)
+    stale = (
+        ~ok
+        | (w_pa != (cached & _U64(d.OA_MASK)))
+        | (w_el1 != run.el1)
+        | (w_el0 != run.el0)
+        | (w_po != ((cached >> _U64(60)) & _U64(7)))
+    )
+    return [va0 | (i << 12) for i in nz[stale].tolist()]
 
 
 def _stale(mem: Any, root: int, va: int, e: Any) -> bool:
