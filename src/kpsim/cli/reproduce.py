@@ -37,7 +37,14 @@ from kpsim.cli.arch_opts import add_arch_option
 from kpsim.cli.common import add_json, check_writable, console, emit_json, int_arg
 from kpsim.errors import InputError
 from kpsim.events import Counters
-from kpsim.report.calibration import calibration, calibration_toml, costs_for, describe
+from kpsim.report.calibration import (
+    PROBE_SCALE,
+    calibration,
+    calibration_toml,
+    costs_for,
+    describe,
+    inputs_digest,
+)
 from kpsim.report.cost import CostTable, load_costs, overhead
 from kpsim.report.fit import (
     DEFAULT_FIT_ROWS,
@@ -165,6 +172,21 @@ class ModelRuns:
         return provide
 
 
+def probe_counts(table: PublishedTable) -> dict[str, dict[str, Counts]]:
+    """Every row's counts at the calibration's probe scale (``PROBE_SCALE``, about a
+    second in all): what :func:`kpsim.report.calibration.inputs_digest` hashes."""
+    scale = PROBE_SCALE
+    runs = ModelRuns(size=scale["size"], loops=scale["loops"], processes=scale["processes"])
+    return collect_counts(runs.provider(table), table)
+
+
+def calibration_digest(
+    table: PublishedTable, params: str, prior_decades: float | None, base: CostTable | None
+) -> str:
+    """The ``inputs`` digest a calibration of ``table`` made now would record."""
+    return inputs_digest(table, probe_counts(table), params, prior_decades, base)
+
+
 def _time_part(counts: Counters, part: str) -> dict[str, float]:
     """kernbench's real/system/user split of a run's counts (see module docstring).
 
@@ -189,7 +211,8 @@ NOTES: dict[str, str] = {
     "change by construction.",
     "vmalloc": "fix_size_alloc h:1 maps 64 KiB contiguous-PTE blocks from split order-4 "
     "pages (buddy path, priced by order), h:0 takes order-0 pages through "
-    "alloc_pages_bulk, as arm64 Linux; vmalloc/vfree's fixed costs are priors.",
+    "alloc_pages_bulk, as arm64 Linux; the fixed per-call costs of vmalloc, vfree, "
+    "vm_map_ram and vm_unmap_ram scale together (one fitted parameter of the calibration).",
     "munmap": "micromm h:1: folio batching is a count (fork_folio/zap_folio), the PTE "
     "writes are the same as h:0; THP frees are reported as Linux makes them.",
 }
@@ -331,7 +354,9 @@ def run(args: argparse.Namespace) -> int:
         _finish(err)
         elapsed = time.perf_counter() - t0
         if args.write_calibration:
-            _write(args.write_calibration, calibration_toml(cv, _command(args)), "calibration")
+            digest = calibration_digest(table, params, args.prior or None, base)
+            text = calibration_toml(cv, _command(args), digest, args.prior or None)
+            _write(args.write_calibration, text, "calibration")
         if args.write_costs:
             cv.full.write_costs(args.write_costs)
         if args.json:

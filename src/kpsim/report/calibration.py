@@ -12,12 +12,21 @@ prices with the priors alone (the interval then still comes from the calibration
 says so).
 
 The file goes stale when the model's counts change: regenerate it with the command in
-its header (docs/workloads.md, "Which figure to quote").
+its header (docs/workloads.md, "Which figure to quote"). Re-running that command takes
+minutes, so staleness is detected through a cheap digest instead (:func:`inputs_digest`,
+the file's ``inputs``): the priors, the published table, the fit's settings and the
+counts of every row's runs at a small *probe* scale (``PROBE_SCALE``: the workloads'
+counts per unit of work do not depend on the scale, so a count change in the model
+changes the probe's counts too). A test recomputes it; a mismatch means the shipped
+calibration no longer comes from the model as it is.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -25,14 +34,17 @@ from typing import Any, Final
 
 from kpsim.machine.scenario import parse_toml
 from kpsim.report.cost import CostTable, default_costs
-from kpsim.report.published import MODES, Mode
-from kpsim.report.validate import LEVEL, CVResult, Interval, interval
+from kpsim.report.fit import NOISE_FLOOR_PP
+from kpsim.report.published import MODES, Mode, PublishedTable
+from kpsim.report.validate import FAMILIES, LEVEL, CVResult, Interval, interval
 
 __all__ = [
+    "PROBE_SCALE",
     "Calibration",
     "calibration",
     "calibration_toml",
     "costs_for",
+    "inputs_digest",
     "mode_of",
     "overhead_interval",
     "parse_calibration",
@@ -42,6 +54,11 @@ _NAME: Final = "kpsim/report/data/calibration.toml"
 _FIELDS: Final = frozenset(
     {"table", "params", "level", "spread", "cv_mae_significant", "command", "n_rows"}
 )
+#: optional fields (a file written before the digest existed has none)
+_OPTIONAL: Final = frozenset({"inputs", "prior_decades"})
+#: The scale of the probe runs behind :func:`inputs_digest` (``kpsim reproduce``'s
+#: ``--size``, ``--loops``, ``--processes``): small enough for a test (about a second).
+PROBE_SCALE: Final = {"size": 4 << 20, "loops": 20, "processes": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +73,9 @@ class Calibration:
     n_rows: int
     command: str
     costs: CostTable
+    #: :func:`inputs_digest` of what the calibration was made from ("" if not recorded)
+    inputs: str = ""
+    prior_decades: float | None = None
 
     @property
     def label(self) -> str:
@@ -83,7 +103,7 @@ def parse_calibration(text: str, file: str) -> Calibration:
     if not isinstance(cal, dict) or not set(cal) >= _FIELDS:
         raise doc.error(("calibration",), f"[calibration] needs {', '.join(sorted(_FIELDS))}")
     for key in cal:
-        if key not in _FIELDS:
+        if key not in _FIELDS | _OPTIONAL:
             raise doc.error(("calibration", key), f"calibration.{key}: unknown field")
     spread: dict[str, float] = {}
     for mode in MODES:
@@ -109,6 +129,8 @@ def parse_calibration(text: str, file: str) -> Calibration:
         n_rows=int(cal["n_rows"]),
         command=str(cal["command"]),
         costs=base.replace(updates, status="fitted"),
+        inputs=str(cal.get("inputs", "")),
+        prior_decades=float(cal["prior_decades"]) if cal.get("prior_decades") else None,
     )
 
 
@@ -143,8 +165,51 @@ def overhead_interval(percent: float, batching: bool, costs_label: str = "") -> 
     return cal.interval(percent, mode_of(batching), basis)
 
 
-def calibration_toml(cv: CVResult, command: str) -> str:
-    """A calibration file from a cross-validation: its full-fit costs and spreads."""
+def inputs_digest(
+    table: PublishedTable,
+    probe_counts: Mapping[str, Mapping[str, Mapping[str, float]]],
+    params: str,
+    prior_decades: float | None,
+    base: CostTable | None = None,
+) -> str:
+    """A digest of everything a calibration is computed from, but with the counts of
+    the probe runs (``PROBE_SCALE``) standing for the full-scale counts: the priors
+    (``costs.toml``), the published table's rows, the fitted parameters, the prior's
+    width, the interval level and noise floor, the benchmark families, and every
+    row's counts per configuration (as :func:`kpsim.report.fit.collect_counts` gives
+    them); ``base`` is the start costs (the priors if None). Equal digests: re-running
+    the calibration command would fit the same data."""
+    start = default_costs() if base is None else base
+    priors = {e.name: [e.cycles, e.status] for e in start.entries.values()}
+    rows = [
+        [r.key, r.workload, sorted((k, repr(v)) for k, v in r.params.items()),
+         *([m, r.figure(m).percent, r.figure(m).mark] for m in MODES)]
+        for r in table.rows
+    ]  # fmt: skip
+    counts = {
+        key: {cfg: sorted((e, repr(float(n))) for e, n in c.items() if n)
+              for cfg, c in sorted(rc.items())}
+        for key, rc in sorted(probe_counts.items())
+    }  # fmt: skip
+    doc = {
+        "priors": priors,
+        "table": [table.name, table.series, table.set_memory_pkey_noop, rows],
+        "params": params,
+        "prior_decades": prior_decades,
+        "level": LEVEL,
+        "noise_floor": NOISE_FLOOR_PP,
+        "families": list(FAMILIES),
+        "probe": PROBE_SCALE,
+        "counts": counts,
+    }
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def calibration_toml(cv: CVResult, command: str, inputs: str = "",
+                     prior_decades: float | None = None) -> str:  # fmt: skip
+    """A calibration file from a cross-validation: its full-fit costs and spreads;
+    ``inputs`` is the :func:`inputs_digest` of what it was made from."""
     costs = cv.full.costs
     fitted = [e for e in costs.entries.values() if e.status == "fitted"]
     mae = {m: cv.mae[m]["significant"]["model"] for m in MODES}
@@ -167,6 +232,8 @@ def calibration_toml(cv: CVResult, command: str) -> str:
         + " }",
         f"n_rows = {sum(cv.n_rows.values())}",
         f'command = "{command}"',
+        *([f"prior_decades = {prior_decades:g}"] if prior_decades else []),
+        *([f'inputs = "{inputs}"'] if inputs else []),
         "",
         "[costs]",
     ]

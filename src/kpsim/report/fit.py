@@ -73,7 +73,9 @@ CountsProvider = Callable[[PublishedRow, Mode], Mapping[str, Counts] | None]
 Array = npt.NDArray[np.float64]
 
 DEFAULT_FIT_ROWS: Final = "fork,vmalloc"
-DEFAULT_PARAMS: Final = "por_write+isb,set_memory_pkey,fork_pte_copy+zap_pte"
+DEFAULT_PARAMS: Final = (
+    "por_write+isb,set_memory_pkey,fork_pte_copy+zap_pte,vmalloc+vfree+vm_map_ram+vm_unmap_ram"
+)
 NOISE_FLOOR_PP: Final = 5.0
 MIN_CYCLES: Final = 1e-3
 MAX_CYCLES: Final = 1e8
