@@ -16,7 +16,13 @@ Variants per policy (``KPSIM_SOAK_VARIANTS``, default ``off,on,inject``):
 
 Every row prints the audit violations (0 expected) and the pages lost (0 expected).
 ``KPSIM_SOAK_OPS`` sets the operations per run (default 4000; the issue's soak is
-``KPSIM_SOAK_OPS=1000000 python -m benchmarks --mode here soak``).
+``KPSIM_SOAK_OPS=1000000 python -m benchmarks --mode here soak``, about 3 CPU minutes
+per policy and variant with the compiled core). ``KPSIM_SOAK_AUDIT_EVERY`` overrides the
+audit interval, ``KPSIM_SOAK_POLICIES=pba/pte,reserve/block`` runs some policies only
+(to share them out between processes); from 10^5 operations (or with
+``KPSIM_SOAK_PROGRESS=1``) every audit prints a progress line with the figures so far.
+``KPSIM_SOAK_BATCH_INJECT=1`` keeps the vectorised fault path on under injection (by
+default it is bypassed there so that every allocation meets its injection site).
 ``KPSIM_SOAK_NO_BATCH=1`` turns the vectorised user-fault path off (it is what the soak
 found wrong: a stale TLB entry, then a page-table page written as a user page).
 """
@@ -42,21 +48,42 @@ POLICIES = (
 )
 
 
-def run(allocator: str, linear_map: str, variant: str, ops: int, spec: str) -> dict[str, float]:
+def run(
+    allocator: str,
+    linear_map: str,
+    variant: str,
+    ops: int,
+    spec: str,
+    every: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
     fail = {f"fail_{s}": spec for s in SITES} if variant == "inject" else {}
     cfg = MachineConfig(memory="512M", linear_map=linear_map, allocator=allocator,
                         hardened_pgtables=variant != "off", seed=1, **fail)  # fmt: skip
     m = Machine.boot(cfg)
     found: list[object] = []
-    t = time.perf_counter()
-    res = soak(m, ops, seed=7, audit_every=max(1, ops // 20),
-               check=lambda phase: found.extend(audit(m)))  # fmt: skip
-    dt = time.perf_counter() - t
+    t, cpu = time.perf_counter(), time.process_time()
+    every = every or max(1, ops // 20)
+
+    def check(phase: str) -> None:
+        found.extend(audit(m))
+        if progress:  # a long soak: the figures so far, in case it is cut short
+            done = ops if phase == "end" else int(phase.split()[1])
+            fi = m.k.fault_inject
+            print(f"    {allocator}/{linear_map} {variant}: {phase}: {done} ops, "
+                  f"{done / (time.perf_counter() - t):.0f} ops/s "
+                  f"({done / (time.process_time() - cpu):.0f} per CPU second), "
+                  f"{fi.injected if fi is not None else 0} injected, "
+                  f"{len(found)} violations so far", flush=True)  # fmt: skip
+
+    res = soak(m, ops, seed=7, audit_every=every, check=check)
+    dt, dcpu = time.perf_counter() - t, time.process_time() - cpu
     fi = m.k.fault_inject
     return {
         "ops": float(res.total),
         "seconds": dt,
         "ops_per_s": res.total / dt if dt else 0.0,
+        "ops_per_cpu_s": res.total / dcpu if dcpu else 0.0,
         "injected": float(fi.injected if fi is not None else 0),
         "enomem": float(sum(res.enomem.values())),
         "audits": float(res.audits),
@@ -71,20 +98,31 @@ def main() -> dict[str, float]:
 
         fault_batch.BATCH = False
         print("soak: the vectorised user-fault path is off (KPSIM_SOAK_NO_BATCH)")
+    if os.environ.get("KPSIM_SOAK_BATCH_INJECT"):  # the vectorised path under injection too
+        from kpsim.mm import fault_batch
+
+        fault_batch.BATCH_UNDER_INJECTION = True
+        print("soak: the vectorised user-fault path stays on under injection "
+              "(KPSIM_SOAK_BATCH_INJECT; its bulk allocations meet no injection site)")  # fmt: skip
     ops = int(os.environ.get("KPSIM_SOAK_OPS", "4000"))
     spec = os.environ.get("KPSIM_SOAK_FAIL", "probability=5,times=-1")
     variants = os.environ.get("KPSIM_SOAK_VARIANTS", "off,on,inject").split(",")
-    print(f"soak: {ops} random operations per run, 512M machine, audit every {max(1, ops // 20)}")
+    every = int(os.environ.get("KPSIM_SOAK_AUDIT_EVERY", "0")) or max(1, ops // 20)
+    progress = ops >= 100_000 or bool(os.environ.get("KPSIM_SOAK_PROGRESS"))
+    chosen = os.environ.get("KPSIM_SOAK_POLICIES")  # e.g. "pba/pte,reserve/block"
+    policies = [p for p in POLICIES if chosen is None or "/".join(p) in chosen.split(",")]
+    print(f"soak: {ops} random operations per run, 512M machine, audit every {every}")
     print(f"  injection spec (every site): {spec}")
-    head = f"  {'policy':<14} {'variant':<7} {'ops/s':>9} {'vs off':>7} {'injected':>9}"
+    head = f"  {'policy':<14} {'variant':<7} {'ops/s':>9} {'ops/cpu-s':>9} {'vs off':>7}"
+    head += f" {'injected':>9}"
     print(head + f" {'-ENOMEM':>8} {'audits':>6} {'violations':>10} {'lost':>5}")
     out: dict[str, float] = {}
     total_injected = total_viol = total_lost = 0.0
-    for allocator, lm in POLICIES:
+    for allocator, lm in policies:
         base = None
         for v in variants:
             try:
-                r = run(allocator, lm, v, ops, spec)
+                r = run(allocator, lm, v, ops, spec, every, progress)
             except Exception as e:  # a model error the soak found: reported, counted
                 print(f"  {allocator + '/' + lm:<14} {v:<7} MODEL ERROR {type(e).__name__}: {e}")
                 total_viol += 1
@@ -93,7 +131,8 @@ def main() -> dict[str, float]:
                 base = r["ops_per_s"]
             ratio = f"{r['ops_per_s'] / base:>7.2f}" if base and v != "off" else f"{'-':>7}"
             print(
-                f"  {allocator + '/' + lm:<14} {v:<7} {r['ops_per_s']:>9.0f} {ratio} "
+                f"  {allocator + '/' + lm:<14} {v:<7} {r['ops_per_s']:>9.0f} "
+                f"{r['ops_per_cpu_s']:>9.0f} {ratio} "
                 f"{r['injected']:>9.0f} {r['enomem']:>8.0f} {r['audits']:>6.0f} "
                 f"{r['violations']:>10.0f} {r['lost']:>5.0f}",
                 flush=True,

@@ -62,14 +62,27 @@ class AccessFault(KpsimError):
         super().__init__(str(fault))
 
 
+def last_line(text: str) -> int:
+    """The number of the last line of ``text`` (1 for an empty text): where a problem
+    with the whole document (a missing table, no records) or one found at its end
+    (tomllib's "at end of document") is reported, so that every rejection names a line."""
+    return text.count("\n", 0, len(text.rstrip("\n"))) + 1
+
+
 def read_input_text(path: str | os.PathLike[str], what: str) -> str:
     """The UTF-8 text of the user's input file at ``path``; ``what`` names the kind of
     file in the one-line :class:`InputError` for a file that cannot be read or is not
-    UTF-8 ("cannot read scenario: ...", "scenario is not UTF-8 text (...)")."""
+    UTF-8 ("cannot read scenario: ...", "FILE:N: scenario is not UTF-8 text (invalid
+    start byte at column C)", at the line and column of the first bad byte)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as err:
         raise InputError(f"cannot read {what}: {err.strerror or err}", file=str(path)) from None
+    try:  # newlines as a text-mode read gives them (universal newlines)
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as err:
-        raise InputError(f"{what} is not UTF-8 text ({err.reason})", file=str(path)) from None
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        problem = f"{what} is not UTF-8 text ({err.reason} at column {column})"
+        raise InputError(problem, file=str(path), line=line) from None

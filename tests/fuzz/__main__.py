@@ -23,6 +23,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--cases", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--atheris", action="store_true")
+    ap.add_argument(
+        "--real-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run every Nth accepted case for real (a CPU budget each)",
+    )
+    ap.add_argument(
+        "--real-cpu",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="the CPU seconds a real run may use (default 0.5)",
+    )
     ap.add_argument("formats", nargs="*", metavar="FORMAT", help=", ".join(FORMATS))
     args = ap.parse_args(argv)
     status = 0
@@ -39,7 +53,8 @@ def main(argv: list[str]) -> int:
         done = 0
         while done < args.cases:  # in chunks (each its own seed), the totals printed as it goes
             n = min(CHUNK, args.cases - done)
-            part = fuzz(fmt, n, args.seed * 100_003 + done, stop_on_failure=False)
+            part = fuzz(fmt, n, args.seed * 100_003 + done, stop_on_failure=False,
+                        real_every=args.real_every, real_cpu=args.real_cpu)  # fmt: skip
             tally.outcomes.update(part.outcomes)
             tally.failures += part.failures
             done += n

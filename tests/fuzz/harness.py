@@ -6,11 +6,13 @@ in this process, with its stdout and stderr captured. A case passes when
 - nothing escapes ``main`` but its return value or ``SystemExit`` (no traceback);
 - the status is 0, 1 or 2;
 - a rejection (status 2) prints exactly one line on stderr, ``kpsim VERB: ...``,
-  which for a file input names the file (and, counted apart, a line of it).
+  which for a file input names the file and a line of it, ``FILE:N: problem`` (a
+  problem with the whole file, such as a missing table, is named at its last line).
 
 To keep the cost of a case to parsing and validation, ``Machine.boot`` is replaced by
 a stub that raises :class:`Accepted` (everything before the boot ran: the input was
-accepted); with ``boot=True`` a case runs for real. Snapshots have no verb that reads
+accepted). Every Nth accepted case can also run for real, under a CPU budget
+(:func:`run_real`, ``python -m tests.fuzz --real-every N``). Snapshots have no verb that reads
 them back, so that format calls ``kpsim.workloads.snapshot.load_snapshot`` and judges
 its ``InputError`` by the same rules.
 
@@ -29,11 +31,13 @@ import json
 import os
 import random
 import re
+import signal
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kpsim.cli.main import main
 from kpsim.errors import InputError
@@ -50,26 +54,41 @@ class FuzzFailure(AssertionError):
     """A case broke the rules (the message says which, with the input)."""
 
 
+class OverBudget(BaseException):
+    """A real run (:func:`run_real`) used up its CPU budget: raised by a timer signal
+    wherever the model is (a ``BaseException``, so the model's handlers let it pass)."""
+
+
+_REAL = [False]  # inside :func:`run_real`: the boot stub boots for real
+
+
 @contextlib.contextmanager
 def boot_stubbed() -> Iterator[None]:
     real = Machine.__dict__["boot"]
 
     def stub(cls: type, config: object = None, **kw: object) -> Machine:
+        if _REAL[0]:
+            return real.__func__(cls, config, **kw)  # type: ignore[no-any-return]
         raise Accepted
 
     def no_db(*a: object, **kw: object) -> None:  # kpsim sweep: the grid was accepted
         raise Accepted
 
+    import kpsim.cli.main as cli_main
     import kpsim.engine.results as results
 
     real_results = results.Results
+    real_build = cli_main.build_parser
+    parser = real_build()
     Machine.boot = classmethod(stub)  # type: ignore[method-assign,assignment]
     results.Results = no_db  # type: ignore[assignment,misc]
+    cli_main.build_parser = lambda: parser  # type: ignore[assignment]
     try:
         yield
     finally:
         Machine.boot = real  # type: ignore[method-assign]
         results.Results = real_results  # type: ignore[misc]
+        cli_main.build_parser = real_build  # type: ignore[assignment]
 
 
 @dataclass
@@ -79,7 +98,8 @@ class Tally:
 
     @property
     def cases(self) -> int:
-        return sum(self.outcomes.values())
+        """Inputs judged (a real run of an accepted one is counted apart)."""
+        return sum(v for k, v in self.outcomes.items() if not k.startswith("ran: "))
 
 
 def run_argv(argv: list[str], file: str | None = None) -> str:
@@ -93,9 +113,44 @@ def run_argv(argv: list[str], file: str | None = None) -> str:
                 rc = e.code if isinstance(e.code, int) else 2
     except Accepted:
         return "accepted"
+    except OverBudget:
+        raise
     except Exception as e:
         raise FuzzFailure(f"{argv}: escaped main: {type(e).__name__}: {e}") from e
     return judge(argv, rc, err.getvalue(), file)
+
+
+def run_real(argv: list[str], file: str | None, cpu_seconds: float) -> str:
+    """An accepted case run again for real (the machine booted, the workload run) for
+    at most ``cpu_seconds`` of CPU time; judged alike ("ran: status N"), or "ran: cut
+    at the CPU budget". This is what keeps the stub honest: a value the parser accepts
+    but the model cannot take shows up here as a traceback or a wrong status."""
+
+    def expire(signum: int, frame: Any) -> None:
+        f = frame
+        while f is not None:  # in a finalizer the exception would only be printed: later
+            if f.f_code.co_name == "__del__" or f.f_code.co_filename.endswith("weakref.py"):
+                signal.setitimer(signal.ITIMER_PROF, 0.01)
+                return
+            f = f.f_back
+        raise OverBudget
+
+    here = os.getcwd()
+    old = signal.signal(signal.SIGPROF, expire)
+    _REAL[0] = True
+    with tempfile.TemporaryDirectory(dir=_FAST_TMP) as scratch:
+        os.chdir(scratch)  # what a verb writes (kpsim explore's saved schedule) goes here
+        signal.setitimer(signal.ITIMER_PROF, cpu_seconds)
+        try:
+            outcome = run_argv(argv, file)
+        except OverBudget:
+            return "ran: cut at the CPU budget"
+        finally:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+            signal.signal(signal.SIGPROF, old)
+            _REAL[0] = False
+            os.chdir(here)
+    return f"ran: {outcome}"
 
 
 def judge(argv: list[str], rc: int, err: str, file: str | None) -> str:
@@ -112,9 +167,9 @@ def judge(argv: list[str], rc: int, err: str, file: str | None) -> str:
     if file is not None:
         if file not in lines[0]:
             raise FuzzFailure(f"{argv}: the rejection does not name the file: {lines[0]!r}")
-        if re.search(re.escape(file) + r":\d+:", lines[0]):
-            return "rejected at a line"
-        return "rejected (file)"
+        if not re.search(re.escape(file) + r":\d+: \S", lines[0]):
+            raise FuzzFailure(f"{argv}: the rejection names no line of the file: {lines[0]!r}")
+        return "rejected at a line"
     return "rejected"
 
 
@@ -136,8 +191,15 @@ def _seeds(pattern: str, limit: int = 4000) -> list[bytes]:
     return [p.read_bytes()[:limit] for p in sorted(ROOT.glob(pattern))]
 
 
+def snapshot_seeds() -> list[bytes]:
+    """A small valid snapshot document, as ``kpsim snapshot -o`` writes one (indented)
+    and on one line."""
+    doc = json.loads(snapshot_seed())
+    return [json.dumps(doc, indent=1).encode() + b"\n", snapshot_seed()]
+
+
 def snapshot_seed() -> bytes:
-    """A small valid snapshot document, as ``kpsim snapshot -o`` writes one."""
+    """A small valid snapshot document on one line."""
     from kpsim.workloads.snapshot import Snapshot, parse_maps, snapshot_to_json, user_vmas
 
     maps = "55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0 [heap]\n"
@@ -180,7 +242,7 @@ FILE_FORMATS = {
     "schedule": Format(
         "schedule", ".sched", lambda: [SCHEDULE_SEED], lambda p: ["explore", "--replay", p]
     ),
-    "snapshot": Format("snapshot", ".json", lambda: [snapshot_seed()], lambda p: []),
+    "snapshot": Format("snapshot", ".json", snapshot_seeds, lambda p: []),
     "grid": Format(
         "grid", ".toml", lambda: _seeds("examples/grids/*.toml"), lambda p: ["sweep", p]
     ),
@@ -278,15 +340,48 @@ def cli_case(r: random.Random) -> list[str]:
     return argv
 
 
+#: a file is written per case: on a RAM file system when there is one (each write to a
+#: disk-backed temporary directory can cost more than the case it feeds)
+_FAST_TMP = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
 # -- the driver ---------------------------------------------------------------------------------
-def fuzz(fmt: str, cases: int, seed: int = 0, *, stop_on_failure: bool = True) -> Tally:
-    """``cases`` seeded mutational cases of ``fmt``; failures collected (or raised)."""
+#: formats whose accepted cases :func:`run_real` can run (a grid would run every point
+#: of it into a results database; a snapshot has no machine)
+REAL_FORMATS = ("cli", "scenario", "steps", "trace", "schedule")
+
+
+def fuzz(
+    fmt: str,
+    cases: int,
+    seed: int = 0,
+    *,
+    stop_on_failure: bool = True,
+    real_every: int = 0,
+    real_cpu: float = 0.5,
+) -> Tally:
+    """``cases`` seeded mutational cases of ``fmt``; failures collected (or raised).
+    With ``real_every`` N, every Nth accepted case is also run for real
+    (:func:`run_real`, ``real_cpu`` seconds of CPU at most)."""
     r = random.Random(f"kpsim-fuzz:{fmt}:{seed}")
     tally = Tally()
-    with tempfile.TemporaryDirectory() as tmp, boot_stubbed():
+    if fmt not in REAL_FORMATS:
+        real_every = 0
+    accepted = [0]
+
+    def case(argv: list[str], file: str | None) -> str:
+        outcome = run_argv(argv, file)
+        if outcome == "accepted" and real_every:
+            accepted[0] += 1
+            if accepted[0] % real_every == 0:
+                tally.outcomes[run_real(argv, file, real_cpu)] += 1
+        return outcome
+
+    with tempfile.TemporaryDirectory(dir=_FAST_TMP) as tmp, boot_stubbed():
         if fmt == "cli":
             for _ in range(cases):
-                _one(tally, lambda: run_argv(cli_case(r)), stop_on_failure)
+                argv = cli_case(r)
+                _one(tally, lambda argv=argv: case(argv, None), stop_on_failure)
             return tally
         f = FILE_FORMATS[fmt]
         pool = f.seeds()
@@ -295,17 +390,19 @@ def fuzz(fmt: str, cases: int, seed: int = 0, *, stop_on_failure: bool = True) -
             data = pool[i % len(pool)] if i < len(pool) else mutate(r.choice(pool), r, pool)
             Path(path).write_bytes(data)
             if fmt == "snapshot":
-                _one(tally, lambda: run_snapshot(path), stop_on_failure)
+                _one(tally, lambda: run_snapshot(path), stop_on_failure, data)
             else:
-                _one(tally, lambda: run_argv(f.argv(path), path), stop_on_failure)
+                _one(tally, lambda: case(f.argv(path), path), stop_on_failure, data)
     return tally
 
 
-def _one(tally: Tally, case: Callable[[], str], stop: bool) -> None:
+def _one(tally: Tally, case: Callable[[], str], stop: bool, data: bytes | None = None) -> None:
     try:
         tally.outcomes[case()] += 1
     except FuzzFailure as e:
         tally.outcomes["FAILURE"] += 1
+        if data is not None:  # the input, to reproduce it
+            e.args = (f"{e.args[0]}\n    input: {data[:1500]!r}",)
         if stop:
             raise
         if len(tally.failures) < 50:

@@ -156,10 +156,11 @@ def test_impossible_machine_values_are_config_errors():
 
 
 def test_missing_workload_names_the_file():
-    """A scenario with no [[workload]] says so, naming the file (there is no line to blame)."""
-    with pytest.raises(InputError, match=r"^bad.toml: no \[\[workload\]\]") as exc:
-        parse_scenario("[machine]\ncpus = 2\n", "bad.toml")
-    assert exc.value.line is None
+    """A scenario with no [[workload]] says so, naming the file and its last line (where
+    one would go: no line is to blame, but every rejection names one)."""
+    with pytest.raises(InputError, match=r"^bad.toml:2: no \[\[workload\]\]") as exc:
+        parse_scenario("[machine]\ncpus = 2\n\n", "bad.toml")
+    assert exc.value.line == 2
 
 
 def test_unreadable_file_is_input_error(tmp_path):

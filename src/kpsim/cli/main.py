@@ -7,6 +7,7 @@ Exit status: 0 success; 1 the run found something; 2 bad usage or bad input
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import pkgutil
@@ -17,6 +18,7 @@ from typing import Any, NoReturn
 
 from kpsim.cli.arch_opts import check_arch
 from kpsim.errors import InputError, OutOfMemory
+from kpsim.mm.mm_types import SyscallError
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
@@ -91,11 +93,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:
         sys.stderr.write(f"kpsim {args.verb}: {_one_line(str(err))}\n")
         return EXIT_USAGE
-    except OutOfMemory as err:  # verbs that expect it say which option to change
-        sys.stderr.write(
-            f"kpsim {args.verb}: the simulated machine ran out of memory ({_one_line(str(err))}); "
-            "use more --memory or a smaller workload\n"
-        )
+    except (OutOfMemory, SyscallError) as err:  # verbs that expect it say which option to change
+        if isinstance(err, SyscallError) and err.errno != errno.ENOMEM:
+            raise  # a refused call no verb expected: a bug, with its traceback
+        what = _one_line(str(err))
+        if any(k.startswith("fail_") and v is not None for k, v in vars(args).items()):
+            sys.stderr.write(  # e.g. kpsim pba --fail-pagetable-alloc: pba stops at one
+                f"kpsim {args.verb}: an injected allocation failure stopped it ({what}); "
+                "kpsim run, audit and explore go on past injected failures\n"
+            )
+        else:
+            sys.stderr.write(
+                f"kpsim {args.verb}: the simulated machine ran out of memory ({what}); "
+                "use more --memory or a smaller workload\n"
+            )
         return EXIT_USAGE
     except MemoryError:  # the host's, not the simulated machine's (OutOfMemory above)
         sys.stderr.write(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from kpsim.cli.machine_opts import add_machine_options, config_from_args
 from kpsim.errors import InputError, OutOfMemory
 from kpsim.machine.boot import Machine
 from kpsim.machine.config import MachineConfig
+from kpsim.mm.mm_types import SyscallError
 
 if TYPE_CHECKING:
     from kpsim.report.cost import CostTable
@@ -89,11 +91,18 @@ def _replay(
         before = m.counters.snapshot()
         try:
             res = replay_events(m, events, file=file, progress=bar)
-        except OutOfMemory as err:
-            raise InputError(
-                f"the simulated machine ran out of memory ({err}); use a larger --memory",
-                file=file,
-            ) from None
+        except (OutOfMemory, SyscallError) as err:
+            if not isinstance(err, OutOfMemory) and err.errno != errno.ENOMEM:
+                raise
+            fi = m.k.fault_inject
+            if fi is not None and fi.injected:  # a replay does not go on past one
+                problem = (
+                    f"an injected allocation failure stopped the replay ({err}); "
+                    "fault injection is survived by kpsim run, audit and explore"
+                )
+            else:
+                problem = f"the simulated machine ran out of memory ({err}); use a larger --memory"
+            raise InputError(problem, file=file) from None
     return res, m.counters.since(before)
 
 

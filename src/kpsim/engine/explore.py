@@ -676,6 +676,7 @@ def parse_schedule(text: str, file: str) -> tuple[ExploreConfig, Schedule]:
     workload = "guarded-paths"
     disabled: set[str] = set()
     sched: list[tuple[int, str]] = []
+    where: dict[str, int] = {}  # the line of each machine directive, for MachineConfig's errors
     lines = text.splitlines()
     if not lines or lines[0].strip() != SCHEDULE_HEADER:
         raise InputError(
@@ -690,6 +691,8 @@ def parse_schedule(text: str, file: str) -> tuple[ExploreConfig, Schedule]:
 
         def bad(problem: str, n: int = n) -> InputError:
             return InputError(problem, file=file, line=n)
+
+        where[word] = n
 
         if word == "series":
             if rest not in SERIES:
@@ -730,8 +733,9 @@ def parse_schedule(text: str, file: str) -> tuple[ExploreConfig, Schedule]:
             )
     try:
         mc = MachineConfig(**machine)
-    except ConfigError as err:
-        raise InputError(err.problem, file=file) from None
+    except ConfigError as err:  # at the directive it names ("memory must be ..."), else the end
+        at = next((n for w, n in where.items() if err.problem.startswith(w)), len(lines))
+        raise InputError(err.problem, file=file, line=at) from None
     return ExploreConfig(mc, workload, frozenset(disabled)), tuple(sorted(sched))
 
 

@@ -116,7 +116,8 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     given = "workload" in base or "workload" in (k for k, _ in axes)
     if not given and not all("workload" in p for p in points):
         problem = "no workloads: give [[base.workload]], or workload = [...] in [grid]"
-        raise doc.error(("base",) if "base" in doc.data else ("grid",), problem)
+        where = ("base",) if "base" in doc.data else ("grid",)
+        raise InputError(problem, file=doc.file, line=doc.line(where) or doc.end_line)
     runs: dict[str, Run] = {}
     digest_costs = _costs_digest(costs)
     for point in points:
@@ -163,7 +164,7 @@ def _base(doc: TomlDoc) -> dict[str, Any]:
     if not given:  # the grid gives every run's workloads; validate the rest with a stand-in
         data["workload"] = [{"name": "micromm.fork"}]
     try:
-        s = scenario_from_doc(TomlDoc(data, lines, doc.file))
+        s = scenario_from_doc(TomlDoc(data, lines, doc.file, doc.end_line))
     except InputError as err:
         raise InputError(f"[base]: {err.problem}", file=doc.file,
                          line=err.line or doc.line(("base",))) from None  # fmt: skip

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kpsim.errors import ConfigError, InputError, read_input_text
+from kpsim.errors import ConfigError, InputError, last_line, read_input_text
 from kpsim.hw.arm64.system import MAX_CPUS
 from kpsim.machine.config import (
     ALLOCATORS,
@@ -94,6 +94,8 @@ class TomlDoc:
     data: dict[str, Any]
     lines: Mapping[KeyPath, int]
     file: str
+    #: the last line (:func:`kpsim.errors.last_line`): where a missing table is reported
+    end_line: int = 1
 
     def line(self, path: KeyPath) -> int | None:
         """The line of ``path``, or of its longest prefix that has one."""
@@ -110,25 +112,29 @@ class TomlDoc:
 
 
 _TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
 
 
 def toml_loads(text: str, file: str | None, what: str = "TOML syntax") -> dict[str, Any]:
     """``tomllib.loads``; a syntax error becomes an ``InputError`` ``what: problem
-    (column C)`` at tomllib's line."""
+    (column C)`` at tomllib's line; one tomllib found at the end of the document (an
+    unterminated string, a missing ``]``) is at the last line, "(at end of file)"."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         msg = str(err)
         m = _TOML_POS.search(msg)
         if m is None:
-            raise InputError(f"{what}: {msg}", file=file) from None
+            end = _TOML_END.search(msg)
+            problem = f"{what}: {msg[: end.start()]} (at end of file)" if end else f"{what}: {msg}"
+            raise InputError(problem, file=file, line=last_line(text)) from None
         problem = f"{what}: {msg[: m.start()]} (column {m.group(2)})"
         raise InputError(problem, file=file, line=int(m.group(1))) from None
 
 
 def parse_toml(text: str, file: str) -> TomlDoc:
     """Parse ``text``; a syntax error becomes an ``InputError`` with file and line."""
-    return TomlDoc(toml_loads(text, file), _TomlLineScanner(text).scan(), file)
+    return TomlDoc(toml_loads(text, file), _TomlLineScanner(text).scan(), file, last_line(text))
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -160,7 +166,8 @@ class _TomlLineScanner:
                 self.i += 1
                 current = self._resolve(self._key())
                 self._expect("]")
-                self.lines.setdefault(current, self.line)
+                for end in range(1, len(current) + 1):  # [a.b] defines a, as a.b = 1 does
+                    self.lines.setdefault(current[:end], self.line)
             else:
                 self._key_value(current)
 
@@ -168,6 +175,8 @@ class _TomlLineScanner:
         keys = self._key()
         self._expect("]]")
         parent = (*self._resolve(keys[:-1]), keys[-1])
+        for end in range(1, len(parent)):  # [[a.b]] defines a
+            self.lines.setdefault(parent[:end], self.line)
         index = self._arrays.get(parent, 0)
         self._arrays[parent] = index + 1
         self.lines.setdefault(parent, self.line)
@@ -561,7 +570,8 @@ def _fault_spec(doc: TomlDoc, path: KeyPath, key: str, value: Any) -> str:
 def _workloads(doc: TomlDoc) -> list[WorkloadSpec]:
     value = doc.data.get("workload")
     if value is None:
-        raise InputError("no [[workload]]: a scenario runs at least one workload", file=doc.file)
+        problem = "no [[workload]]: a scenario runs at least one workload"
+        raise InputError(problem, file=doc.file, line=doc.end_line)
     if isinstance(value, dict):
         raise doc.error(
             ("workload",), "workload: write [[workload]] (one per workload), not [workload]"

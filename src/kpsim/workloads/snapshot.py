@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from kpsim.errors import InputError
+from kpsim.errors import InputError, last_line, read_input_text
 from kpsim.workloads.host import HostError, quiescent, vmpte_pages
 
 PAGE_SHIFT = 12
@@ -357,39 +357,101 @@ def snapshot_to_json(snap: Snapshot) -> dict[str, Any]:
     }
 
 
-def snapshot_from_json(doc: Any, *, file: str | None = None) -> Snapshot:
-    """Read back what :func:`snapshot_to_json` wrote."""
+def snapshot_from_json(doc: Any, *, file: str | None = None, text: str | None = None) -> Snapshot:
+    """Read back what :func:`snapshot_to_json` wrote. A field that is missing or has
+    the wrong type is an :class:`InputError` naming it (``maps[2].start: ...``) and,
+    given the document's ``text``, the line of its key (a missing one: the last line)."""
+    at: list[str | int] = []  # the path being read, for the error
+    base: list[str | int] = []  # the object being read
+
+    def field(obj: Any, key: str) -> Any:
+        at[:] = [*base, key]
+        if not isinstance(obj, dict):
+            raise TypeError(f"expected an object, got {type(obj).__name__}")
+        if key not in obj:
+            raise KeyError(key)
+        return obj[key]
+
+    def items(obj: Any) -> list[Any]:
+        if not isinstance(obj, list):
+            raise TypeError(f"expected a list, got {type(obj).__name__}")
+        return obj
+
+    def hexint(obj: Any, key: str) -> int:
+        value = field(obj, key)
+        if not isinstance(value, str):
+            raise TypeError(f"expected a hex string, got {type(value).__name__}")
+        return int(value, 16)
+
     try:
-        if doc["format"] != SNAPSHOT_FORMAT:
-            raise InputError(f"unknown snapshot format {doc['format']!r}", file=file)
-        vmas = tuple(
-            Vma(int(m["start"], 16), int(m["end"], 16), m["perms"], int(m["offset"], 16), m["path"])
-            for m in doc["maps"]
-        )
-        present = tuple((int(s, 16), int(e, 16)) for s, e in doc["present"])
-        smaps = tuple((str(f), int(a)) for f, a in doc.get("smaps", ()))
-        return Snapshot(
-            int(doc["pid"]),
-            str(doc["machine"]),
-            int(doc["vmpte_pages"]),
-            vmas,
-            present,
-            str(doc["method"]),
-            str(doc["quiescence"]),
-            smaps,
-        )
+        fmt = field(doc, "format")
+        if fmt != SNAPSHOT_FORMAT:
+            raise ValueError(
+                f"unknown snapshot format {fmt!r} (this kpsim reads {SNAPSHOT_FORMAT})"
+            )
+        vmas = []
+        for i, m in enumerate(items(field(doc, "maps"))):
+            at[:] = base[:] = ["maps", i]
+            vma = Vma(hexint(m, "start"), hexint(m, "end"), str(field(m, "perms")),
+                      hexint(m, "offset"), str(field(m, "path")))  # fmt: skip
+            vmas.append(vma)
+        base.clear()
+        present = []
+        for i, pair in enumerate(items(field(doc, "present"))):
+            at[:] = ["present", i]
+            s, e = items(pair)
+            present.append((int(s, 16), int(e, 16)))
+        smaps = []
+        for i, pair in enumerate(items(doc.get("smaps", []))):
+            at[:] = ["smaps", i]
+            f, a = items(pair)
+            smaps.append((str(f), int(a)))
+        values = []
+        for key in ("pid", "machine", "vmpte_pages", "method", "quiescence"):
+            value = field(doc, key)
+            values.append(int(value) if key in ("pid", "vmpte_pages") else str(value))
+        pid, machine, vmpte, method, quiescence = values
+        return Snapshot(int(pid), str(machine), int(vmpte), tuple(vmas), tuple(present),
+                        str(method), str(quiescence), tuple(smaps))  # fmt: skip
     except (KeyError, TypeError, ValueError, OverflowError) as err:  # Infinity: Overflow
-        raise InputError(f"not a kpsim snapshot: {err}", file=file) from None
+        name = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in at).lstrip(".")
+        missing = isinstance(err, KeyError)
+        problem = f"missing field {name}" if missing else f"{name or 'document'}: {err}"
+        line = None if text is None else _json_key_line(text, at, missing)
+        raise InputError(f"not a kpsim snapshot: {problem}", file=file, line=line) from None
+
+
+def _json_key_line(text: str, at: Sequence[str | int], missing: bool) -> int:
+    """The line of the value at path ``at`` in the JSON ``text`` (of its parent when the
+    last key is ``missing``; the last line for a missing top-level key). Found by text
+    search: a key is its next quoted occurrence, a list element the next so many ``{``
+    (``maps``) or ``[`` (pairs) after the list opens: exact for what ``kpsim snapshot
+    -o`` writes, approximate for a hand-edited file with brackets inside strings."""
+    keys = list(at[:-1]) if missing else list(at)
+    if not keys:
+        return last_line(text)
+    pos = 0
+    for i, k in enumerate(keys):
+        if isinstance(k, str):
+            found = text.find(f'"{k}"', pos)
+        else:
+            opening = "{" if keys[i - 1] == "maps" else "["
+            found = text.find("[", pos)  # the list itself
+            for _ in range(k + 1):
+                found = text.find(opening, found + 1) if found >= 0 else -1
+        if found < 0:
+            return last_line(text)
+        pos = found + 1
+    return text.count("\n", 0, pos) + 1
 
 
 def load_snapshot(path: str | Path) -> Snapshot:
     """Load a snapshot file written by ``kpsim snapshot -o``."""
+    text = read_input_text(path, "snapshot")
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise InputError(f"not UTF-8 text (byte {err.start})", file=str(path)) from None
-    except OSError as err:
-        raise InputError(f"cannot read snapshot: {err.strerror}", file=str(path)) from None
+        doc = json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"not JSON: {err.msg}", file=str(path), line=err.lineno) from None
-    return snapshot_from_json(doc, file=str(path))
+    except RecursionError:  # [[[[...: nested deeper than the parser's stack
+        raise InputError("not JSON: nested too deeply", file=str(path), line=1) from None
+    return snapshot_from_json(doc, file=str(path), text=text)

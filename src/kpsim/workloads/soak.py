@@ -65,6 +65,7 @@ OPS: tuple[tuple[str, int], ...] = (
 )
 _NAMES = tuple(n for n, _ in OPS)
 _WEIGHTS = tuple(w for _, w in OPS)
+_CUM_WEIGHTS = tuple(sum(_WEIGHTS[: i + 1]) for i in range(len(_WEIGHTS)))
 
 
 @dataclass
@@ -141,13 +142,14 @@ class Soak:
         self.kpages: list[tuple[int, str]] = []  # (pfn, attribute state)
         self.hog: list[tuple[int, int]] = []
         self.res = SoakResult()
+        self._ops: dict[str, Callable[[], None]] = {n: getattr(self, f"op_{n}") for n in _NAMES}
 
     # -- the stream ---------------------------------------------------------------------
     def step(self) -> None:
-        op = self.r.choices(_NAMES, _WEIGHTS)[0]
+        op = self.r.choices(_NAMES, cum_weights=_CUM_WEIGHTS)[0]
         self.res.ops[op] += 1
         try:
-            getattr(self, f"op_{op}")()
+            self._ops[op]()
         except (SyscallError, OutOfMemory) as err:
             if isinstance(err, SyscallError) and err.errno != 12:
                 self.res.ops[f"{op}_refused"] += 1  # EINVAL, EFAULT...: a refused call

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar, Protocol, TypeAlias
 
-from kpsim.errors import InputError, OutOfMemory
+from kpsim.errors import InputError, OutOfMemory, last_line, read_input_text
 from kpsim.machine.scenario import toml_loads
 from kpsim.units import PAGE_SIZE, parse_size
 
@@ -255,17 +255,7 @@ class _Ctx:
 
 def load_steps(path: str | Path) -> StepsFile:
     """Read and parse a steps file; every problem is an :class:`InputError`."""
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise InputError(f"cannot read steps file: {err.strerror}", file=name) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise InputError("steps file is not UTF-8 text", file=name, line=line) from None
-    return parse_steps(text, file=name)
+    return parse_steps(read_input_text(path, "steps file"), file=str(path))
 
 
 def parse_steps(text: str, *, file: str | None = None) -> StepsFile:
@@ -278,7 +268,8 @@ def parse_steps(text: str, *, file: str | None = None) -> StepsFile:
             raise InputError(problem, file=file, line=pos.top.get(key))
     tables = doc.get("step")
     if not isinstance(tables, list) or not tables:
-        raise InputError("no steps: write one [[step]] table per step", file=file, line=None)
+        problem = "no steps: write one [[step]] table per step"
+        raise InputError(problem, file=file, line=last_line(text))
     steps = tuple(_parse_step(table, i, pos, file) for i, table in enumerate(tables, start=1))
     _check_names(steps, pos, file)
     return StepsFile(path=file, steps=steps)

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
 
-from kpsim.errors import InputError
+from kpsim.errors import InputError, last_line
 
 # --- x86 page-fault error code (arch/x86/include/asm/trap_pf.h) --------------------
 
@@ -439,8 +439,10 @@ def _whole_lines(lines: Iterable[str], name: str) -> Iterator[str]:
 def read_trace(path: str | PathLike[str]) -> list[Event]:
     """Parse a whole trace file into a list of records (``InputError`` if it has none)."""
     events = list(iter_trace(path))
-    if not events:
-        raise InputError("no perf script records: empty trace", file=str(path))
+    if not events:  # named at its last line, as every rejection names one
+        with open(path, "rb") as f:
+            end = last_line(f.read().decode("utf-8", "replace"))
+        raise InputError("no perf script records: empty trace", file=str(path), line=end)
     return events
 
 
