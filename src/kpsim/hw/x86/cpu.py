@@ -68,6 +68,13 @@ class X86Cpu:
         self.ac = False
         self.tlb = Tlb()
         self.walks = 0  # page walks made (TLB misses)
+        self.tlb_hits = 0
+        self.stores = 0  # kernel-visible stores (store, store_table: one per entry)
+        self.pkrs_writes = 0  # WRMSR to IA32_PKRS
+        self.invlpgs = 0
+        self.invpcids = 0
+        self.cr3_writes = 0
+        self.faults: dict[str, int] = {}
 
     # -- registers -------------------------------------------------------------
     @property
@@ -106,6 +113,7 @@ class X86Cpu:
         if value >> self.maxphyaddr:
             raise AccessFault(GeneralProtection(f"CR3 {value:#x} sets bits above MAXPHYADDR"))
         self.cr3 = value
+        self.cr3_writes += 1
         if not noflush:
             self.tlb.drop_pcid(self.pcid)
 
@@ -127,6 +135,7 @@ class X86Cpu:
             if value & ~PKR_VALID_MASK:
                 raise AccessFault(GeneralProtection(f"IA32_PKRS {value:#x} sets reserved bits"))
             self.pkrs = value  # no TLB flush: rights are read on each access
+            self.pkrs_writes += 1
         elif msr == MSR_EFER:
             if value & ~EFER_MODELLED or (value ^ self.efer) & (EFER_LME | EFER_LMA):
                 raise AccessFault(GeneralProtection(f"IA32_EFER {value:#x} not allowed"))
@@ -153,6 +162,7 @@ class X86Cpu:
     def invlpg(self, va: int) -> None:
         """INVLPG: the page's entries for the current PCID and global ones (a
         non-canonical address is a no-op)."""
+        self.invlpgs += 1
         if canonical(va):
             self.tlb.drop_page(self.pcid, va, globals_=True)
 
@@ -164,6 +174,7 @@ class X86Cpu:
             raise AccessFault(GeneralProtection(f"INVPCID PCID {pcid:#x} above 0xfff"))
         if kind in (0, 1) and pcid and not self.cr4 & CR4_PCIDE:
             raise AccessFault(GeneralProtection("INVPCID of PCID != 0 with CR4.PCIDE=0"))
+        self.invpcids += 1
         if kind == INVPCID_ADDR:
             if not canonical(va):
                 raise AccessFault(GeneralProtection(f"INVPCID address {va:#x}", va))
@@ -202,6 +213,7 @@ class X86Cpu:
             leaf = self._set_accessed_dirty(leaf, write)
             self.tlb.fill(pcid, va, leaf, pge=bool(self.cr4 & CR4_PGE))
         else:
+            self.tlb_hits += 1
             code = access_error(leaf, write=write, fetch=fetch, user=user, paging=paging, bits=bits)
             if code:
                 self.tlb.drop_page(pcid, va, globals_=True)
@@ -242,6 +254,8 @@ class X86Cpu:
             return got[0]
         if isinstance(got, PageFault):
             self.cr2 = got.cr2
+            kind = "pk" if got.pk else ("prot" if got.present else "not_present")
+            self.faults[kind] = self.faults.get(kind, 0) + 1
         raise AccessFault(got)
 
     def load(self, va: int, size: int = 8, *, user: bool = False) -> int:
@@ -251,6 +265,59 @@ class X86Cpu:
     def store(self, va: int, value: int, size: int = 8, *, user: bool = False) -> None:
         """Store ``size`` bytes little-endian at ``va``; raise AccessFault."""
         self.mem.write(self._pa(va, size, write=True, fetch=False, user=user), value, size)
+        self.stores += 1
+
+    def try_store(
+        self, va: int, value: int, size: int = 8, *, user: bool = False
+    ) -> X86Fault | None:
+        """:meth:`store`, the fault returned as a value instead of raised (None: done)."""
+        try:
+            self.store(va, value, size, user=user)
+        except AccessFault as exc:
+            fault: X86Fault = exc.fault
+            return fault
+        return None
+
+    def store_table(self, table_va: int, index: object, values: object) -> int:
+        """Store a batch of 64-bit entries into the 4 KiB page at ``table_va`` (CPL 0).
+
+        ``index`` and ``values`` are numpy-compatible (an int, a slice or arrays of word
+        indices). The page is translated and checked once, as the first store of the
+        batch would be (every store hits the same TLB entry with the same rights); the
+        number of stores is returned.
+        """
+        pa = self._pa(table_va & ~0xFFF, 8, write=True, fetch=False, user=False)
+        frame = self.mem.frame(pa >> 12)
+        frame[index] = values  # type: ignore[call-overload]
+        if isinstance(index, slice):
+            n = len(range(*index.indices(512)))
+        elif isinstance(index, int):
+            n = 1
+        else:
+            n = len(index)  # type: ignore[arg-type]
+        self.stores += n
+        if n > 1:
+            self.tlb_hits += n - 1
+        return n
+
+    def zero_page(self, va: int) -> None:
+        """``clear_page``: 512 stores to the page at ``va``, one check."""
+        self.store_table(va, slice(None), 0)
+
+    def counters(self) -> dict[str, int]:
+        """This CPU's event counts (``Machine.counters`` sums them over CPUs)."""
+        out = {
+            "tlb_hit": self.tlb_hits,
+            "walk": self.walks,
+            "store": self.stores,
+            "pkrs_write": self.pkrs_writes,
+            "invlpg": self.invlpgs,
+            "invpcid": self.invpcids,
+            "cr3_write": self.cr3_writes,
+        }
+        for k, v in self.faults.items():
+            out[f"fault_{k}"] = v
+        return out
 
     def fetch(self, va: int, *, user: bool = False) -> int:
         """An instruction fetch of one byte at ``va`` (rights only; nothing runs)."""
