@@ -82,5 +82,12 @@ class X86Base:
     def flush_tlb_all(self) -> None:
         raise NotImplementedError
 
+    # provided by PgtableUserMixin and PgtableMixin (declared here for the others)
+    def pgd_ctor(self, pgd_pa: int) -> None:
+        raise NotImplementedError
+
+    def pt_store_batch(self, table_pa: int, index: Any, values: Any) -> int:
+        raise NotImplementedError
+
     def flush_tlb_kernel_range(self, start: int, end: int) -> None:
         raise NotImplementedError

@@ -156,9 +156,6 @@ class LazyMmuEntryMixin(X86Base):
         pc.loaded_mm = mm
         self.k.counters["switch_mm"] += 1
 
-    def pgd_ctor(self, pgd_pa: int) -> None:
-        raise NotImplementedError  # provided by the user-page-table mixin
-
     def copy_thread(self, parent: Task) -> ThreadStruct:
         """``copy_thread``: the child's saved PKRS is the parent's current value."""
         live = self.system.cpus[self.cpu_id].pkrs if self.current() is parent else None

@@ -204,6 +204,3 @@ class PgtableUserMixin(X86Base):
             return
         self.pt_store_batch(pgd_pa, slice(KERNEL_PGD_BOUNDARY, 512), kernel.copy())
         self.k.counters["pgd_ctor"] += 1
-
-    def pt_store_batch(self, table_pa: int, index: Any, values: Any) -> int:
-        raise NotImplementedError  # provided by PgtableMixin

@@ -83,6 +83,7 @@ class TlbFlushMixin(X86Base):
         else ``flush_tlb_mm_range`` over the gathered range."""
         if fullmm:
             self.flush_tlb_mm(asid)
+            self.leave_mm(asid)
             return
         self.flush_tlb_range(asid, start, end, stride=stride, last_level=not freed_tables)
 
@@ -108,6 +109,17 @@ class TlbFlushMixin(X86Base):
             else:
                 for va in pages:
                     c.invlpg(va)
+
+    def leave_mm(self, mm_id: int) -> None:
+        """``leave_mm``/``switch_mm(init_mm)``: every CPU with the mm loaded switches CR3
+        to ``swapper_pg_dir`` before its tables (its PGD included) are freed, as x86
+        does for lazy-TLB CPUs when an mm's tables go."""
+        for i, pc in enumerate(self.percpu):
+            mm = pc.loaded_mm
+            if mm is not None and mm.asid == mm_id:
+                self.system.cpus[i].mov_cr3(self.swapper_pg_dir)
+                pc.loaded_mm = None
+                pc.pcid_slots.pop(mm_id, None)
 
     def queue_pte_barriers(self) -> None:
         """Nothing on x86: a PTE store needs no barrier before the walker sees it."""
