@@ -115,3 +115,16 @@ def test_context_switch_saves_and_restores_pkrs() -> None:
     assert cpu.pkrs == m.arch.pkrs_init
     m.arch.switch_to(0, idle)
     assert cpu.pkrs == open_
+
+
+@pytest.mark.parametrize("hardened", [True, False])
+def test_vmemmap_pmd_entry_write(hardened: bool) -> None:
+    """The vmemmap's PMD (2M leaves over struct pages) is a keyed table: a store to its
+    entry faults with PK; control: the feature off, the store goes through."""
+    m = boot(linear_map="pte", hardened_pgtables=hardened)
+    va = m.arch.layout.page_to_virt_struct(4242)
+    m.hw.cpus[0].store(va, 1)  # struct page itself is ordinary data
+    pud_ptr = m.arch.next_offset(m.arch.pgd_offset_k(va), va, 1)
+    pmd_ptr = m.arch.next_offset(pud_ptr, va, 2)
+    code = store_fault(m, pmd_ptr)
+    assert code == (PF_PROT | PF_WRITE | PF_PK if hardened else -1)

@@ -3,11 +3,17 @@ walked by the hw/x86 MMU, protected by PKS like kernel ones."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from kpsim.errors import AccessFault
 from kpsim.hw.x86.fault import PF_PK, PageFault
-from kpsim.machine.boot import Machine
+from kpsim.machine.boot import Machine, boot
 from kpsim.mm.memory import check_tree
 from kpsim.mm.process import Process, mm_context
+from kpsim.workloads.simtarget import SimTarget
+from kpsim.workloads.steps import load_steps, run_steps
 
 
 def user_byte(m: Machine, cpu: int, va: int) -> int:
@@ -61,3 +67,35 @@ def test_user_page_table_write_faults_at_default_pkrs() -> None:
             assert isinstance(exc.fault, PageFault)
             code = exc.fault.error_code
         assert bool(code & PF_PK) is expect_pk
+
+
+def test_thp_pmd_leaves_on_x86() -> None:
+    """With THP always, a 2M-aligned touched range is PMD leaves (PSE) with deposited
+    PTE tables; mprotect of one page splits one; the tree in RAM stays consistent."""
+    m = machine()
+    p = Process.create(mm_context(m.k, m.arch, thp="always"), cpu=0)
+    addr = p.mmap(None, 8 << 20)
+    p.touch_range(addr, 8 << 20, write=True)
+    counts = p.mm.table_counts()
+    assert counts["pte_deposited"] >= 3 and check_tree(p.mm) == []
+    p.mprotect(addr + (4 << 20), 4096, 1)
+    p.touch(addr + (4 << 20))
+    after = p.mm.table_counts()
+    assert after["pte"] == counts["pte"] + 1
+    assert after["pte_deposited"] == counts["pte_deposited"] - 1
+    assert check_tree(p.mm) == []
+    p.exit()
+
+
+@pytest.mark.parametrize("name", ["fork.toml", "thp.toml", "mremap.toml", "madvise-dontneed.toml"])
+def test_committed_step_files_run_on_x86(name: str) -> None:
+    """The conformance step files run on the x86 machine, with the table count after
+    each step that the arm64 machine gives (the generic mm's rules, arch-independent)."""
+    path = Path(__file__).parents[3] / "examples" / "steps" / name
+    counts = {}
+    for arch in ("arm64", "x86"):
+        target = SimTarget(boot(arch=arch, memory="1G"))
+        counts[arch] = [r.pt_pages for r in run_steps(load_steps(path), target)]
+        target.close()
+    assert counts["x86"] == counts["arm64"]
+    assert len(counts["x86"]) > 1

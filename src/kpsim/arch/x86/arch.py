@@ -64,6 +64,7 @@ class X86(InitMixin, LazyMmuEntryMixin, VmallocArchMixin, PgtableUserMixin):
         self.direct_pages_count = [0, 0, 0, 0]
         self.system_running = False
         self.mapped_end = 0
+        self.vmemmap_range = (0, 0, 0)
         k.arch = self
 
     def set_series(self, series: Series) -> None:
@@ -93,9 +94,11 @@ class X86(InitMixin, LazyMmuEntryMixin, VmallocArchMixin, PgtableUserMixin):
     def paging_init(
         self, early_alloc: EarlyAlloc, progress: Callable[[int, int], None] | None = None
     ) -> None:
-        """The image's static tables, then ``init_mem_mapping``; every CPU's CR3."""
+        """The image's static tables, ``init_mem_mapping``, the vmemmap (``sparse_init``,
+        later in Linux's ``setup_arch``); every CPU's CR3."""
         self.map_kernel()
         self.init_mem_mapping(early_alloc, progress)
+        self.vmemmap_populate(early_alloc)
         for cpu in self.system.cpus:
             cpu.mov_cr3(self.swapper_pg_dir)
 

@@ -32,7 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from kpsim.arch.x86.memory import ISA_END_ADDRESS, PAGE_OFFSET, START_KERNEL_MAP
+from kpsim.arch.x86.memory import (
+    ISA_END_ADDRESS,
+    PAGE_OFFSET,
+    START_KERNEL_MAP,
+    STRUCT_PAGE_SIZE,
+    VMEMMAP_START,
+)
 from kpsim.arch.x86.pgtable import (
     KERNPG_TABLE,
     PAGE_KERNEL,
@@ -97,6 +103,7 @@ def _round_up(x: int, a: int) -> int:
 class InitMixin(SetMemoryMixin):
     kimage_pa: int
     kimage_size: int
+    vmemmap_range: tuple[int, int, int]
 
     def _register_early(self, pa: int, level: int, source: str) -> None:
         self.k.pgtable.live[pa >> 12] = TableInfo(level, "kernel", source)
@@ -253,6 +260,34 @@ class InitMixin(SetMemoryMixin):
         vals = (np.uint64(paddr) + (_ARANGE[:n] << np.uint64(12))) | np.uint64(PAGE_KERNEL)
         frame[i0 : i0 + n] = np.where(existing, frame[i0 : i0 + n], vals)
         self.update_page_count(PG_LEVEL_4K, int(n - np.count_nonzero(existing)))
+
+    # -- vmemmap -------------------------------------------------------------------------
+    def vmemmap_populate(self, early_alloc: EarlyAlloc) -> None:
+        """``vmemmap_populate`` -> ``vmemmap_populate_hugepages``: ``struct page`` for all
+        RAM in 2 MiB pages (``PAGE_KERNEL_LARGE``) backed by one memblock buffer, tables
+        from the early allocator."""
+        regions = self.k.memblock.memory_regions()
+        lo = min(b for b, _s in regions) >> 12
+        hi = max(b + s for b, s in regions) >> 12
+        start = (VMEMMAP_START + lo * STRUCT_PAGE_SIZE) & ~(SZ_2M - 1)
+        end = _round_up(VMEMMAP_START + hi * STRUCT_PAGE_SIZE, SZ_2M)
+        buf = self.k.memblock.memblock_phys_alloc(end - start, SZ_2M)
+        if not buf:
+            raise MemoryError("vmemmap: no memory for struct pages")
+        pgd = self.k.mem.frame(self.swapper_pg_dir >> 12)
+        va, pa = start, buf
+        while va < end:
+            pud = self._child(pgd, (va >> 39) & 0x1FF, 0, early_alloc)
+            pmd = self._child(self.k.mem.frame(pud >> 12), (va >> 30) & 0x1FF, 1, early_alloc)
+            i0 = (va >> 21) & 0x1FF
+            n = min((end - va) >> 21, 512 - i0)
+            vals = (np.uint64(pa) + (_ARANGE[:n] << np.uint64(21))) | np.uint64(
+                large_prot(PAGE_KERNEL)
+            )
+            self.k.mem.frame(pmd >> 12)[i0 : i0 + n] = vals
+            va += n * SZ_2M
+            pa += n * SZ_2M
+        self.vmemmap_range = (start, end, buf)
 
     # -- after boot ------------------------------------------------------------------------
     def mark_rodata_ro(self) -> None:

@@ -27,7 +27,6 @@ import numpy as np
 
 from kpsim.arch.x86.base import X86Base
 from kpsim.arch.x86.pgtable import PAGE_TABLE, PTE_PFN_MASK, pfn_mask, small_prot
-from kpsim.errors import AccessFault
 from kpsim.hw.x86 import pte as e
 
 PROTNONE = e.G  # _PAGE_PROTNONE (_PAGE_BIT_PROTNONE = _PAGE_BIT_GLOBAL)
@@ -182,15 +181,7 @@ class PgtableUserMixin(X86Base):
     # -- user access and the user PGD -------------------------------------------------------
     def user_access(self, va: int, write: bool, value: int = 0) -> bool:
         """One user byte load/store (CPL 3) on the current CPU; False if it faulted."""
-        cpu = self.system.cpus[self.cpu_id]
-        try:
-            if write:
-                cpu.store(va, value & 0xFF, 1, user=True)
-            else:
-                cpu.load(va, 1, user=True)
-        except AccessFault:
-            return False
-        return True
+        return self.system.cpus[self.cpu_id].access_user(va, write, value)
 
     def pgd_ctor(self, pgd_pa: int) -> None:
         """``pgd_ctor``: copy the kernel half of ``swapper_pg_dir`` into a user PGD

@@ -65,7 +65,8 @@ class X86Cpu:
         self.pkru = 0
         self.pkrs = 0
         self.cr2 = 0
-        self.ac = False
+        self._ac = False
+        self._paging: Paging | None = None  # paging() cached until a register changes
         self.tlb = Tlb()
         self.walks = 0  # page walks made (TLB misses)
         self.tlb_hits = 0
@@ -81,7 +82,25 @@ class X86Cpu:
     def pcid(self) -> int:
         return self.cr3 & CR3_PCID_MASK if self.cr4 & CR4_PCIDE else 0
 
+    @property
+    def ac(self) -> bool:
+        """EFLAGS.AC (STAC/CLAC: the SMAP override)."""
+        return self._ac
+
+    @ac.setter
+    def ac(self, value: bool) -> None:
+        self._ac = value
+        self._paging = None
+
     def paging(self) -> Paging:
+        """The control-register state the walk and the rights check read (cached: every
+        write to CR0, CR4, EFER, PKRU, IA32_PKRS or EFLAGS.AC drops it)."""
+        got = self._paging
+        if got is None:
+            got = self._paging = self._make_paging()
+        return got
+
+    def _make_paging(self) -> Paging:
         cr4 = self.cr4
         return Paging(
             maxphyaddr=self.maxphyaddr,
@@ -93,7 +112,7 @@ class X86Cpu:
             smap=bool(cr4 & CR4_SMAP),
             pkru=self.pkru,
             pkrs=self.pkrs,
-            ac=self.ac,
+            ac=self._ac,
         )
 
     def mov_cr0(self, value: int) -> None:
@@ -102,6 +121,7 @@ class X86Cpu:
         if not value & CR0_PG or not value & CR0_PE or value >> 32:
             raise AccessFault(GeneralProtection(f"CR0 value {value:#x} not allowed"))
         self.cr0 = value
+        self._paging = None
 
     def mov_cr3(self, value: int) -> None:
         """MOV to CR3 (SDM 4.10.4.1): PCID in bits 11:0 with CR4.PCIDE=1, bit 63 no-flush."""
@@ -126,6 +146,7 @@ class X86Cpu:
         if value & CR4_PCIDE and not old & CR4_PCIDE and self.cr3 & CR3_PCID_MASK:
             raise AccessFault(GeneralProtection("CR4.PCIDE set with CR3[11:0] != 0"))
         self.cr4 = value
+        self._paging = None
         if (old ^ value) & CR4_PGE or (old & CR4_PCIDE and not value & CR4_PCIDE):
             self.tlb.drop_all()
 
@@ -135,11 +156,13 @@ class X86Cpu:
             if value & ~PKR_VALID_MASK:
                 raise AccessFault(GeneralProtection(f"IA32_PKRS {value:#x} sets reserved bits"))
             self.pkrs = value  # no TLB flush: rights are read on each access
+            self._paging = None
             self.pkrs_writes += 1
         elif msr == MSR_EFER:
             if value & ~EFER_MODELLED or (value ^ self.efer) & (EFER_LME | EFER_LMA):
                 raise AccessFault(GeneralProtection(f"IA32_EFER {value:#x} not allowed"))
             self.efer = value
+            self._paging = None
         else:
             raise AccessFault(GeneralProtection(f"WRMSR to unmodelled MSR {msr:#x}"))
 
@@ -157,6 +180,7 @@ class X86Cpu:
         if value & ~PKR_VALID_MASK:
             raise AccessFault(GeneralProtection(f"PKRU {value:#x} wider than 32 bits"))
         self.pkru = value
+        self._paging = None
 
     # -- TLB maintenance -------------------------------------------------------
     def invlpg(self, va: int) -> None:
@@ -244,6 +268,24 @@ class X86Cpu:
         return leaf
 
     # -- the access API --------------------------------------------------------
+    def access_user(self, va: int, write: bool, value: int = 0) -> bool:
+        """One user-mode (CPL 3) byte load or store; False if it faulted (#PF: CR2 set
+        and counted, as :meth:`load`/:meth:`store` would, without raising)."""
+        got = self.translate(va, write=write, fetch=False, user=True)
+        if not isinstance(got, tuple):
+            self._note_fault(got)
+            return False
+        if write:
+            self.mem.write(got[0], value & 0xFF, 1)
+            self.stores += 1
+        return True
+
+    def _note_fault(self, got: X86Fault) -> None:
+        if isinstance(got, PageFault):
+            self.cr2 = got.cr2
+            kind = "pk" if got.pk else ("prot" if got.present else "not_present")
+            self.faults[kind] = self.faults.get(kind, 0) + 1
+
     def _pa(self, va: int, size: int, *, write: bool, fetch: bool, user: bool) -> int:
         if size not in (1, 2, 4, 8) or va % size:
             raise InputError(
@@ -252,10 +294,7 @@ class X86Cpu:
         got = self.translate(va, write=write, fetch=fetch, user=user)
         if isinstance(got, tuple):
             return got[0]
-        if isinstance(got, PageFault):
-            self.cr2 = got.cr2
-            kind = "pk" if got.pk else ("prot" if got.present else "not_present")
-            self.faults[kind] = self.faults.get(kind, 0) + 1
+        self._note_fault(got)
         raise AccessFault(got)
 
     def load(self, va: int, size: int = 8, *, user: bool = False) -> int:
