@@ -224,7 +224,8 @@ def _entry_attempt(
 
         def write() -> Fault | None:
             own[0] = pgtables_writable(arch, a)
-            return cpu.try_store(t.ptr, t.value)
+            got: Fault | None = cpu.try_store(t.ptr, t.value)
+            return got
 
         if window is None:
             f, window = write_at(arch, timing, a, arena.other, write)
@@ -268,7 +269,8 @@ def _random_attempt(arena: tg.Arena, rng: random.Random, res: ClassResult, timin
 
         def write() -> Fault | None:
             own[0] = pgtables_writable(m.arch, a)
-            return cpu.try_store(va, value)
+            got: Fault | None = cpu.try_store(va, value)
+            return got
 
         if window is None:
             f, window = write_at(m.arch, timing, a, arena.other, write)

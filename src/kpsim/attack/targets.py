@@ -200,7 +200,7 @@ def _alias(m: Machine, cls: str, pa: int) -> int:
     """The VA the attacker stores to: the image's own alias of its static tables for
     ``kimage_alias``, the linear-map alias (``__va``) otherwise."""
     if cls == "kimage_alias":
-        return KIMAGE_VADDR + (pa - m.arch.kimage_pa)
+        return KIMAGE_VADDR + (pa - int(m.arch.kimage_pa))
     return int(m.arch.phys_to_virt(pa))
 
 

@@ -26,7 +26,6 @@ X86_GAPS: dict[str, str] = {
     verb: "the x86 machine (arch/x86 and the boot dispatch) is not built yet"
     for verb in (
         "run",
-        "boot",
         "kunit",
         "audit",
         "attack",

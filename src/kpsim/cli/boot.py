@@ -15,9 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "boot",
         help="boot a machine and summarise it",
-        description="Boot a simulated arm64 machine and print the linear map's leaves by "
-        "size, the kernel page tables by level and the boot's event counts (--json: the "
-        "configuration, the allocator's state and every counter).",
+        description="Boot a simulated arm64 (or, with --arch x86, x86-64) machine and "
+        "print the linear map's leaves by size, the kernel page tables by level and the "
+        "boot's event counts; on x86 also /proc/meminfo's DirectMap lines and the "
+        "direct_map splits of /proc/vmstat (--json: the configuration, the allocator's "
+        "state and every counter).",
     )
     add_machine_options(p)
     add_json(p)
@@ -37,7 +39,17 @@ def boot_document(m: Any) -> dict[str, Any]:
         "linear_map": linear_map_report(m),
         "page_tables": {"kernel": m.k.pgtable.count("kernel")},
         "counters": m.counters,
-    }
+    } | _x86_sections(m)
+
+
+def _x86_sections(m: Any) -> dict[str, Any]:
+    """x86 only: ``/proc/meminfo``'s DirectMap lines and ``/proc/vmstat``'s split events."""
+    meminfo = getattr(m.arch, "arch_report_meminfo", None)
+    if meminfo is None:
+        return {}
+    c = m.counters
+    splits = ("direct_map_level2_splits", "direct_map_level3_splits")
+    return {"meminfo": meminfo(), "vmstat": {k: c[k] for k in splits}}
 
 
 def _leaves(mappings: dict[str, int]) -> str:
@@ -60,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(doc)
         return 0
-    mc, lm = doc["machine"], doc["linear_map"]
+    mc, lm, cfg = doc["machine"], doc["linear_map"], doc["config"]
     print(
         f"kpsim boot: {format_size(mc['memory_bytes'])} RAM at {mc['dram_base']}, "
-        f"{mc['cpus']} CPUs, POE {'on' if mc['poe'] else 'off'}"
+        f"{mc['cpus']} CPUs, {'PKS' if cfg.get('arch') == 'x86' else 'POE'} "
+        f"{'on' if mc['poe'] else 'off'}"
     )
-    cfg = doc["config"]
     print(
         f"kernel: linear map {cfg['linear_map']}, hardened_pgtables "
         f"{'on' if cfg['hardened_pgtables'] else 'off'}, allocator {cfg['allocator']}"
@@ -77,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  leaves by size: {_leaves(lm['mappings'])}")
     print(f"  table pages by level: {_pages(lm['tables'])}")
     print(f"kernel page tables (pages by level): {_pages(doc['page_tables']['kernel'])}")
+    if "meminfo" in doc:
+        mi, vs = doc["meminfo"], doc["vmstat"]
+        print("meminfo: " + ", ".join(f"{k} {v} kB" for k, v in mi.items()))
+        print("vmstat: " + ", ".join(f"{k} {v}" for k, v in vs.items()))
     c = doc["counters"]
     print(
         f"events: tlbi {c.get('tlbi', 0)}, splits pud {c.get('split_pud', 0)} "

@@ -36,7 +36,11 @@ def add_machine_options(p: argparse.ArgumentParser, *, scenario: bool = False) -
     g.add_argument("--cpus", type=int_arg, default=2, metavar="N", help=f"CPUs {dflt('2')}")
     g.add_argument("--no-poe", dest="poe", action="store_false", help="CPUs without FEAT_S1POE")
     g.add_argument(
-        "--linear-map", default="pte", metavar="pte|block", help=f"linear map policy {dflt('pte')}"
+        "--linear-map",
+        default=None,
+        metavar="pte|block",
+        help="linear map policy "
+        + dflt("pte on arm64, block on x86").replace("(default ", "(default: "),
     )
     g.add_argument("--seed", type=int_arg, default=0, metavar="N", help=f"random seed {dflt('0')}")
     g.add_argument(
@@ -118,7 +122,8 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         memory=args.memory,
         cpus=args.cpus,
         poe=args.poe,
-        linear_map=args.linear_map,
+        linear_map=args.linear_map or "",
+        arch=getattr(args, "arch", None) or "arm64",
         hardened_pgtables=args.hardened_pgtables,
         allocator=args.allocator,
         batching=args.batching,

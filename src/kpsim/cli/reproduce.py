@@ -148,7 +148,7 @@ class ModelRuns:
         m = Machine.boot(cfg)
         if noop:
             # The v5 mock: set_memory_pkey() gated on system_supports_poe(), a no-op.
-            m.arch.set_memory_pkey = lambda addr, numpages, pkey: 0  # type: ignore[method-assign]
+            m.arch.set_memory_pkey = lambda addr, numpages, pkey: 0
         got = run_workload(m, workload, params, seed=self.seed)
         self.seconds[workload] = self.seconds.get(workload, 0.0) + time.perf_counter() - t0
         self.cache[key] = got

@@ -19,6 +19,12 @@ Boot follows arm64 Linux in order (``start_kernel`` -> ``setup_arch`` ->
    rodata, ``swapper_pg_dir`` included, becomes read-only;
 6. optionally ``mark_rodata_ro``: the image's rodata (``swapper_pg_dir``) becomes
    read-only in the image mapping too.
+
+With ``arch="x86"`` the same steps run on :class:`kpsim.arch.x86.arch.X86`: the first
+1 MiB is reserved too; ``paging_init`` builds the image's static tables and the direct
+map (``init_mem_mapping``); the CPUs enable PKS (CR4.PKS, IA32_PKRS); ``mem_init``
+ends with ``preallocate_vmalloc_pages``; after ``mark_rodata_ro`` the system is
+running (``direct_map_level2/3_splits`` count from then on).
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ from typing import Any
 from kpsim.arch.arm64.arch import Arm64
 from kpsim.arch.arm64.linear_map_stats import linear_map_mappings, linear_map_tables
 from kpsim.arch.arm64.setup import KIMAGE_SIZE
+from kpsim.arch.x86.arch import X86
+from kpsim.arch.x86.direct_map_stats import direct_map_mappings, direct_map_table_counts
 from kpsim.errors import ConfigError, OutOfMemory
 from kpsim.events import Counters
 from kpsim.hw.arm64.system import Arm64System
 from kpsim.hw.physmem import PhysicalMemory
+from kpsim.hw.x86.system import X86System
 from kpsim.kpkeys.grouped import GroupedPages
 from kpsim.kpkeys.hardened_pgtables import HardenedPgtables
 from kpsim.kpkeys.pba import PkeysBlockAllocator
@@ -49,7 +58,7 @@ from kpsim.units import format_size
 
 
 def make_allocator(
-    name: str, k: Kernel, arch: Arm64, ppa: PhysmemAllocator | None
+    name: str, k: Kernel, arch: Arm64 | X86, ppa: PhysmemAllocator | None
 ) -> HardenedPgtables:
     """The kpkeys table allocator named by the configuration."""
     classes: dict[str, type[HardenedPgtables]] = {
@@ -91,24 +100,33 @@ class Machine:
     def __init__(self, config: MachineConfig) -> None:
         self.config = config
         self.mem = PhysicalMemory(config.dram_base, config.memory)
-        self.hw = Arm64System(self.mem, config.cpus, poe=config.poe)
         self.k = Kernel(self.mem, config)
         self.k.pgtable = PgtableAllocator(self.k)
-        self.arch = Arm64(
-            self.k,
-            self.hw,
-            linear_map=config.linear_map,
-            hardened_pgtables_config=config.hardened_pgtables,
-            batching=config.batching,
-            series=config.series,
-        )
+        opts: dict[str, Any] = {
+            "linear_map": config.linear_map,
+            "hardened_pgtables_config": config.hardened_pgtables,
+            "batching": config.batching,
+            "series": config.series,
+        }
+        # Any: layer-6 code still reaches arm64-only attributes (POR_EL1, ESR faults);
+        # the x86 machine has the same kernel-side names, not the same registers.
+        self.hw: Any
+        self.arch: Any
+        if config.arch == "x86":
+            self.hw = X86System(self.mem, config.cpus, pks=config.poe)
+            self.arch = X86(self.k, self.hw, **opts)
+            leaves, tables = direct_map_mappings, direct_map_table_counts
+        else:
+            self.hw = Arm64System(self.mem, config.cpus, poe=config.poe)
+            self.arch = Arm64(self.k, self.hw, **opts)
+            leaves, tables = linear_map_mappings, linear_map_tables
         self.ppa: PhysmemAllocator | None = None
         self.kpkeys: HardenedPgtables | None = None
         mem, arch = self.mem, self.arch
         self.timeline = Timeline(
             self.k,
-            lambda: linear_map_mappings(mem, arch.swapper_pg_dir),
-            lambda: linear_map_tables(mem, arch.swapper_pg_dir),
+            lambda: leaves(mem, arch.swapper_pg_dir),
+            lambda: tables(mem, arch.swapper_pg_dir),
         )
         self.booted = False
 
@@ -141,7 +159,12 @@ class Machine:
         if problem is not None:
             raise ConfigError(problem)
         mb = Memblock()
-        mb.memblock_add(cfg.dram_base, cfg.memory)
+        if isinstance(self.arch, X86):
+            for base, size in self.arch.e820_ram(cfg.memory):
+                mb.memblock_add(base, size)
+            mb.memblock_reserve(0, 1 << 20)  # x86_reserve_low: the first 1 MiB
+        else:
+            mb.memblock_add(cfg.dram_base, cfg.memory)
         mb.memblock_reserve(self.arch.kimage_pa, KIMAGE_SIZE)
         self.k.memblock = mb
         early = self._early_allocator()
@@ -160,6 +183,8 @@ class Machine:
         self.booted = True
         if rodata_ro:
             self.mark_rodata_ro()
+        if isinstance(self.arch, X86):
+            self.arch.system_running = True
         self.arm_fault_injection()
         progress(BOOT_STEPS, BOOT_STEPS, "boot: done")
 
@@ -221,6 +246,8 @@ class Machine:
             if isinstance(self.kpkeys, PkeysBlockAllocator):
                 # v6: arch code calls this as soon as linear-map pkeys may change.
                 self.kpkeys.kpkeys_hardened_pgtables_init_late()
+        if isinstance(self.arch, X86):
+            self.arch.preallocate_vmalloc_pages()
 
     def mark_rodata_ro(self) -> None:
         """``mark_rodata_ro`` (arch/arm64/mm/mmu.c): the image's rodata, which holds

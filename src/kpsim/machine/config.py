@@ -13,6 +13,15 @@ from kpsim.units import SZ_1G, SZ_2M, format_size, parse_size
 LINEAR_MAP_POLICIES = ("pte", "block")
 #: the simulated architectures (``kpsim --arch``, a scenario's ``[machine] arch``)
 ARCHES: tuple[str, ...] = ("arm64", "x86")
+#: each architecture's defaults for the fields left unset: DRAM base and linear-map
+#: policy (arm64: DRAM at 1 GiB, a PTE-mapped linear map as rodata=full without BBML2
+#: gives; x86: RAM from 0, a direct map of 1 GiB/2 MiB pages as Linux builds it)
+ARCH_DEFAULTS: dict[str, tuple[int, str]] = {
+    "arm64": (0x4000_0000, "pte"),
+    "x86": (0, "block"),
+}
+#: the x86-64 direct map covers 64 TiB with 4-level paging
+MAX_MEMORY_X86 = 64 << 40
 ALLOCATORS: tuple[str, ...] = ("minimal", "pba", "grouped", "reserve")
 MIN_MEMORY = 256 << 20
 MAX_MEMORY = 1 << 47  # the 48-bit linear map covers 128 TiB
@@ -24,11 +33,14 @@ MAX_PTE_LINEAR_MEMORY = 1 << 40
 
 @dataclass(frozen=True)
 class MachineConfig:
-    """What a machine is: memory, DRAM base, CPUs, POE, and kernel options.
+    """What a machine is: architecture, memory, DRAM base, CPUs, POE, and kernel options.
 
-    ``memory`` (bytes, or a size such as ``"1G"``: 256M to 128T, a multiple of 2M),
-    ``dram_base`` (2M-aligned), ``cpus``, ``poe`` (FEAT_S1POE), ``linear_map``
-    (``"pte"`` or ``"block"``), ``hardened_pgtables`` (the feature), ``allocator``
+    ``arch`` (``"arm64"``, the default, or ``"x86"``: x86-64 with PKS; ``poe`` then
+    means the CPUs implement PKS), ``memory`` (bytes, or a size such as ``"1G"``: 256M
+    to 128T, 64T on x86, a multiple of 2M),
+    ``dram_base`` (2M-aligned; 0 on x86; default the arch's), ``cpus``, ``poe``
+    (FEAT_S1POE), ``linear_map`` (``"pte"`` or ``"block"``; default the arch's),
+    ``hardened_pgtables`` (the feature), ``allocator``
     (the kpkeys table allocator; None: the series' choice, see
     :attr:`effective_allocator`), ``batching`` (lazy-MMU batching of guarded writes),
     ``pt_reclaim``, ``allow_unsafe_split`` (the minimal or grouped allocator on a block
@@ -37,10 +49,12 @@ class MachineConfig:
     """
 
     memory: int = 4 * SZ_1G
-    dram_base: int = 0x4000_0000
+    #: -1: the architecture's default (arm64 0x4000_0000, x86 0)
+    dram_base: int = -1
     cpus: int = 2
     poe: bool = True
-    linear_map: str = "pte"
+    #: "": the architecture's default (arm64 "pte", x86 "block")
+    linear_map: str = ""
     hardened_pgtables: bool = True
     allocator: str | None = None  # None: the series' (see effective_allocator)
     batching: bool = True
@@ -55,8 +69,16 @@ class MachineConfig:
     fail_split: str | None = None
     fail_pba_refill: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    arch: str = "arm64"
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHES:
+            raise ConfigError(f"unknown architecture {self.arch!r} (use {', '.join(ARCHES)})")
+        base, policy = ARCH_DEFAULTS[self.arch]
+        if self.dram_base == -1:
+            object.__setattr__(self, "dram_base", base)
+        if not self.linear_map:
+            object.__setattr__(self, "linear_map", policy)
         if isinstance(self.memory, str):
             object.__setattr__(self, "memory", parse_size(self.memory, what="memory"))
         if not MIN_MEMORY <= self.memory <= MAX_MEMORY:
@@ -67,6 +89,13 @@ class MachineConfig:
             raise ConfigError(f"memory must be a multiple of 2M, got {format_size(self.memory)}")
         if self.dram_base % SZ_2M or self.dram_base < 0:
             raise ConfigError(f"DRAM base must be 2M-aligned, got {self.dram_base:#x}")
+        if self.arch == "x86" and self.dram_base != 0:
+            raise ConfigError(f"x86 RAM starts at physical 0, got DRAM base {self.dram_base:#x}")
+        if self.arch == "x86" and self.memory > MAX_MEMORY_X86:
+            raise ConfigError(
+                f"memory must be at most 64T on x86 (the 4-level direct map), "
+                f"got {format_size(self.memory)}"
+            )
         if self.dram_base + self.memory > 1 << 48:
             raise ConfigError("DRAM must lie below 2^48 (48-bit physical addresses)")
         if not 1 <= self.cpus <= MAX_CPUS:
@@ -144,21 +173,26 @@ class MachineConfig:
         return "minimal"
 
     def as_dict(self) -> dict[str, object]:
-        """The configuration as the ``config`` section of ``kpsim boot --json``."""
-        return {
-            "memory_bytes": self.memory,
-            "dram_base": f"{self.dram_base:#x}",
-            "cpus": self.cpus,
-            "poe": self.poe,
-            "linear_map": self.linear_map,
-            "hardened_pgtables": self.hardened_pgtables,
-            "allocator": self.effective_allocator,
-            "batching": self.batching,
-            "pt_reclaim": self.pt_reclaim,
-            "allow_unsafe_split": self.allow_unsafe_split,
-            "series": self.series,
-            "seed": self.seed,
-        } | self._fault_dict()
+        """The configuration as the ``config`` section of ``kpsim boot --json`` (``arch``
+        only for x86, so that arm64 documents stay as they were)."""
+        return (
+            ({"arch": self.arch} if self.arch != "arm64" else {})
+            | {
+                "memory_bytes": self.memory,
+                "dram_base": f"{self.dram_base:#x}",
+                "cpus": self.cpus,
+                "poe": self.poe,
+                "linear_map": self.linear_map,
+                "hardened_pgtables": self.hardened_pgtables,
+                "allocator": self.effective_allocator,
+                "batching": self.batching,
+                "pt_reclaim": self.pt_reclaim,
+                "allow_unsafe_split": self.allow_unsafe_split,
+                "series": self.series,
+                "seed": self.seed,
+            }
+            | self._fault_dict()
+        )
 
     def _fault_dict(self) -> dict[str, object]:
         """``fault_inject``: only when a site is armed (documents stay as they were)."""

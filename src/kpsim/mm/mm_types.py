@@ -135,6 +135,8 @@ class MmContext:
         )
         self.thp = thp  # transparent_hugepage/enabled: always, madvise or never
         self.thp_use_zero_page = True
+        #: the top of user space (``TASK_SIZE``): the arch's if it says (x86-64: 47 bits)
+        self.task_size: int = int(getattr(arch, "task_size", TASK_SIZE))
         pa = k.page_alloc
         self.base_pfn: int = pa.start_pfn
         n = pa.end_pfn - pa.start_pfn
@@ -260,7 +262,7 @@ class MmStruct:
         self.thp: dict[int, int] = {}
         self.rss_anon = 0
         self.rss_file = 0
-        self.mmap_base = TASK_SIZE - MMAP_MIN_GAP
+        self.mmap_base = ctx.task_size - MMAP_MIN_GAP
         self.start_brk = self.brk = 0x5555_6000_0000
 
     @property

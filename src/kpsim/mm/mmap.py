@@ -34,7 +34,6 @@ from kpsim.mm.mm_types import (
     PAGE_SIZE,
     PMD_SIZE,
     SPAN_SHIFT,
-    TASK_SIZE,
     FileRef,
     MmStruct,
     SyscallError,
@@ -175,7 +174,7 @@ def get_unmapped_area(mm: MmStruct, length: int, hint: int | None, thp_align: bo
     """Top-down search below ``mmap_base`` (``vm_unmapped_area`` + THP alignment)."""
     if hint is not None:
         hint = page_align(hint)
-        if hint + length <= TASK_SIZE and not mm.overlapping(hint, hint + length):
+        if hint + length <= mm.ctx.task_size and not mm.overlapping(hint, hint + length):
             return hint
     want = length + (PMD_SIZE if thp_align else 0)
     top = mm.mmap_base
@@ -212,14 +211,14 @@ def mmap(
 ) -> int:
     """``do_mmap``: map [addr, addr+length); return the address."""
     length = page_align(length)
-    if length == 0 or length > TASK_SIZE:
+    if length == 0 or length > mm.ctx.task_size:
         raise _einval("mmap: bad length")
     shared = bool(flags & MAP_SHARED)
     if not shared and not flags & MAP_PRIVATE:
         raise _einval("mmap: neither MAP_SHARED nor MAP_PRIVATE")
     fixed = bool(flags & (MAP_FIXED | MAP_FIXED_NOREPLACE))
     if fixed:
-        if addr is None or addr & (PAGE_SIZE - 1) or addr + length > TASK_SIZE:
+        if addr is None or addr & (PAGE_SIZE - 1) or addr + length > mm.ctx.task_size:
             raise _einval("mmap: bad fixed address")
         if (
             flags & MAP_FIXED_NOREPLACE
@@ -290,10 +289,10 @@ def populate_range(mm: MmStruct, start: int, end: int, *, write: bool) -> None:
 
 def munmap(mm: MmStruct, start: int, length: int) -> None:
     """``do_vmi_munmap``: detach the VMAs, zap them, free tables by rule 3."""
-    if start & (PAGE_SIZE - 1) or start >= TASK_SIZE:
+    if start & (PAGE_SIZE - 1) or start >= mm.ctx.task_size:
         raise _einval("munmap: unaligned address")
     end = start + page_align(length)
-    if end == start or end > TASK_SIZE:
+    if end == start or end > mm.ctx.task_size:
         raise _einval("munmap: bad length")
     victims = isolate(mm, start, end)
     if not victims:
@@ -455,7 +454,7 @@ def mremap(
     if (
         old + old_len == vma.end
         and not mm.overlapping(vma.end, old + new_len)
-        and old + new_len <= TASK_SIZE
+        and old + new_len <= mm.ctx.task_size
     ):
         vma.end = old + new_len  # vma_expand
         vma_merge(mm, vma)

@@ -178,9 +178,10 @@ class Process:
     def _setup_stack(self) -> None:
         vm = mmap_mod.VM_DATA_DEFAULT | VmFlags.GROWSDOWN | VmFlags.ACCOUNT
         with self.kernel():
-            base = STACK_TOP - STACK_SIZE
-            self.mm.insert_vma(Vma(base, STACK_TOP, vm, pgoff=base >> 12, name="[stack]"))
-        self.touch(STACK_TOP - PAGE_SIZE, write=True)
+            top = STACK_TOP - (TASK_SIZE - self.ctx.task_size)
+            base = top - STACK_SIZE
+            self.mm.insert_vma(Vma(base, top, vm, pgoff=base >> 12, name="[stack]"))
+        self.touch(top - PAGE_SIZE, write=True)
 
     def kernel(self) -> KernelSection:
         """Run kernel code for this process on its CPU, with it current."""

@@ -63,14 +63,17 @@ def allocator_report(machine: Any) -> dict[str, Any]:
 def linear_map_report(machine: Any) -> dict[str, Any]:
     """The ``linear_map`` section of ``kpsim boot --json``."""
     mem, root = machine.mem, machine.arch.swapper_pg_dir
-    mappings = linear_map_mappings(mem, root)
     timeline = getattr(machine, "timeline", None)
+    if timeline is not None:  # the arch's own counters (arm64 linear map, x86 direct map)
+        mappings, tables = timeline.leaves_fn(), timeline.tables_fn()
+    else:
+        mappings, tables = linear_map_mappings(mem, root), linear_map_tables(mem, root)
     return {
         "policy": machine.config.linear_map,
         "mappings": mappings,
         "mapped_bytes": mapped_bytes(mappings),
         "block_pct": round(100.0 * block_bytes_fraction(mappings), 3),
-        "tables": linear_map_tables(mem, root),
+        "tables": tables,
         "allocator": allocator_report(machine),
         "timeline": list(timeline.samples) if timeline is not None else [],
     }

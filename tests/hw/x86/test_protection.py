@@ -196,3 +196,22 @@ def test_smep_smap(on: bool) -> None:
     assert fault_of(r, USER_VA) == (PF_PROT if on else -1)
     r.cpu.ac = True  # STAC
     assert fault_of(r, USER_VA) == -1
+
+
+@pytest.mark.parametrize("wp", [True, False])
+def test_pku_write_disable_for_user_writes_ignores_cr0_wp(wp: bool) -> None:
+    """PKRU WD stops a user-mode write whatever CR0.WP; a supervisor write to the same
+    user page is stopped only with CR0.WP=1 (SDM 4.6.2); control: WD off, both succeed."""
+    r = Rig()
+    va = USER_VA + 0x2000
+    r.map(va, 0x40_0000, us=True, key=PTP_KEY)
+    r.cpu.mov_cr4(r.cpu.cr4 | CR4_PKE)
+    r.wp(wp)
+    r.cpu.ac = True  # SMAP override (SMAP is off in the rig anyway)
+    r.cpu.wrpkru(set_key(0, PTP_KEY, wd=True))
+    assert fault_of(r, va, write=True, user=True) == PF_PROT | PF_WRITE | PF_USER | PF_PK
+    sup = fault_of(r, va, write=True)
+    assert sup == (PF_PROT | PF_WRITE | PF_PK if wp else -1)
+    r.cpu.wrpkru(0)  # control: the same writes with WD clear
+    assert fault_of(r, va, write=True, user=True) == -1
+    assert fault_of(r, va, write=True) == -1

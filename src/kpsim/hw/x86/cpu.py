@@ -65,16 +65,42 @@ class X86Cpu:
         self.pkru = 0
         self.pkrs = 0
         self.cr2 = 0
-        self.ac = False
+        self._ac = False
+        self._paging: Paging | None = None  # paging() cached until a register changes
         self.tlb = Tlb()
         self.walks = 0  # page walks made (TLB misses)
+        self.tlb_hits = 0
+        self.stores = 0  # kernel-visible stores (store, store_table: one per entry)
+        self.pkrs_writes = 0  # WRMSR to IA32_PKRS
+        self.invlpgs = 0
+        self.invpcids = 0
+        self.cr3_writes = 0
+        self.faults: dict[str, int] = {}
 
     # -- registers -------------------------------------------------------------
     @property
     def pcid(self) -> int:
         return self.cr3 & CR3_PCID_MASK if self.cr4 & CR4_PCIDE else 0
 
+    @property
+    def ac(self) -> bool:
+        """EFLAGS.AC (STAC/CLAC: the SMAP override)."""
+        return self._ac
+
+    @ac.setter
+    def ac(self, value: bool) -> None:
+        self._ac = value
+        self._paging = None
+
     def paging(self) -> Paging:
+        """The control-register state the walk and the rights check read (cached: every
+        write to CR0, CR4, EFER, PKRU, IA32_PKRS or EFLAGS.AC drops it)."""
+        got = self._paging
+        if got is None:
+            got = self._paging = self._make_paging()
+        return got
+
+    def _make_paging(self) -> Paging:
         cr4 = self.cr4
         return Paging(
             maxphyaddr=self.maxphyaddr,
@@ -86,7 +112,7 @@ class X86Cpu:
             smap=bool(cr4 & CR4_SMAP),
             pkru=self.pkru,
             pkrs=self.pkrs,
-            ac=self.ac,
+            ac=self._ac,
         )
 
     def mov_cr0(self, value: int) -> None:
@@ -95,6 +121,7 @@ class X86Cpu:
         if not value & CR0_PG or not value & CR0_PE or value >> 32:
             raise AccessFault(GeneralProtection(f"CR0 value {value:#x} not allowed"))
         self.cr0 = value
+        self._paging = None
 
     def mov_cr3(self, value: int) -> None:
         """MOV to CR3 (SDM 4.10.4.1): PCID in bits 11:0 with CR4.PCIDE=1, bit 63 no-flush."""
@@ -106,6 +133,7 @@ class X86Cpu:
         if value >> self.maxphyaddr:
             raise AccessFault(GeneralProtection(f"CR3 {value:#x} sets bits above MAXPHYADDR"))
         self.cr3 = value
+        self.cr3_writes += 1
         if not noflush:
             self.tlb.drop_pcid(self.pcid)
 
@@ -118,6 +146,7 @@ class X86Cpu:
         if value & CR4_PCIDE and not old & CR4_PCIDE and self.cr3 & CR3_PCID_MASK:
             raise AccessFault(GeneralProtection("CR4.PCIDE set with CR3[11:0] != 0"))
         self.cr4 = value
+        self._paging = None
         if (old ^ value) & CR4_PGE or (old & CR4_PCIDE and not value & CR4_PCIDE):
             self.tlb.drop_all()
 
@@ -127,10 +156,13 @@ class X86Cpu:
             if value & ~PKR_VALID_MASK:
                 raise AccessFault(GeneralProtection(f"IA32_PKRS {value:#x} sets reserved bits"))
             self.pkrs = value  # no TLB flush: rights are read on each access
+            self._paging = None
+            self.pkrs_writes += 1
         elif msr == MSR_EFER:
             if value & ~EFER_MODELLED or (value ^ self.efer) & (EFER_LME | EFER_LMA):
                 raise AccessFault(GeneralProtection(f"IA32_EFER {value:#x} not allowed"))
             self.efer = value
+            self._paging = None
         else:
             raise AccessFault(GeneralProtection(f"WRMSR to unmodelled MSR {msr:#x}"))
 
@@ -148,11 +180,13 @@ class X86Cpu:
         if value & ~PKR_VALID_MASK:
             raise AccessFault(GeneralProtection(f"PKRU {value:#x} wider than 32 bits"))
         self.pkru = value
+        self._paging = None
 
     # -- TLB maintenance -------------------------------------------------------
     def invlpg(self, va: int) -> None:
         """INVLPG: the page's entries for the current PCID and global ones (a
         non-canonical address is a no-op)."""
+        self.invlpgs += 1
         if canonical(va):
             self.tlb.drop_page(self.pcid, va, globals_=True)
 
@@ -164,6 +198,7 @@ class X86Cpu:
             raise AccessFault(GeneralProtection(f"INVPCID PCID {pcid:#x} above 0xfff"))
         if kind in (0, 1) and pcid and not self.cr4 & CR4_PCIDE:
             raise AccessFault(GeneralProtection("INVPCID of PCID != 0 with CR4.PCIDE=0"))
+        self.invpcids += 1
         if kind == INVPCID_ADDR:
             if not canonical(va):
                 raise AccessFault(GeneralProtection(f"INVPCID address {va:#x}", va))
@@ -202,6 +237,7 @@ class X86Cpu:
             leaf = self._set_accessed_dirty(leaf, write)
             self.tlb.fill(pcid, va, leaf, pge=bool(self.cr4 & CR4_PGE))
         else:
+            self.tlb_hits += 1
             code = access_error(leaf, write=write, fetch=fetch, user=user, paging=paging, bits=bits)
             if code:
                 self.tlb.drop_page(pcid, va, globals_=True)
@@ -232,6 +268,24 @@ class X86Cpu:
         return leaf
 
     # -- the access API --------------------------------------------------------
+    def access_user(self, va: int, write: bool, value: int = 0) -> bool:
+        """One user-mode (CPL 3) byte load or store; False if it faulted (#PF: CR2 set
+        and counted, as :meth:`load`/:meth:`store` would, without raising)."""
+        got = self.translate(va, write=write, fetch=False, user=True)
+        if not isinstance(got, tuple):
+            self._note_fault(got)
+            return False
+        if write:
+            self.mem.write(got[0], value & 0xFF, 1)
+            self.stores += 1
+        return True
+
+    def _note_fault(self, got: X86Fault) -> None:
+        if isinstance(got, PageFault):
+            self.cr2 = got.cr2
+            kind = "pk" if got.pk else ("prot" if got.present else "not_present")
+            self.faults[kind] = self.faults.get(kind, 0) + 1
+
     def _pa(self, va: int, size: int, *, write: bool, fetch: bool, user: bool) -> int:
         if size not in (1, 2, 4, 8) or va % size:
             raise InputError(
@@ -240,8 +294,7 @@ class X86Cpu:
         got = self.translate(va, write=write, fetch=fetch, user=user)
         if isinstance(got, tuple):
             return got[0]
-        if isinstance(got, PageFault):
-            self.cr2 = got.cr2
+        self._note_fault(got)
         raise AccessFault(got)
 
     def load(self, va: int, size: int = 8, *, user: bool = False) -> int:
@@ -251,6 +304,59 @@ class X86Cpu:
     def store(self, va: int, value: int, size: int = 8, *, user: bool = False) -> None:
         """Store ``size`` bytes little-endian at ``va``; raise AccessFault."""
         self.mem.write(self._pa(va, size, write=True, fetch=False, user=user), value, size)
+        self.stores += 1
+
+    def try_store(
+        self, va: int, value: int, size: int = 8, *, user: bool = False
+    ) -> X86Fault | None:
+        """:meth:`store`, the fault returned as a value instead of raised (None: done)."""
+        try:
+            self.store(va, value, size, user=user)
+        except AccessFault as exc:
+            fault: X86Fault = exc.fault
+            return fault
+        return None
+
+    def store_table(self, table_va: int, index: object, values: object) -> int:
+        """Store a batch of 64-bit entries into the 4 KiB page at ``table_va`` (CPL 0).
+
+        ``index`` and ``values`` are numpy-compatible (an int, a slice or arrays of word
+        indices). The page is translated and checked once, as the first store of the
+        batch would be (every store hits the same TLB entry with the same rights); the
+        number of stores is returned.
+        """
+        pa = self._pa(table_va & ~0xFFF, 8, write=True, fetch=False, user=False)
+        frame = self.mem.frame(pa >> 12)
+        frame[index] = values  # type: ignore[call-overload]
+        if isinstance(index, slice):
+            n = len(range(*index.indices(512)))
+        elif isinstance(index, int):
+            n = 1
+        else:
+            n = len(index)  # type: ignore[arg-type]
+        self.stores += n
+        if n > 1:
+            self.tlb_hits += n - 1
+        return n
+
+    def zero_page(self, va: int) -> None:
+        """``clear_page``: 512 stores to the page at ``va``, one check."""
+        self.store_table(va, slice(None), 0)
+
+    def counters(self) -> dict[str, int]:
+        """This CPU's event counts (``Machine.counters`` sums them over CPUs)."""
+        out = {
+            "tlb_hit": self.tlb_hits,
+            "walk": self.walks,
+            "store": self.stores,
+            "pkrs_write": self.pkrs_writes,
+            "invlpg": self.invlpgs,
+            "invpcid": self.invpcids,
+            "cr3_write": self.cr3_writes,
+        }
+        for k, v in self.faults.items():
+            out[f"fault_{k}"] = v
+        return out
 
     def fetch(self, va: int, *, user: bool = False) -> int:
         """An instruction fetch of one byte at ``va`` (rights only; nothing runs)."""
