@@ -3,13 +3,18 @@
 
 Each case picks one page-table entry, writes its own value back with
 ``copy_to_kernel_nofault`` from the default context, and expects ``-EFAULT``: the
-write must be stopped by the overlay because the table page carries pkey 1. Cases
-skip when kpkeys are not supported (no POE). With the feature off every write lands,
-so every case fails: the suite can fail.
+write must be stopped by the pkey hardware because the table page carries pkey 1.
+Cases skip when kpkeys are not supported (no POE on arm64, no PKS on x86). With the
+feature off every write lands, so every case fails: the suite can fail.
 
-Each check keeps what the exception handler saw for a blocked write (ESR_EL1 and
-FAR_EL1 of the fixed-up abort, :func:`copy_to_kernel_nofault_fault`) so that
-``kpsim kunit`` can show why it was blocked; the kernel's test only sees ``-EFAULT``.
+The kernel's test is generic C (``pgd_offset_k``, ``pud_offset``...); so is this one:
+it walks with the arch's ``read_entry``/``next_offset``/``pxd_table``/``pxd_leaf`` and
+finds the image through ``kimage_va``, so it runs on arm64 and x86 alike (issue 18).
+
+Each check keeps what the exception handler saw for a blocked write (arm64: ESR_EL1
+and FAR_EL1 of the fixed-up abort; x86: CR2 and the #PF error code,
+:func:`copy_to_kernel_nofault_fault`) so that ``kpsim kunit`` can show why it was
+blocked; the kernel's test only sees ``-EFAULT``.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kpsim.errors import KpsimError
-from kpsim.hw.arm64 import descriptors as d
 from kpsim.kpkeys.context import kpkeys_enabled
 from kpsim.mm.gfp import GFP_KERNEL
 from kpsim.mm.maccess import EFAULT, copy_to_kernel_nofault_fault
 from kpsim.mm.process import kunit_vm_mmap
 
 LEVELS = {1: "pud", 2: "pmd", 3: "pte"}
+#: the pkey hardware each architecture's kpkeys needs (the skip message names it)
+PKEY_HARDWARE = {"arm64": "POE", "x86": "PKS"}
 
 
 @dataclass
@@ -40,10 +46,11 @@ class Check:
     esr: int | None = None
     far: int | None = None
     far_leaf: tuple[int, int] | None = None  # (level, descriptor) mapping FAR at the fault
+    pf_error: int | None = None  # x86: the #PF error code (FAR is then CR2)
 
     def as_dict(self) -> dict[str, object]:
         leaf = self.far_leaf
-        return {
+        out: dict[str, object] = {
             "level": self.level,
             "result": self.result,
             "expected": self.expected,
@@ -52,6 +59,9 @@ class Check:
             "far": None if self.far is None else f"{self.far:#018x}",
             "far_leaf": None if leaf is None else {"level": leaf[0], "value": f"{leaf[1]:#018x}"},
         }
+        if self.pf_error is not None:
+            out["pf_error"] = f"{self.pf_error:#x}"
+        return out
 
 
 @dataclass
@@ -79,7 +89,7 @@ def _entry_ptrs_from(arch: Any, pgdp: int, addr: int) -> dict[int, int]:
     out = {}
     ptr = pgdp
     for level in (1, 2, 3):
-        if d.kind(arch.read_entry(ptr), level - 1) is not d.Kind.TABLE:
+        if not arch.pxd_table(arch.read_entry(ptr), level - 1):
             break
         ptr = arch.next_offset(ptr, addr, level)
         out[level] = ptr
@@ -91,9 +101,8 @@ def _leaf_of(arch: Any, addr: int) -> tuple[int, int] | None:
     ptr = arch.pgd_offset_k(addr)
     for level in range(4):
         value = arch.read_entry(ptr)
-        k = d.kind(value, level)
-        if k is not d.Kind.TABLE or level == 3:
-            return (level, value) if d.is_leaf(value, level) else None
+        if level == 3 or not arch.pxd_table(value, level):
+            return (level, value) if arch.pxd_leaf(value, level) else None
         ptr = arch.next_offset(ptr, addr, level + 1)
     return None
 
@@ -109,8 +118,7 @@ def _probe(case: Case, arch: Any, ptrs: dict[int, int], levels: tuple[int, ...])
         ret, fault = copy_to_kernel_nofault_fault(cpu, ptr, arch.read_entry(ptr))
         check = Check(LEVELS[level], ret, entry_va=ptr)
         if fault is not None:
-            check.esr, check.far = fault.esr, fault.far
-            check.far_leaf = _leaf_of(arch, fault.far)
+            _record_fault(check, arch, fault)
         case.checks.append(check)
         if ret != EFAULT:
             case.status = "fail"
@@ -118,6 +126,15 @@ def _probe(case: Case, arch: Any, ptrs: dict[int, int], levels: tuple[int, ...])
                 f"Direct {LEVELS[level].upper()} write wasn't prevented "
                 f"(write to {LEVELS[level]} entry at {ptr:#x} succeeded); "
             )
+
+
+def _record_fault(check: Check, arch: Any, fault: Any) -> None:
+    """What the handler saw: arm64's ESR_EL1 and FAR_EL1, or x86's CR2 and error code."""
+    if hasattr(fault, "esr"):
+        check.esr, check.far = fault.esr, fault.far
+    else:
+        check.far, check.pf_error = fault.cr2, fault.error_code
+    check.far_leaf = _leaf_of(arch, check.far)
 
 
 def write_direct_map_pgtables(m: Any, case: Case) -> None:
@@ -130,9 +147,8 @@ def write_direct_map_pgtables(m: Any, case: Case) -> None:
 
 
 def write_kernel_image_pud(m: Any, case: Case) -> None:
-    from kpsim.arch.arm64.memory import KIMAGE_VADDR
-
-    _probe(case, m.arch, _entry_ptrs(m.arch, KIMAGE_VADDR + (12 << 20)), (1,))
+    addr = m.arch.kimage_va(m.arch.kimage_pa + (12 << 20))
+    _probe(case, m.arch, _entry_ptrs(m.arch, addr), (1,))
 
 
 def write_kernel_vmalloc_pte(m: Any, case: Case) -> None:
@@ -172,7 +188,8 @@ def run_suite(m: Any) -> dict[str, object]:
         case = Case(name)
         if not kpkeys_enabled(m.arch):
             case.status = "skip"
-            case.message = "kpkeys not supported (no POE)"
+            hw = PKEY_HARDWARE.get(getattr(m.arch, "name", "arm64"), "pkey hardware")
+            case.message = f"kpkeys not supported (no {hw})"
         else:
             try:
                 fn(m, case)

@@ -18,7 +18,7 @@ def copy_to_kernel_nofault_fault(
 ) -> tuple[int, Any | None]:
     """Store ``value`` at kernel address ``va`` on ``cpu`` at EL1: ``(0, None)``, or
     ``(-EFAULT, fault)`` with the architectural fault (ESR, FAR) that was fixed up."""
-    fault = cpu.try_store(va, value, size, 1)
+    fault = cpu.try_store(va, value, size)  # a kernel store: EL1 on arm64, CPL 0 on x86
     return (0, None) if fault is None else (EFAULT, fault)
 
 

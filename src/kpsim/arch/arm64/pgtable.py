@@ -97,6 +97,16 @@ class PgtableMixin(Arm64Base):
 
     @staticmethod
     def pxd_table(v: int, level: int) -> bool:
+        """``p?d_table``: a valid entry at ``level`` (0-2) that points at a table."""
+        return level < 3 and d.kind(v, level) is d.Kind.TABLE
+
+    @staticmethod
+    def pxd_leaf(v: int, level: int) -> bool:
+        """``p?d_leaf`` (a block), or a valid page descriptor at level 3."""
+        return d.is_leaf(v, level)
+
+    @staticmethod
+    def pxd_table(v: int, level: int) -> bool:
         return d.kind(v, level) is d.Kind.TABLE
 
     @staticmethod
