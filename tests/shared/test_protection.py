@@ -9,6 +9,7 @@ import pytest
 
 from kpsim.mm.maccess import EFAULT, copy_to_kernel_nofault
 from kpsim.mm.process import Process
+
 from .rig import for_each_arch, machine
 
 MiB = 1 << 20

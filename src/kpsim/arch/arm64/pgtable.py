@@ -105,14 +105,6 @@ class PgtableMixin(Arm64Base):
         """``p?d_leaf`` (a block), or a valid page descriptor at level 3."""
         return d.is_leaf(v, level)
 
-    @staticmethod
-    def pxd_table(v: int, level: int) -> bool:
-        return d.kind(v, level) is d.Kind.TABLE
-
-    @staticmethod
-    def pxd_leaf(v: int, level: int) -> bool:
-        return d.is_leaf(v, level)
-
     # -- the guard ---------------------------------------------------------------------
 
     def _guard_needed(self) -> bool:
