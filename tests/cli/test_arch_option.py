@@ -118,3 +118,14 @@ def test_bad_scenario_arch_exits_2_with_file_and_line(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith(f"kpsim run: {f}:3: [machine] arch: must be one of")
+
+
+def test_kunit_runs_on_x86_and_its_negative_control_fails(capsys):
+    """``kpsim kunit --arch x86`` runs the five cases on the x86 machine (PKS): all pass;
+    with the feature off every write lands, so every case fails (exit 1)."""
+    assert main(["kunit", "--arch", "x86"]) == 0
+    out = capsys.readouterr().out
+    assert "# kpkeys_hardened_pgtables: pass:5 fail:0" in out
+    assert main(["kunit", "--arch", "x86", "--no-hardened-pgtables"]) != 0
+    out = capsys.readouterr().out
+    assert "pass:0 fail:5" in out
