@@ -21,8 +21,8 @@ per policy and variant with the compiled core). ``KPSIM_SOAK_AUDIT_EVERY`` overr
 audit interval, ``KPSIM_SOAK_POLICIES=pba/pte,reserve/block`` runs some policies only
 (to share them out between processes); from 10^5 operations (or with
 ``KPSIM_SOAK_PROGRESS=1``) every audit prints a progress line with the figures so far.
-``KPSIM_SOAK_BATCH_INJECT=1`` keeps the vectorised fault path on under injection (by
-default it is bypassed there so that every allocation meets its injection site).
+Under injection the vectorised fault path stays on: it draws each page's
+``fail_page_alloc`` decision in the loop's order (``FaultAttr.alloc_page_run``).
 ``KPSIM_SOAK_NO_BATCH=1`` turns the vectorised user-fault path off (it is what the soak
 found wrong: a stale TLB entry, then a page-table page written as a user page).
 """
@@ -98,12 +98,6 @@ def main() -> dict[str, float]:
 
         fault_batch.BATCH = False
         print("soak: the vectorised user-fault path is off (KPSIM_SOAK_NO_BATCH)")
-    if os.environ.get("KPSIM_SOAK_BATCH_INJECT"):  # the vectorised path under injection too
-        from kpsim.mm import fault_batch
-
-        fault_batch.BATCH_UNDER_INJECTION = True
-        print("soak: the vectorised user-fault path stays on under injection "
-              "(KPSIM_SOAK_BATCH_INJECT; its bulk allocations meet no injection site)")  # fmt: skip
     ops = int(os.environ.get("KPSIM_SOAK_OPS", "4000"))
     spec = os.environ.get("KPSIM_SOAK_FAIL", "probability=5,times=-1")
     variants = os.environ.get("KPSIM_SOAK_VARIANTS", "off,on,inject").split(",")

@@ -3,6 +3,7 @@ one-address-at-a-time loop does: counters, TLBs, allocator, page state and RAM."
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,7 @@ def state(m: Any, procs: list[Process]) -> dict[str, Any]:
             for p in procs
         ],
         "warnings": len(m.k.warnings) if hasattr(m.k, "warnings") else 0,
+        "inject": None if m.k.fault_inject is None else m.k.fault_inject.as_dict(),
     }
 
 
@@ -180,6 +182,16 @@ def out_of_memory(m: Any, ps: list[Process]) -> None:
     p.touch_range(a, 32 * M, 4096, write=True)
 
 
+def faults_that_meet_injection(m: Any, ps: list[Process]) -> None:
+    """Runs of write faults, each retried past its -ENOMEM as a process would."""
+    p = ps[0]
+    a = p.mmap(None, 16 * M, RW)
+    for _ in range(3):
+        for off in range(0, 16 * M, 2 * M):
+            with contextlib.suppress(KpsimError):
+                p.touch_range(a + off, 2 * M, 4096, write=True)
+
+
 SCRIPTS = [write_4m, read_then_write, strides, partial_and_prot_none, fork_and_cow,
            thp_and_fragmented, reuse_dirty_pages, global_and_stale_user_entries]  # fmt: skip
 CONFIGS = {
@@ -202,6 +214,45 @@ def test_batched_faults_match_out_of_memory(monkeypatch) -> None:
     """Running out of memory mid-table: the batch stops where the loop would fail."""
     got = same(out_of_memory, monkeypatch, memory="256M")
     assert got["pa_counters"].get("alloc_fail", 0) > 0
+
+
+INJECT = {"fail_page_alloc": "probability=3,times=-1"}
+#: the scripts that allocate only through faults (thp_and_fragmented holds pages itself)
+INJECTED = [s for s in SCRIPTS if s is not thp_and_fragmented] + [faults_that_meet_injection]
+
+
+@pytest.mark.parametrize("script", INJECTED, ids=[s.__name__ for s in INJECTED])
+def test_batched_faults_match_one_by_one_under_injection(script: Script, monkeypatch) -> None:
+    """Under fail_page_alloc the batch draws each page's decision in the loop's order
+    (``FaultAttr.alloc_page_run``): the same pages fail, with the same state after."""
+    got = same(script, monkeypatch, **INJECT)
+    assert got["k"]["pgfault"] > 0
+
+
+def test_injection_really_meets_the_batch(monkeypatch) -> None:
+    """The batch runs under injection and stops short of an injected failure; the
+    failure is delivered to the next fault, not lost (negative control: without the
+    pending draw the batch would skip the failure the loop meets)."""
+    done: list[int] = []
+    orig = fault_batch.touch_slot
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        out = orig(*a, **kw)
+        done.append(out[0])
+        return out
+
+    monkeypatch.setattr(fault_batch, "touch_slot", spy)
+    got, _ = run(faults_that_meet_injection, True, monkeypatch, **INJECT)
+    attr = got["inject"]["page_alloc"]
+    assert attr["injected"] > 0
+    assert sum(done) > 0 and any(0 < d < 511 for d in done)  # batches cut by a failure
+    m = boot(memory="256M", **INJECT)
+    fa = m.k.page_alloc.fail_page_alloc
+    assert fa is not None
+    n = fa.alloc_page_run(0, 0, 10_000)
+    assert n < 10_000 and fa.pending  # a failure drawn ahead and held
+    assert fa.alloc_page_run(0, 0, 5) == 0  # nothing passes while one is pending
+    assert m.k.page_alloc.alloc_pages(0) is None and not fa.pending  # delivered here
 
 
 def test_batch_really_runs_and_counts_guards(monkeypatch) -> None:

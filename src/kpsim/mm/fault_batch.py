@@ -35,9 +35,6 @@ from kpsim.mm.mm_types import ANON, MmStruct, VmFlags
 
 #: Resolve runs of faults a PTE table at a time (False: strictly one address at a time).
 BATCH = True
-#: Keep the batch on under fault injection (its bulk allocation meets no injection
-#: site, so fewer failures are injected; the soak benchmark sets it to test the path).
-BATCH_UNDER_INJECTION = False
 #: Fewer addresses than this in a table are done one at a time.
 MIN_BATCH: Final = 8
 
@@ -77,6 +74,8 @@ class BatchArch(ArchOps, Protocol):
 
     def clear_pages_commit(self, pfns: list[int], probed: Any) -> None: ...
 
+    def clear_pages_unprobe(self, kept: list[int]) -> None: ...
+
     def pt_store_each(self, table_pa: int, index: Any, values: Any) -> int: ...
 
 
@@ -95,8 +94,6 @@ def _touch_range(
     addrs = range(addr, addr + length, stride)
     arch = mm.ctx.arch
     batch = BATCH and stride > 0 and hasattr(arch, "user_batch_ok")
-    if mm.ctx.k.fault_inject is not None and not BATCH_UNDER_INJECTION:
-        batch = False  # one fault at a time: each allocation meets its injection site
     i, n = 0, len(addrs)
     retry_slot = -1
     while i < n:
@@ -236,6 +233,12 @@ def _fault_in(
         plan = pa.plan_bulk(len(missing))
         planned = list(chain.from_iterable(range(pfn, pfn + take) for _, pfn, take in plan))
         ok, probed = arch.clear_pages_probe(planned)
+        fail = pa.fail_page_alloc  # the loop's draws, page by page, in its order
+        if fail is not None:
+            drawn = fail.alloc_page_run(int(_GFP), 0, min(ok, len(missing)))
+            if drawn < ok:
+                arch.clear_pages_unprobe(planned[:drawn])
+                ok = drawn
         if ok < len(missing):
             del entries[missing[ok] :], missing[ok:]
             if not missing:

@@ -160,6 +160,8 @@ class FaultAttr:
     injected: int = 0
     log: list[str] = field(default_factory=list)
     suspended: bool = False
+    #: a failure drawn ahead by :meth:`alloc_page_run` and not yet delivered
+    pending: bool = False
 
     @classmethod
     def make(cls, spec: FaultSpec, seed: int) -> FaultAttr:
@@ -190,6 +192,9 @@ class FaultAttr:
 
     def should_fail_alloc_page(self, gfp: int, order: int) -> bool:
         """``should_fail_alloc_page()``: the page allocator's filters, then should_fail."""
+        if self.pending and not self.suspended:  # drawn by alloc_page_run: this call's
+            self.pending = False
+            return True
         s = self.spec
         if order < s.option("min_order") or gfp & _NOFAIL:
             return False
@@ -198,6 +203,24 @@ class FaultAttr:
         if s.option("ignore_gfp_reclaim") and gfp & _RECLAIM:
             return False
         return self.should_fail(1 << order, f" (gfp {gfp:#x}, order {order})")
+
+    def alloc_page_run(self, gfp: int, order: int, n: int) -> int:
+        """How many of ``n`` successive ``should_fail_alloc_page(gfp, order)`` calls pass.
+
+        The vectorised fault path (``mm/fault_batch.py``) allocates a run of pages at
+        once; it asks here first, so that the draws are the ones the page-at-a-time path
+        makes, in the same order. The first call that fails is kept pending and is
+        delivered to the next ``should_fail_alloc_page`` call: the one-at-a-time fault
+        that the batch leaves that page to, which then meets the failure exactly where
+        the loop would.
+        """
+        if self.pending:
+            return 0
+        for i in range(n):
+            if self.should_fail_alloc_page(gfp, order):
+                self.pending = True
+                return i
+        return n
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {

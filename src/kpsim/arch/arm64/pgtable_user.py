@@ -262,6 +262,10 @@ class PgtableUserMixin(Arm64Base):
         alias translates and is writable), and what each store would use."""
         return self.cpu.probe_el1_stores(self._linear_vas(pfns))
 
+    def clear_pages_unprobe(self, kept: list[int]) -> None:
+        """Forget what :meth:`clear_pages_probe` readied for pages other than ``kept``."""
+        self.cpu.drop_probed_frames(kept)
+
     def clear_pages_commit(self, pfns: list[int], probed: Any) -> None:
         """``clear_page`` of each of ``pfns`` (probed with :meth:`clear_pages_probe`)."""
         self.cpu.commit_el1_zero_pages(self._linear_vas(pfns), probed)

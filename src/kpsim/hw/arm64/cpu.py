@@ -753,6 +753,21 @@ class Cpu:
         frames.update(zip(fresh, block, strict=True))
         self._fresh = (fresh, block)  # fresh[i] is row i of block
 
+    def drop_probed_frames(self, kept: list[int]) -> None:
+        """Unmake the frames the last probe made for pages other than ``kept``: the
+        caller stopped short of pages the probe readied (an injected allocation failure),
+        and a page that is never stored to has no frame, as it would not have had."""
+        if self._fresh is None:
+            return
+        fresh, block = self._fresh
+        keep = set(kept)
+        frames = self.mem.frames
+        for p in filterfalse(keep.__contains__, fresh):
+            del frames[p]
+        n = len(keep.intersection(fresh))
+        prefix = all(p in keep for p in fresh[:n])
+        self._fresh = (fresh[:n], block[:n]) if n and prefix else None
+
     def commit_el1_zero_pages(self, vas: list[int], probed: Any) -> None:
         """``store_table(va, slice(None), 0)`` for each page probed by
         :meth:`probe_el1_stores`: count the hits, misses and walks, fill the TLB and
