@@ -52,6 +52,7 @@ COMPILED: tuple[str, ...] = (
     "kpsim.mm.mmu_gather",
     "kpsim.mm.page",
     "kpsim.mm.page_alloc",
+    "kpsim.mm.pcp",
     "kpsim.mm.pgtable",
     "kpsim.mm.process",
     "kpsim.arch.arm64.arch",

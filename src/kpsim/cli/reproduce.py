@@ -211,7 +211,9 @@ NOTES: dict[str, str] = {
     "change by construction.",
     "vmalloc": "fix_size_alloc h:1 maps 64 KiB contiguous-PTE blocks from split order-4 "
     "pages (buddy path, priced by order), h:0 takes order-0 pages through "
-    "alloc_pages_bulk, as arm64 Linux; the fixed per-call costs of vmalloc, vfree, "
+    "alloc_pages_bulk, as arm64 Linux; the per-CPU lists' refills and drains are "
+    "counted (h:1's vfree'd pages drain to the buddy, h:0's are reused); the fixed "
+    "per-call costs of vmalloc, vfree, "
     "vm_map_ram and vm_unmap_ram scale together (one fitted parameter of the calibration).",
     "munmap": "micromm h:1: folio batching is a count (fork_folio/zap_folio), the PTE "
     "writes are the same as h:0; THP frees are reported as Linux makes them.",

@@ -232,6 +232,7 @@ class Machine:
     def mem_init(self) -> None:
         """``mem_init``: buddy allocator on; then ``kpkeys_hardened_pgtables_init()``."""
         self.k.page_alloc = PageAllocator(self.mem, clear_page=self.arch.clear_page)
+        self.k.page_alloc.pcp.nr_cpus = self.config.cpus  # zone_highsize(): the node's CPUs
         self.k.memblock.memblock_free_all(self.k.page_alloc)
         for pfn in self.k.pgtable.live:
             self.k.page_alloc.memmap.set_page_table(pfn)
@@ -264,6 +265,8 @@ class Machine:
             out[name] += v
         if self.k.page_alloc is not None:
             for name, v in self.k.page_alloc.counters.items():
+                out[f"page_alloc.{name}"] = v
+            for name, v in self.k.page_alloc.pcp.counters.items():
                 out[f"page_alloc.{name}"] = v
         for name in KPKEYS_COUNTERS:  # always present, even at zero
             out[name] += 0

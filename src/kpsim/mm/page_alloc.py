@@ -31,7 +31,12 @@ whole order-10 blocks handed over together is ONE node of the order-10 list
 (``_runs``), carved from the front as order-10 blocks are taken, which preserves
 Linux's list order exactly.
 
-Left out (docs/fidelity.md): zones other than one, per-cpu page lists, migratetypes
+The per-CPU page lists' policy (``rmqueue_pcplist``/``free_frozen_page_commit``, the
+refills and drains they make the buddy do) is followed as counts only
+(:mod:`kpsim.mm.pcp`, ``self.pcp``); ``__free_pages_prepare``'s loop over the tail
+pages of a freed block of order > 0 is counted ``free_tail``.
+
+Left out (docs/fidelity.md): zones other than one, per-cpu page lists holding pages, migratetypes
 and pageblocks, watermarks and kswapd, compaction, the OOM killer, page shuffling,
 refcounts, memcg charging, init_on_alloc/init_on_free.
 """
@@ -48,6 +53,7 @@ from kpsim.hw.physmem import PhysicalMemory
 from kpsim.mm.fault_inject import FaultAttr
 from kpsim.mm.gfp import Gfp
 from kpsim.mm.page import PAGE_FLAGS_CHECK_AT_FREE, MemMap, PageFlags
+from kpsim.mm.pcp import PerCpuPages, pcp_allowed_order
 from kpsim.units import PAGE_SHIFT
 
 MAX_PAGE_ORDER: Final = 10
@@ -106,6 +112,7 @@ class PageAllocator:
         "mem",
         "memmap",
         "nr_free",
+        "pcp",
         "start_pfn",
         "warnings",
     )
@@ -126,6 +133,8 @@ class PageAllocator:
         self.memmap = memmap if memmap is not None else MemMap(self.start_pfn, self.end_pfn)
         self.memmap.derive = self._derived_flags
         self.counters = Counters()
+        #: the per-CPU lists' policy, as counts (:mod:`kpsim.mm.pcp`; its own counters)
+        self.pcp = PerCpuPages()
         self.warnings: list[WarnEvent] = warnings if warnings is not None else []
         self.nr_free = 0
         self.managed_pages = 0
@@ -166,6 +175,10 @@ class PageAllocator:
         c = self.counters
         c["alloc"] += 1
         c[_ALLOC_KEYS[order]] += 1
+        if pcp_allowed_order(order):
+            pcp = self.pcp
+            pcp.setup(self.managed_pages)
+            pcp.alloc(order, self.nr_free + (1 << order))
         if g & _PREP or owner is not None:
             self._prep_new_page(pfn, order, g, owner)
         return pfn
@@ -302,6 +315,11 @@ class PageAllocator:
         c = self.counters
         c["free"] += 1
         c[_FREE_KEYS[order]] += 1
+        pcp = self.pcp
+        pcp.setup(self.managed_pages)
+        pcp.free(order)
+        if order:  # __free_pages_prepare(): its loop over the tail pages
+            c["free_tail"] += (1 << order) - 1
 
     def _free_pages_prepare(self, pfn: int, order: int) -> bool:
         """Check and reset the pages' metadata; True when the block is bad (leaked)."""
@@ -457,6 +475,11 @@ class PageAllocator:
         else:
             c["alloc"] += n
         c[_ALLOC_KEYS[0]] += n
+        pcp = self.pcp
+        pcp.setup(self.managed_pages)
+        avail = self.nr_free + n
+        for i in range(n):
+            pcp.alloc(0, avail - i, bulk=bulk_call)
         if g & _ZERO and n:
             if clear_pages is not None:
                 clear_pages(pfns)
@@ -527,6 +550,10 @@ class PageAllocator:
             c = self.counters
             c["free"] += size
             c[_FREE_KEYS[0]] += size
+            pcp = self.pcp
+            pcp.setup(self.managed_pages)
+            for _ in range(size):
+                pcp.free(0)
             i += size
 
     def free_contig_range(self, pfn: int, nr_pages: int) -> None:

@@ -56,6 +56,8 @@ EVENTS: Final[tuple[str, ...]] = (
     "page_alloc.alloc_bulk_calls", "page_alloc.alloc_bulk", "page_alloc.alloc_order_4",
     "page_alloc.alloc_order_5", "page_alloc.alloc_order_6", "page_alloc.alloc_order_7",
     "page_alloc.alloc_order_8", "page_alloc.alloc_order_10",
+    "page_alloc.buddy_alloc", "page_alloc.buddy_free", "page_alloc.pcp_refill",
+    "page_alloc.pcp_drain", "page_alloc.free_tail",
     "pba.alloc", "pba.free", "pba.clear_page",
     "vmalloc", "vmalloc_page", "vfree", "vm_map_ram", "vm_unmap_ram", "vmap_lazy_purge",
     "syscall", "context_switches", "lazy_mmu_sections", "kpkeys_guard_entries", "other_cycles",
