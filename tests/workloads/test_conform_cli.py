@@ -189,3 +189,26 @@ def test_default_mode_without_model_says_so(steps_file, no_model, capsys):
     assert main(["conform", "--steps", steps_file]) == 0
     out = capsys.readouterr().out
     assert "model side not available" in out and "host: Linux" in out
+
+
+def test_arch_x86_reaches_the_model_side(steps_file, monkeypatch, capsys):
+    """``--arch x86`` is passed to make_sim_target (no X86_GAPS refusal)."""
+    seen = install_model(monkeypatch)
+    assert main(["conform", "--steps", steps_file, "--sim-only", "--arch", "x86"]) == 0
+    assert seen[0].arch == "x86"
+    assert capsys.readouterr().out == GOLDEN_TEXT
+
+
+def test_arch_x86_boots_the_x86_model():
+    """The real model side with ``arch="x86"`` runs the steps on the x86 machine and
+    gives the same deltas as on arm64 (4-level tables, 4K pages on both)."""
+    from kpsim.workloads.simtarget import make_sim_target
+    from kpsim.workloads.steps import parse_steps, run_steps
+
+    got = {}
+    for arch in ("arm64", "x86"):
+        target = make_sim_target({"arch": arch, "memory": "1G", "cpus": 1, "thp": "never"})
+        assert target.machine.arch.name == arch
+        got[arch] = [(r.delta, r.child_delta) for r in run_steps(parse_steps(STEPS), target)]
+        target.close()
+    assert got["x86"] == got["arm64"] == [(0, None), (4, None), (0, 4)]

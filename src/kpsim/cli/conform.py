@@ -4,7 +4,9 @@ Prints, per step, both sides' page-table pages (``VmPTE/4``) and deltas and whet
 the deltas agree; exit status 1 on any mismatch, 2 on a bad steps file or when a
 side that was asked for cannot run. The model takes the host's THP mode and
 CONFIG_PT_RECLAIM (``--thp``, ``--pt-reclaim``) and, unless ``--fresh-model``, starts
-from a snapshot of the host child's address space taken before step 1.
+from a snapshot of the host child's address space taken before step 1. ``--arch``
+picks the model's machine (arm64, the default, or x86: on an x86-64 host the like for
+like comparison).
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def make_sim_target(args: Any = None) -> SimTarget:
     """Boot a machine from ``args`` (attributes or a dict) and return a target on it."""
     get = args.get if isinstance(args, dict) else (lambda k, d=None: getattr(args, k, d))
     opts: dict[str, Any] = {"memory": get("memory", None) or "4G", "cpus": get("cpus", None) or 2}
-    for key in ("hardened_pgtables", "linear_map", "batching"):
+    for key in ("arch", "hardened_pgtables", "linear_map", "batching"):
         if get(key, None) is not None:
             opts[key] = get(key)
     pt_reclaim = get("pt_reclaim", None)
