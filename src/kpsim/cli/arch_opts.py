@@ -31,8 +31,6 @@ X86_GAPS: dict[str, str] = {
     "error code)",
     "explore": "engine/explore.py injects at POR_EL1 writes and ISBs (no WRMSR to "
     "IA32_PKRS injection points)",
-    "ptdump": "report/ptdump.py decodes arm64 descriptors and the arm64 address map only",
-    "walk": "the walk decodes arm64 descriptors (POIndex, AP) only",
     "replay": "its cost report and audit are arm64-only",
     "reproduce": "the published tables are arm64 (POE) measurements; no x86 comparison yet",
 }

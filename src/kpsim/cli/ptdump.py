@@ -16,6 +16,7 @@ from typing import Any
 from kpsim.cli.common import add_json, emit_json, on_terminal, progress_bar, warn_unsafe
 from kpsim.cli.machine_opts import add_machine_options
 from kpsim.errors import InputError, read_input_text
+from kpsim.report import ptdump_x86
 from kpsim.report.ptdump import REGION_NAMES, REGIONS, ptdump, ptdump_json, ptdump_text
 
 OPTION_FIELDS = (
@@ -36,6 +37,12 @@ Boot a machine and print its kernel page tables as arm64's
 the same address markers, columns and spacing, runs of like entries merged as the
 kernel's note_page merges them (holes included). --pkey adds kpsim's own column:
 the POIndex of every valid run (which then also splits runs).
+
+With --arch x86 the dump is x86-64's /sys/kernel/debug/page_tables/kernel
+(arch/x86/mm/dump_pagetables.c): its markers (User Space ... Modules), its
+columns (USR RW/ro PWT PCD PSE PAT GLB NX/x, then pgd/pud/pmd/pte) and its run
+rules; x86 prints no pkey, so --pkey appends kpsim's pkey=N. Regions there: all,
+linear (the Low Kernel Mapping), vmalloc, vmemmap, kimage, modules.
 
 With --scenario FILE or --workload NAME:KEY=VALUE,... the workloads run first, on
 the scenario's machine (machine options override its fields), and the tables are
@@ -128,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if args.diff:
         return _diff(args)
     m = machine_after(args)
-    items = ptdump(m, args.region, pkey=args.pkey)
+    items = dump_items(m, args.region, args.pkey)
     if not items:
         sys.stderr.write(
             f"kpsim ptdump: no {args.region} section: the walk reported no entry past its "
@@ -141,10 +148,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def dump_items(m: Any, region: str, pkey: bool) -> list[Any]:
+    """The machine's dump for ``region``, in its architecture's format."""
+    if getattr(m.arch, "name", "arm64") != "x86":
+        return ptdump(m, region, pkey=pkey)
+    if region not in ptdump_x86.REGION_NAMES:
+        raise InputError(
+            f"region {region!r} does not exist on x86 (use {', '.join(ptdump_x86.REGION_NAMES)})"
+        )
+    return ptdump_x86.ptdump(m, region, pkey=pkey)
+
+
 def _dump_lines(args: argparse.Namespace, path: str) -> list[str]:
     """A dump's lines: a scenario file is run and dumped, anything else read as text."""
     if path.endswith(".toml"):
-        return ptdump_text(ptdump(machine_after(args, path), args.region, args.pkey)).splitlines()
+        return ptdump_text(
+            dump_items(machine_after(args, path), args.region, args.pkey)
+        ).splitlines()
     lines = read_input_text(path, "dump").splitlines()
     if not any(line.startswith("---[ ") for line in lines):
         raise InputError("not a kernel_page_tables dump (no ---[ marker ]--- line)", file=path)
@@ -157,7 +177,11 @@ def _select_text(lines: list[str], region: str, path: str) -> list[str]:
         return lines
     if region == "kimage":
         raise InputError("region kimage cannot be cut from a saved dump: use vmalloc", file=path)
-    first, last = (f"---[ {name} ]---" for name in REGIONS[region])
+    x86 = "---[ Low Kernel Mapping ]---" in lines  # an x86 page_tables/kernel dump
+    table = ptdump_x86.REGIONS if x86 else REGIONS
+    if region not in table:
+        raise InputError(f"no {region} region in this dump's architecture", file=path)
+    first, last = (f"---[ {name} ]---" for name in table[region])
     if first not in lines or last not in lines:
         raise InputError(f"no {first} ... {last} section", file=path)
     return lines[lines.index(first) : lines.index(last) + 1]

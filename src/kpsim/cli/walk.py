@@ -1,7 +1,9 @@
 """``kpsim walk ADDR``: one kernel address's translation in ``swapper_pg_dir``, level by
 level: arm64's ``show_pte()`` lines, then each level's descriptor decoded (the rows of
 ``kpsim decode``) and where the walk ends (the physical address, or the level of the
-translation fault). ``--scenario``/``--workload`` run workloads first, as for ptdump."""
+translation fault). ``--scenario``/``--workload`` run workloads first, as for ptdump.
+With ``--arch x86``: x86-64's ``dump_pagetable()`` line (``PGD .. P4D .. PUD .. PMD ..
+PTE ..``) and each entry decoded as ``kpsim decode x86-pte`` and its siblings do."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ examples:
   kpsim walk 0xffff000000001000            a linear-map address (PTE-mapped: 4 levels)
   kpsim walk 0xffff800080000000            the start of the kernel image (text)
   kpsim walk 0xffff000000001000 --linear-map block --no-hardened-pgtables
+  kpsim walk --arch x86 0xffff888000001000 an x86 direct-map address (4K: 4 levels)
+  kpsim walk --arch x86 0xffffffff81000000 the x86 kernel text (a 2M page)
 """
 
 
@@ -42,19 +46,76 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from kpsim.report.walk import walk
-
     va = parse_u64(args.addr.strip(), what="address")
     m = machine_after(args)
+    from kpsim.report import walk as walk_arm64
+    from kpsim.report import walk_x86
+
+    x86 = getattr(m.arch, "name", "arm64") == "x86"
+    w: Any
     try:
-        w = walk(m, va)
+        w = walk_x86.walk(m, va) if x86 else walk_arm64.walk(m, va)
     except ValueError as err:  # a user address, or one in neither half
         raise InputError(f"{err}: walk takes a kernel address (0xffff...)") from None
     if args.json:
-        emit_json(_doc(w))
+        emit_json(_doc_x86(w) if x86 else _doc(w))
     else:
-        sys.stdout.write(_text(w))
+        sys.stdout.write(_text_x86(w) if x86 else _text(w))
     return 0
+
+
+def _result_x86(w: Any) -> str:
+    from kpsim.hw.x86 import pte as e
+    from kpsim.report.walk_x86 import region
+
+    where = f"{w.va:#018x} ({region(w.va)})"
+    if w.leaf is None:
+        lvl = w.fault_level
+        return f"{where}: not mapped: an access takes a #PF (P=0 in the level {lvl} entry)"
+    v, lvl = w.leaf.value, w.leaf.level
+    size = {1: "4K", 2: "2M", 3: "1G"}[lvl]
+    rw = "read-write" if v & e.RW else "read-only"
+    who = "user" if v & e.US else "supervisor"
+    nx = ", no execute" if v & e.NX else ", executable"
+    return f"{where} -> PA {w.pa:#x}: level {lvl} {size} page, {rw}, {who}{nx}, pkey {e.pkey(v)}"
+
+
+def _text_x86(w: Any) -> str:
+    from kpsim.cli.decode import decode_value, rows_text
+
+    out = [*w.show_pte(), ""]
+    for step in w.steps:
+        title, rows, words = decode_value(step.decode_kind, step.value)
+        head = f"{step.name}[{step.index}] at PA {step.entry_pa:#x}: {title}"
+        out.append(rows_text(head, rows, str(words["summary"])))
+    out.append(_result_x86(w))
+    return "\n".join(out) + "\n"
+
+
+def _doc_x86(w: Any) -> dict[str, Any]:
+    from kpsim.cli.decode import decode_value
+
+    return {
+        "va": f"{w.va:#018x}",
+        "mm": w.mm,
+        "cr3": f"{w.root_pa:#x}",
+        "dump_pagetable": w.show_pte(),
+        "steps": [
+            {
+                "level": s.level,
+                "table": s.name,
+                "index": s.index,
+                "table_pa": f"{s.table_pa:#x}",
+                "entry_pa": f"{s.entry_pa:#x}",
+                "value": f"{s.value:#018x}",
+                "decoded": decode_value(s.decode_kind, s.value)[2],
+            }
+            for s in w.steps
+        ],
+        "pa": None if w.pa is None else f"{w.pa:#x}",
+        "fault_level": w.fault_level,
+        "summary": _result_x86(w),
+    }
 
 
 def _result(w: Any) -> str:
