@@ -23,7 +23,7 @@ from kpsim.errors import AccessFault, KpsimError
 from kpsim.hw.arm64 import descriptors as d
 from kpsim.hw.arm64.esr import FaultKind
 from kpsim.hw.arm64.fault import Fault
-from kpsim.hw.arm64.frame_arena import FrameArena
+from kpsim.hw.arm64.frame_arena import ARENA
 from kpsim.hw.arm64.mmu import (
     KERNEL_VA_START,
     USER_VA_END,
@@ -46,7 +46,7 @@ _NO_OVERLAY: Final = (7,) * 8
 _FAULT_NAMES: Final[dict[int, str]] = {int(k): k.name.lower() for k in FaultKind}
 _TRANSLATION_L0: Final = int(FaultKind.TRANSLATION)
 _OVERLAYS: Final[dict[int, tuple[int, ...]]] = {}
-_ARENA: Final = FrameArena()
+_ARENA: Final = ARENA
 _ALL: Final = slice(None)
 _SHR12: Final = (12).__rrshift__  # va >> 12, as a C-level callable for map()
 _FIRST: Final = itemgetter(0)
@@ -451,21 +451,76 @@ class Cpu:
         return n
 
     def zero_page(self, va: int) -> None:
-        """``store_table(va, slice(None), 0)`` (``clear_page``: 512 stores, one check)."""
+        """``store_table(va, slice(None), 0)`` (``clear_page``: 512 stores, one check).
+
+        A kernel page that misses is filed in the TLB's bulk tier (:meth:`Tlb.bulk_put`,
+        no frame) and a bulk entry that hits stays there: a frame never written is not
+        made (it reads zero), one that holds data is zeroed in place."""
         if va < KERNEL_VA_START:
             self.store_table(va, slice(None), 0)
             return
+        tlb = self.tlb
+        vpn = va >> 12
+        e = tlb.entries.get(vpn)
+        if e is None:
+            found = tlb.bulk_find(vpn) if tlb.bulk else None
+            if found is None:
+                if self.ttbr1 is not None:
+                    self._zero_miss(va, vpn, self.ttbr1)
+                    return
+            elif found[0].el1 & self._ov1[(found[1] >> 60) & 7] & W:  # a bulk hit
+                self.tlb_hits += 1
+                self.mem.zero_frame((found[1] & d.OA_MASK) >> 12)
+                self.stores += 512
+                return
+            self._zero_slow(va)  # no TTBR1, or a bulk entry that denies the store
+            return
+        self.tlb_hits += 1
+        if not e[1] & self._ov1[e[3]] & W:
+            raise self._raise(self._check(va, e, 1, W, True))  # type: ignore[arg-type]
+        e[6][:] = 0
+        self.stores += 512
+
+    def _zero_miss(self, va: int, vpn: int, table: int) -> None:
+        """:meth:`zero_page` of a kernel page no TLB tier caches: walk, fill, check, zero."""
+        self.tlb_misses += 1
+        self.walks += 1
+        t = walk_entry_wc(self.mem, table, va, self.tlb.walks, 0)
+        if isinstance(t, int):
+            raise self._raise(Fault(va, FaultKind(t & ~3), t & 3, write=True, el=1))
+        pa = t[0]
+        mem = self.mem
+        if t[4] != 3 or t[5] & d.CONT or not mem.base <= pa < mem.end:
+            self._zero_fill(va, t, vpn)  # a span group, or an abort: the dict entry's path
+            return
+        if not self.tlb.bulk_put(vpn, t[5], t[1], t[2]):  # the region has other rights
+            self._zero_fill(va, t, vpn)
+            return
+        if not t[1] & self._ov1[t[3]] & W:  # _check of the walked leaf
+            overlay = bool(t[1] & W)
+            raise self._raise(Fault(va, FaultKind.PERMISSION, 3, write=True, el=1, overlay=overlay))
+        mem.zero_frame(pa >> 12)
+        self.stores += 512
+
+    def _zero_fill(self, va: int, t: LeafEntry, vpn: int) -> None:
+        """:meth:`zero_page` through a dict entry filled from the walk ``t``."""
         frames = self.mem.frames
         made = len(frames)
-        e = self.tlb.entries.get(va >> 12)
-        if e is None:  # a miss: walk and fill (_fill, inlined)
-            filled = self._fill_code(va, va >> 12)
-            if isinstance(filled, int):
-                f = Fault(va, FaultKind(filled & ~3), filled & 3, write=True, el=1)
-                raise self._raise(f)
-            e = filled
-        else:
-            self.tlb_hits += 1
+        e = self._insert(va, t, vpn)
+        if not e[1] & self._ov1[e[3]] & W:
+            raise self._raise(self._check(va, e, 1, W, True))  # type: ignore[arg-type]
+        if len(frames) == made:  # else the fill just made the frame: a zeroed arena row
+            e[6][:] = 0
+        self.stores += 512
+
+    def _zero_slow(self, va: int) -> None:
+        """:meth:`zero_page` through :meth:`_fill_code` (the general miss)."""
+        frames = self.mem.frames
+        made = len(frames)
+        filled = self._fill_code(va, va >> 12)
+        if isinstance(filled, int):
+            raise self._raise(Fault(va, FaultKind(filled & ~3), filled & 3, write=True, el=1))
+        e = filled
         if not e[1] & self._ov1[e[3]] & W:
             raise self._raise(self._check(va, e, 1, W, True))  # type: ignore[arg-type]
         if len(frames) == made:  # else the fill just made the frame: a zeroed arena row

@@ -148,3 +148,7 @@ class FrameArena:
             weakref.finalize(flat, _recycle, buf).atexit = False
         self._rows = flat.reshape(-1, _ROW // 8)
         self._left = size // _ROW
+
+
+#: the arena every CPU and TLB of the process takes frames from
+ARENA: Final = FrameArena()

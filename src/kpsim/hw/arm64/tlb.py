@@ -34,7 +34,11 @@ one tuple each. Such an entry is the same cached translation as the tuple would 
 every lookup that misses the dicts consults the bulk tier before walking, and a hit
 there moves the entry into the dicts (:meth:`Tlb.bulk_take`); every invalidation
 drops bulk entries exactly as it drops dict entries; :meth:`Tlb.get`, :meth:`Tlb.items`
-and ``len`` see both. A key is never in both tiers.
+and ``len`` see both. A key is never in both tiers. ``clear_page`` of one page files
+its linear-map alias here too (:meth:`Tlb.bulk_put`), and a bulk entry holds no frame:
+the frame is looked up, or made if it was never written, when the entry is used or
+listed (:meth:`Tlb._expand`), so a page that is only ever zeroed costs 8 bytes of TLB
+and no host frame.
 
 Left out: capacity and replacement (entries live until invalidated: the worst case
 for staleness), VMIDs, and nG on kernel-half entries (no KPTI: the kernel half is
@@ -50,6 +54,7 @@ from typing import Any, Final
 import numpy as np
 
 from kpsim.hw.arm64.descriptors import CONT, LEVEL_SHIFT, OA_MASK
+from kpsim.hw.arm64.frame_arena import ARENA
 from kpsim.hw.arm64.mmu import KERNEL_VA_START, USER_VA_END, LeafEntry, walk_entry_wc
 from kpsim.hw.physmem import PhysicalMemory
 
@@ -174,12 +179,33 @@ class Tlb:
 
     # -- the bulk tier -----------------------------------------------------------------
     def _expand(self, desc: int, run: BulkRun) -> TlbEntry:
-        """The entry tuple of a bulk-filled level-3 page descriptor."""
-        assert self.mem is not None
+        """The entry tuple of a bulk-filled level-3 page descriptor, with its frame
+        (made now if the fill left it unmade: :meth:`bulk_put` keeps none)."""
+        mem = self.mem
+        assert mem is not None
         pa = desc & OA_MASK
-        return (pa, run.el1, run.el0, (desc >> 60) & 7, 3, desc, self.mem.frames[pa >> 12])
+        frame = mem.frames.get(pa >> 12)
+        if frame is None:  # a never-written frame (it reads zero): storage from the arena
+            frame = mem.frames[pa >> 12] = ARENA.take_one()
+        return (pa, run.el1, run.el0, (desc >> 60) & 7, 3, desc, frame)
 
-    def _bulk_find(self, key: int) -> tuple[BulkRun, int] | None:
+    def bulk_put(self, vpn: int, desc: int, el1: int, el0: int) -> bool:
+        """Cache one kernel-half level-3 page entry (``vpn``: not cached now, the caller
+        looked) in the bulk tier; False, with nothing cached, when its 2 MiB region
+        holds bulk entries filled with other rights. Unlike a dict entry it holds no
+        frame: a frame is made only when the entry is used (:meth:`_expand`)."""
+        runs = self.bulk.get(0)
+        if runs is None:
+            runs = self.bulk[0] = {}
+        run = runs.get(vpn >> 9)
+        if run is None:
+            run = runs[vpn >> 9] = BulkRun(el1, el0)
+        elif run.el1 != el1 or run.el0 != el0:
+            return False
+        run.descs[vpn & 511] = desc
+        return True
+
+    def bulk_find(self, key: int) -> tuple[BulkRun, int] | None:
         """The run holding a bulk-filled entry for ``key``, and its descriptor."""
         runs = self.bulk.get(key >> ASID_SHIFT)
         run = None if runs is None else runs.get((key & VPN_MASK) >> 9)
@@ -190,13 +216,13 @@ class Tlb:
 
     def bulk_peek(self, key: int) -> TlbEntry | None:
         """The bulk-filled entry cached for ``key``, left where it is (None: none)."""
-        found = self._bulk_find(key)
+        found = self.bulk_find(key)
         return None if found is None else self._expand(found[1], found[0])
 
     def bulk_take(self, key: int) -> TlbEntry | None:
         """The bulk-filled entry cached for ``key``, moved into the dicts (a lookup that
         hits it: from then on it is an ordinary entry); None if there is none."""
-        found = self._bulk_find(key)
+        found = self.bulk_find(key)
         if found is None:
             return None
         run, desc = found
