@@ -127,12 +127,18 @@ def run_real(argv: list[str], file: str | None, cpu_seconds: float) -> str:
     but the model cannot take shows up here as a traceback or a wrong status."""
 
     def expire(signum: int, frame: Any) -> None:
+        if frame is not None and frame.f_code is run_real.__code__:
+            return  # run_real is already unwinding the cut (its except or finally)
         f = frame
         while f is not None:  # in a finalizer the exception would only be printed: later
             if f.f_code.co_name == "__del__" or f.f_code.co_filename.endswith("weakref.py"):
                 signal.setitimer(signal.ITIMER_PROF, 0.01)
                 return
             f = f.f_back
+        # again in 20 ms: an exception raised where Python can only print it (a generator
+        # finalised by the collector, a callback from compiled code) is swallowed, and the
+        # run would go on to its end
+        signal.setitimer(signal.ITIMER_PROF, 0.02)
         raise OverBudget
 
     here = os.getcwd()
