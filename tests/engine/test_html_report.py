@@ -68,6 +68,53 @@ def test_replay_document_report(tmp_path, capsys):
     assert "A replay document carries no linear-map data" in sections[0].text
 
 
+@pytest.fixture(scope="module")
+def compare_doc(tmp_path_factory):
+    """kpsim compare --json on two small rows (fork and vmalloc), saved to a file."""
+    import contextlib
+    import io
+
+    path = tmp_path_factory.mktemp("compare") / "compare.json"
+    out = io.StringIO()
+    argv = ["compare", "--rows", "fork/h:0,fix_size_alloc/p:1,h:0", "--size", "4M",
+            "--loops", "2", "--json"]  # fmt: skip
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    text = out.getvalue()
+    path.write_text(text[text.index("{") :])
+    return path
+
+
+def test_compare_document_report(compare_doc, tmp_path, capsys):
+    """A kpsim compare --json document: the overhead per row on both architectures with
+    its interval (arm64 fitted and priors, x86 priors only) and the events each feature
+    adds, one bar per architecture; both add pkey register writes, x86 as WRMSRs."""
+    src = load_results(compare_doc)
+    assert src.kind == "compare" and src.compare is not None
+    ov, ev = build_report(src)
+    assert ov.title.startswith("arm64 POE against x86 PKS: estimated overhead")
+    names = [t.name for t in ov.figure.data]
+    assert names == ["arm64, fitted", "arm64, priors only", "x86, priors only"]
+    for t in ov.figure.data:
+        assert list(t.x) == [r["row"] for r in src.compare["rows"]]
+        assert min(t.error_y.array) >= 0 and min(t.error_y.arrayminus) >= 0
+    x86 = ov.figure.data[2]
+    assert max(x86.error_y.array) > 0  # the prior-only range is not a point
+    assert "not a confidence interval" in ov.text
+    bars = {t.name: t for t in ev.figure.data if t.showlegend}
+    assert set(bars) == {"arm64", "x86"}
+    k = list(bars["x86"].x).index("pkey register writes")
+    assert bars["x86"].y[k] > 0 and bars["arm64"].y[k] > 0
+    assert int(bars["x86"].text[k]) == bars["x86"].y[k]  # the label is the exact count
+    assert main(["report", str(compare_doc), "-o", str(tmp_path / "c.html"), "--json"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out[out.index("{\n") :])
+    assert doc["source"]["kind"] == "compare" and [s["plot"] for s in doc["sections"]] == [
+        True,
+        True,
+    ]
+
+
 def external_resources(page: str) -> list[str]:
     """src/href attributes of the page's tags (script bodies are not parsed as tags)."""
     from html.parser import HTMLParser
@@ -87,6 +134,19 @@ BAD = [
     ("notkpsim.json", '{"hello": 1}', "not a kpsim result"),
     ("broken.json", '{\n  "workloads": [\n', "not a JSON document"),
     ("replay.json", '{"trace": "t", "counters": {}}', "without costs"),
+    ("compare.json", '{"rows": [], "machines": {}}', "'rows' must be a non-empty list"),
+    (
+        "compare2.json",
+        '{"rows": [{"row": "fork/h:0", "arm64": {"events": [], "prior": '
+        '{"percent": 1, "lo": 0, "hi": 2}}}], "machines": {}}',
+        "row 'fork/h:0' has no x86 events",
+    ),
+    (
+        "compare3.json",
+        '{"rows": [{"row": "r", "arm64": {"events": [], "prior": {"percent": 1}},'
+        ' "x86": {"events": []}}], "machines": {}}',
+        "an arm64 figure lacks percent/lo/hi",
+    ),
 ]
 
 

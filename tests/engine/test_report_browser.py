@@ -152,3 +152,18 @@ def test_run_directory_and_replay_reports_open_too(tmp_path, capsys):
     assert console == [] and len(plots) == 4  # no sweep comparison for a single run
     assert all(p["svg"] and p["marks"] for p in plots.values()), plots
     capsys.readouterr()
+
+
+def test_compare_report_opens_too(tmp_path, capsys):
+    """A kpsim compare --json document gives a page whose two plots render."""
+    doc = tmp_path / "compare.json"
+    argv = ["compare", "--rows", "fork/h:0", "--size", "4M", "--loops", "2", "--json"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    doc.write_text(text[text.index("{") :])
+    out = tmp_path / "compare.html"
+    assert main(["report", str(doc), "-o", str(out)]) == 0
+    dom, console = browse(out, tmp_path, "--dump-dom")
+    plots = rendered(dom)
+    assert console == [] and sorted(plots) == ["kpsim-plot-1", "kpsim-plot-2"]
+    assert all(p["svg"] and p["marks"] for p in plots.values()), plots

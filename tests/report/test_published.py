@@ -101,6 +101,12 @@ def test_selection_by_test_key_workload_and_exclusion():
     assert select_rows(table, "fork/h:1") == {"fork/h:1"}
     assert select_rows(table, "vmalloc.random_size_alloc") == {"random_size_alloc/p:1,h:0"}
     assert len(select_rows(table, "all,-kernbench")) == 14
+    both = select_rows(table, "fix_size_alloc/p:1,h:0, vm_map_ram/p:1,h:0,fork/h:1")
+    assert both == {"fix_size_alloc/p:1,h:0", "vm_map_ram/p:1,h:0", "fork/h:1"}
+    assert select_rows(table, "fix_size_alloc,-fix_size_alloc/p:16,h:1") == {
+        r.key for r in table.rows if r.key.startswith("fix_size_alloc/") and r.key != (
+            "fix_size_alloc/p:16,h:1")
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("spec", ["forks", "", " , "])

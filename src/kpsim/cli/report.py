@@ -2,8 +2,8 @@
 
 Parsing and printing only; the page is :mod:`kpsim.engine.html_report`'s. RESULTS is a
 run directory (``kpsim run --out DIR``), a sweep database (``kpsim sweep``), or a saved
-``kpsim run --json`` / ``kpsim replay --cost --json`` document. Bad input is one line
-naming the file, exit status 2.
+``kpsim run --json`` / ``kpsim replay --cost --json`` / ``kpsim compare --json``
+document. Bad input is one line naming the file, exit status 2.
 """
 
 from __future__ import annotations
@@ -21,10 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "Draw a self-contained HTML report (plotly, no network needed to open it): the "
             "linear map's composition over time per policy, the overhead per workload with "
             "its interval, events per workload, sweep comparisons, the linear map's ptdump "
-            "as a map."
+            "as a map; from a kpsim compare document, arm64 against x86."
         ),
     )
-    p.add_argument("results", metavar="RESULTS", help="run directory, sweep database or JSON")
+    p.add_argument(
+        "results",
+        metavar="RESULTS",
+        help="run directory, sweep database or JSON (kpsim run, replay --cost or compare)",
+    )
     p.add_argument("-o", "--output", metavar="FILE", default="report.html",
                    help="the HTML file to write (default report.html)")  # fmt: skip
     add_json(p)

@@ -5,6 +5,10 @@ Models nothing in Linux. Reads what the other jobs wrote (:func:`load_results`):
 - a run directory (``kpsim run --out DIR``: ``run.json`` and ``details.json``);
 - a sweep database (``kpsim sweep``: :class:`~kpsim.engine.results.Results`);
 - a document (``kpsim run --json`` or ``kpsim replay --cost --json`` saved to a file);
+- a ``kpsim compare --json`` document (arm64 POE against x86 PKS), drawn as its own
+  two sections: the overhead per benchmark row and architecture with its interval
+  (arm64 fitted; arm64 and x86 prior-only, with their sensitivity ranges), and the
+  counted events each feature adds, side by side;
 
 and draws with plotly (its JavaScript inlined once, so the file opens with no network):
 
@@ -51,11 +55,12 @@ _EVENTS = 12
 class Source:
     """What a report is drawn from."""
 
-    kind: str  # "run", "sweep" or "replay"
+    kind: str  # "run", "sweep", "replay" or "compare"
     path: str
     runs: list[dict[str, Any]] = field(default_factory=list)  # main-job documents
     sweep: list[dict[str, Any]] = field(default_factory=list)  # workloads x runs rows
     replay: dict[str, Any] | None = None
+    compare: dict[str, Any] | None = None  # a kpsim compare --json document
 
 
 @dataclass
@@ -87,11 +92,50 @@ def load_results(path: str | Path) -> Source:
             raise InputError("a replay document without costs: use kpsim replay --cost --json",
                              file=str(p))  # fmt: skip
         return Source("replay", str(p), replay=doc)
+    if isinstance(doc, dict) and "rows" in doc and "machines" in doc:
+        return Source("compare", str(p), compare=_compare_doc(doc, p))
     raise InputError(
         "not a kpsim result: expected a run directory (kpsim run --out), a sweep database, "
-        "or a kpsim run / kpsim replay --cost --json document",
+        "or a kpsim run / kpsim replay --cost --json / kpsim compare --json document",
         file=str(p),
     )
+
+
+_ARCHES = ("arm64", "x86")
+
+
+def _compare_doc(doc: dict[str, Any], p: Path) -> dict[str, Any]:
+    """A ``kpsim compare --json`` document, checked for what the page reads."""
+
+    def bad(what: str) -> InputError:
+        return InputError(f"not a kpsim compare document: {what}", file=str(p))
+
+    rows = doc["rows"]
+    if not isinstance(rows, list) or not rows:
+        raise bad("'rows' must be a non-empty list")
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("row"), str):
+            raise bad(f"row {n} has no 'row' name")
+        for arch in _ARCHES:
+            side = row.get(arch)
+            if not isinstance(side, dict) or not isinstance(side.get("events"), list):
+                raise bad(f"row {row['row']!r} has no {arch} events")
+            figures = [side.get("prior")]  # always; "fitted" only on arm64 (else null)
+            if side.get("fitted") is not None:
+                figures.append(side["fitted"])
+            for fig in figures:
+                if not isinstance(fig, dict) or not all(
+                    isinstance(fig.get(k), int | float) for k in ("percent", "lo", "hi")
+                ):
+                    raise bad(f"row {row['row']!r}: an {arch} figure lacks percent/lo/hi")
+            for ev in side["events"]:
+                if (
+                    not isinstance(ev, dict)
+                    or not isinstance(ev.get("group"), str)
+                    or not all(isinstance(ev.get(k), int) for k in ("off", "on", "added"))
+                ):
+                    raise bad(f"row {row['row']!r}: an {arch} event group lacks off/on/added")
+    return doc
 
 
 def _read_json(p: Path) -> Any:
@@ -492,8 +536,95 @@ def _first(src: Source, name: str) -> Mapping[str, Any]:
 # --------------------------------------------------------------------------- the page
 
 
+# --------------------------------------------------------------------------- compare
+
+
+#: (the figure's name, the architecture, the document's key for it)
+_COMPARE_FIGURES = (("arm64, fitted", "arm64", "fitted"), ("arm64, priors only", "arm64", "prior"),
+                    ("x86, priors only", "x86", "prior"))  # fmt: skip
+_ARCH_COLOURS = {"arm64": "#1f77b4", "x86": "#d62728"}
+
+
+def compare_overhead_section(src: Source) -> Section:
+    """The overhead per benchmark row: arm64 fitted (its held-out interval), arm64 and
+    x86 priors only (their ÷3/×3 sensitivity ranges)."""
+    import plotly.graph_objects as go
+
+    assert src.compare is not None
+    rows = src.compare["rows"]
+    fig = go.Figure()
+    for n, (name, arch, key) in enumerate(_COMPARE_FIGURES):
+        got = [(r["row"], r[arch][key]) for r in rows if r[arch].get(key) is not None]
+        if not got:
+            continue
+        fig.add_scatter(
+            x=[row for row, _ in got], y=[f["percent"] for _, f in got], mode="markers",
+            name=name, hovertext=[f.get("basis", "") for _, f in got],
+            error_y={"type": "data", "symmetric": False,
+                     "array": [f["hi"] - f["percent"] for _, f in got],
+                     "arrayminus": [f["percent"] - f["lo"] for _, f in got]},
+            marker={"size": 9, "color": _ARCH_COLOURS[arch],
+                    "symbol": "circle" if key == "fitted" else "diamond-open"},
+            offsetgroup=str(n),
+        )  # fmt: skip
+    fig.update_layout(height=460, yaxis_title="overhead, % (feature on vs off)",
+                      scattermode="group", margin={"t": 30, "b": 140},
+                      xaxis_tickangle=-30)  # fmt: skip
+    machines = src.compare.get("machines", {})
+    built = "; ".join(
+        f"{a}: {m.get('linear_map', '?')} map, {m.get('allocator', '?')} allocator"
+        for a, m in machines.items()
+        if isinstance(m, dict)
+    )
+    text = (
+        f"Each benchmark row of the {src.compare.get('table', '?')} table run on arm64 and "
+        f"x86, feature off and on ({built}). Estimated, not counted: arm64 fitted uses the "
+        "shipped calibration and its held-out interval; the prior-only figures use the "
+        "cost priors alone, with the range the hardware and the software priors each "
+        "÷3 and ×3 give (a sensitivity range, not a confidence interval). "
+        + str(src.compare.get("note", ""))
+    )
+    return Section("arm64 POE against x86 PKS: estimated overhead per benchmark", text, fig)
+
+
+def compare_events_section(src: Source) -> Section:
+    """The counted events each feature adds, per row, one bar per architecture."""
+    from plotly.subplots import make_subplots
+
+    assert src.compare is not None
+    rows = src.compare["rows"]
+    groups: list[str] = []
+    for r in rows:
+        for arch in _ARCHES:
+            groups.extend(g["group"] for g in r[arch]["events"] if g["group"] not in groups)
+    fig = make_subplots(rows=len(rows), cols=1, subplot_titles=[r["row"] for r in rows],
+                        vertical_spacing=min(0.3 / max(len(rows), 1), 0.08))  # fmt: skip
+    for i, r in enumerate(rows, start=1):
+        for arch in _ARCHES:
+            added = {g["group"]: g["added"] for g in r[arch]["events"]}
+            ys = [added.get(g, 0) for g in groups]
+            fig.add_bar(x=groups, y=[y if y > 0 else None for y in ys], name=arch,
+                        marker_color=_ARCH_COLOURS[arch], showlegend=i == 1,
+                        legendgroup=arch, row=i, col=1, text=[str(y) for y in ys],
+                        hovertemplate="%{x}: %{text} added<extra>" + arch + "</extra>")  # fmt: skip
+    fig.update_layout(height=260 * len(rows) + 120, barmode="group",
+                      margin={"t": 40, "b": 40})  # fmt: skip
+    fig.update_yaxes(title_text="added (on - off)", type="log")
+    text = (
+        "Counted, exact: for each row, what turning the feature on adds on each "
+        "architecture, grouped so that the two architectures' names for the same work "
+        "line up (POR_EL1 writes and WRMSRs to IA32_PKRS are both pkey register writes; "
+        "TLBIs and INVLPG/INVPCID both TLB invalidations). Log scale: a group the "
+        "feature adds nothing to (or removes from) has no bar; the bar's label is the "
+        "exact count."
+    )
+    return Section("arm64 POE against x86 PKS: events the feature adds", text, fig)
+
+
 def build_report(src: Source) -> list[Section]:
     """Every section of the report, in order."""
+    if src.kind == "compare":
+        return [compare_overhead_section(src), compare_events_section(src)]
     return [composition_section(src), overhead_section(src), events_section(src),
             sweep_section(src), ptdump_section(src)]  # fmt: skip
 
@@ -520,8 +651,12 @@ def render_html(src: Source, sections: Sequence[Section]) -> str:
             parts.append(s.figure.to_html(full_html=False, include_plotlyjs=False,
                                           div_id=f"kpsim-plot-{n}",
                                           config={"responsive": True}))  # fmt: skip
-    what = {"run": "a kpsim run", "sweep": "a kpsim sweep", "replay": "a kpsim replay"}[src.kind]
-    runs = f"{len(src.runs)} run(s)" if src.runs else "one replay"
+    what = {"run": "a kpsim run", "sweep": "a kpsim sweep", "replay": "a kpsim replay",
+            "compare": "kpsim compare"}[src.kind]  # fmt: skip
+    if src.compare is not None:
+        runs = f"{len(src.compare['rows'])} benchmark row(s)"
+    else:
+        runs = f"{len(src.runs)} run(s)" if src.runs else "one replay"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>kpsim report: {html.escape(Path(src.path).name)}</title>"

@@ -10,8 +10,9 @@ kpsim computes with it except the calibration residual (``kpsim.report.fit``).
 Row selection (``select_rows``): a comma-separated list of tokens, each a group
 (``kernbench``, ``fork``, ``munmap``, ``vmalloc`` = the vmalloc()/vfree() tests
 fix_size_alloc and random_size_alloc, ``vm_map_ram``), a test (``fix_size_alloc``), a
-workload (``vmalloc.vm_map_ram``), an exact key (``fork/h:1``) or ``all``; a leading
-``-`` removes the rows a token names.
+workload (``vmalloc.vm_map_ram``), an exact key (``fork/h:1``; a key's own commas, as in
+``fix_size_alloc/p:1,h:0``, stay in the key) or ``all``; a leading ``-`` removes the
+rows a token names.
 """
 
 from __future__ import annotations
@@ -170,10 +171,18 @@ def _matches(row: PublishedRow, token: str) -> bool:
     return token in {"all", row.group, row.test, row.workload, row.key}
 
 
+_PARAM = re.compile(r"[a-z_]+:[^,/\s]+")
+
+
 def select_rows(table: PublishedTable, spec: str) -> frozenset[str]:
     """The keys of the rows that ``spec`` names (see the module docstring)."""
     chosen: set[str] = set()
-    tokens = [t.strip() for t in spec.split(",") if t.strip()]
+    tokens: list[str] = []
+    for t in (t.strip() for t in spec.split(",")):
+        if tokens and "/" in tokens[-1] and _PARAM.fullmatch(t):
+            tokens[-1] += "," + t  # a key's next parameter: fix_size_alloc/p:1,h:0
+        elif t:
+            tokens.append(t)
     if not tokens:
         raise InputError("row selection is empty (e.g. 'fork,vmalloc')")
     for token in tokens:
