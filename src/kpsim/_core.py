@@ -31,7 +31,10 @@ from pathlib import Path
 from types import ModuleType
 
 #: The modules mypyc compiles (the hot paths: hardware model, the user mm's fault, zap
-#: and fork paths, and the arm64 arch layer between them).
+#: and fork paths, and the arch layers between them with the arch-neutral helpers they are
+#: built on. Both arches are compiled: mypyc checks ``self`` of a compiled non-native
+#: class's method against the compiled subclasses it knows, so an interpreted subclass of
+#: ``kpsim.arch.generic`` (an uncompiled x86 mixin) would fail that check at run time).
 COMPILED: tuple[str, ...] = (
     "kpsim.hw.physmem",
     "kpsim.hw.arm64.descriptors",
@@ -55,6 +58,12 @@ COMPILED: tuple[str, ...] = (
     "kpsim.mm.pcp",
     "kpsim.mm.pgtable",
     "kpsim.mm.process",
+    "kpsim.arch.generic.base",
+    "kpsim.arch.generic.entry",
+    "kpsim.arch.generic.kpkeys",
+    "kpsim.arch.generic.lazy_mmu",
+    "kpsim.arch.generic.pgtable",
+    "kpsim.arch.generic.tlbflush",
     "kpsim.arch.arm64.arch",
     "kpsim.arch.arm64.base",
     "kpsim.arch.arm64.entry",
@@ -69,12 +78,24 @@ COMPILED: tuple[str, ...] = (
     "kpsim.arch.arm64.setup",
     "kpsim.arch.arm64.tlbflush",
     "kpsim.arch.arm64.vmalloc_arch",
+    "kpsim.arch.x86.arch",
+    "kpsim.arch.x86.base",
+    "kpsim.arch.x86.direct_map_stats",
+    "kpsim.arch.x86.init",
+    "kpsim.arch.x86.kpkeys",
+    "kpsim.arch.x86.lazy_mmu",
+    "kpsim.arch.x86.memory",
+    "kpsim.arch.x86.pgtable",
+    "kpsim.arch.x86.pgtable_user",
+    "kpsim.arch.x86.set_memory",
+    "kpsim.arch.x86.tlbflush",
+    "kpsim.arch.x86.vmalloc_arch",
 )
 
 #: Directories (relative to ``src/kpsim``) and files whose sources the digest covers: the
 #: compiled modules and everything they import (mypyc may inline another module's
 #: ``Final`` constants, so an edit there also makes the build stale).
-SOURCE_DIRS: tuple[str, ...] = ("hw", "mm", "arch/arm64")
+SOURCE_DIRS: tuple[str, ...] = ("hw", "mm", "arch/generic", "arch/arm64", "arch/x86")
 SOURCE_FILES: tuple[str, ...] = ("errors.py", "units.py", "events.py", "_core.py")
 
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -4,19 +4,18 @@ keeps the old protection key until the flush."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kpsim.arch.x86.tlbflush import TLB_SINGLE_PAGE_FLUSH_CEILING
-from kpsim.errors import AccessFault
-from kpsim.hw.x86.fault import PF_PK, PageFault
+from kpsim.hw.x86.fault import PF_PK
 from kpsim.machine.boot import Machine
 from kpsim.mm.gfp import GFP_KERNEL, GFP_PGTABLE_KERNEL
 
 
-def boot(cpus: int = 3) -> Machine:
-    return Machine.boot(arch="x86", memory="1G", linear_map="pte", cpus=cpus)
-
-
-def test_range_flush_is_invlpg_per_page_on_every_cpu_up_to_the_ceiling() -> None:
-    m = boot()
+def test_range_flush_is_invlpg_per_page_on_every_cpu_up_to_the_ceiling(
+    boot_x86: Callable[..., Machine],
+) -> None:
+    m = boot_x86(cpus=3)
     base = m.arch.page_to_virt(0x10000)
     c0 = m.counters
     m.arch.flush_tlb_kernel_range(base, base + (TLB_SINGLE_PAGE_FLUSH_CEILING << 12))
@@ -31,12 +30,14 @@ def test_range_flush_is_invlpg_per_page_on_every_cpu_up_to_the_ceiling() -> None
     assert c2["tlb_flush_all"] - c1["tlb_flush_all"] == 1
 
 
-def test_set_memory_pkey_reaches_a_stale_tlb_on_another_cpu() -> None:
+def test_set_memory_pkey_reaches_a_stale_tlb_on_another_cpu(
+    boot_x86: Callable[..., Machine], store_error_code: Callable[[Machine, int, int, int], int]
+) -> None:
     """CPU 1 caches a direct-map page; CPU 0 keys it; CPU 1's next store faults with PK
     because cpa_flush shot its entry down. Control: without the flush the stale entry
     (key 0) lets the store through."""
     for flush in (True, False):
-        m = boot(cpus=2)
+        m = boot_x86(cpus=2)
         pfn = m.k.page_alloc.alloc_pages(GFP_KERNEL, 0)
         assert pfn is not None
         va = m.arch.page_to_virt(pfn)
@@ -44,19 +45,15 @@ def test_set_memory_pkey_reaches_a_stale_tlb_on_another_cpu() -> None:
         if not flush:
             m.arch.cpa_flush = lambda start, n: None  # type: ignore[method-assign]
         assert m.arch.set_memory_pkey(va, 1, 1) == 0
-        try:
-            m.hw.cpus[1].store(va, 2)
-            code = 0
-        except AccessFault as exc:
-            assert isinstance(exc.fault, PageFault)
-            code = exc.fault.error_code
-        assert bool(code & PF_PK) is flush
+        assert bool(store_error_code(m, 1, va, 2) & PF_PK) is flush
 
 
-def test_guarded_writes_cost_two_wrmsr_each_and_a_lazy_section_batches_them() -> None:
+def test_guarded_writes_cost_two_wrmsr_each_and_a_lazy_section_batches_them(
+    boot_x86: Callable[..., Machine],
+) -> None:
     """n guarded PTE stores: 2n WRMSRs to IA32_PKRS outside a lazy-MMU section, 2 for
     the whole section inside one."""
-    m = boot(cpus=1)
+    m = boot_x86(cpus=1)
     cpu = m.hw.cpus[0]
     pfn = m.k.pgtable.alloc_table(GFP_PGTABLE_KERNEL, 3, "kernel")
     assert pfn is not None

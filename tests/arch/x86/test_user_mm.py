@@ -3,12 +3,12 @@ walked by the hw/x86 MMU, protected by PKS like kernel ones."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from kpsim.errors import AccessFault
-from kpsim.hw.x86.fault import PF_PK, PageFault
+from kpsim.hw.x86.fault import PF_PK
 from kpsim.machine.boot import Machine, boot
 from kpsim.mm.memory import check_tree
 from kpsim.mm.process import Process, mm_context
@@ -23,14 +23,10 @@ def user_byte(m: Machine, cpu: int, va: int) -> int:
     return int(m.mem.read(got[0], 1))
 
 
-def machine(**kw: object) -> Machine:
-    return Machine.boot(arch="x86", memory="1G", linear_map="pte", **kw)
-
-
-def test_fault_fork_munmap_exit_on_x86() -> None:
+def test_fault_fork_munmap_exit_on_x86(boot_x86: Callable[..., Machine]) -> None:
     """Touch pages, fork (COW), write in the child, munmap, exit: tables come and go,
     the tree in RAM matches the index, and every table page is freed at the end."""
-    m = machine()
+    m = boot_x86()
     ctx = mm_context(m.k, m.arch)
     before = m.k.pgtable.count()
     p = Process.create(ctx, cpu=0)
@@ -49,30 +45,26 @@ def test_fault_fork_munmap_exit_on_x86() -> None:
     assert m.k.pgtable.count() == before
 
 
-def test_user_page_table_write_faults_at_default_pkrs() -> None:
+def test_user_page_table_write_faults_at_default_pkrs(
+    boot_x86: Callable[..., Machine], store_error_code: Callable[[Machine, int, int, int], int]
+) -> None:
     """A user PTE table page is keyed: a kernel store to it faults with PK; control:
     the same machine without the feature lets the store through."""
     for hardened, expect_pk in ((True, True), (False, False)):
-        m = machine(hardened_pgtables=hardened)
+        m = boot_x86(hardened_pgtables=hardened)
         ctx = mm_context(m.k, m.arch)
         p = Process.create(ctx, cpu=0)
         addr = p.mmap(None, 4096)
         p.touch(addr, write=True)
         pte_pfn = p.mm.tables[3][addr >> 21]
         va = m.arch.phys_to_virt(pte_pfn << 12) + 8 * 300
-        try:
-            m.hw.cpus[0].store(va, 0)
-            code = 0
-        except AccessFault as exc:
-            assert isinstance(exc.fault, PageFault)
-            code = exc.fault.error_code
-        assert bool(code & PF_PK) is expect_pk
+        assert bool(store_error_code(m, 0, va, 0) & PF_PK) is expect_pk
 
 
-def test_thp_pmd_leaves_on_x86() -> None:
+def test_thp_pmd_leaves_on_x86(boot_x86: Callable[..., Machine]) -> None:
     """With THP always, a 2M-aligned touched range is PMD leaves (PSE) with deposited
     PTE tables; mprotect of one page splits one; the tree in RAM stays consistent."""
-    m = machine()
+    m = boot_x86()
     p = Process.create(mm_context(m.k, m.arch, thp="always"), cpu=0)
     addr = p.mmap(None, 8 << 20)
     p.touch_range(addr, 8 << 20, write=True)

@@ -23,10 +23,8 @@ from kpsim.arch.arm64.memory import PAGE_OFFSET, Layout
 from kpsim.arch.arm64.pgtable_user import PgtableUserMixin
 from kpsim.arch.arm64.setup import SetupMixin
 from kpsim.arch.arm64.vmalloc_arch import VmallocArchMixin
-from kpsim.hw.arm64.system import Arm64System
-from kpsim.mm.kernel import Kernel
 from kpsim.mm.kpkeys_defs import KPKEYS_PKEY_REG_INVAL
-from kpsim.mm.kpkeys_series import DEFAULT_SERIES, SERIES, Series
+from kpsim.mm.kpkeys_series import Series
 from kpsim.mm.sched import Task
 
 
@@ -34,54 +32,24 @@ from kpsim.mm.sched import Task
 class Arm64(SetupMixin, EntryMixin, VmallocArchMixin, PgtableUserMixin):
     name = "arm64"
 
-    def __init__(
-        self,
-        k: Kernel,
-        system: Arm64System,
-        *,
-        linear_map: str = "pte",
-        hardened_pgtables_config: bool = True,
-        batching: bool = True,
-        series: str = DEFAULT_SERIES,
-    ) -> None:
-        self.k = k
-        self.system = system
-        self.layout = Layout(system.mem.base)
-        self.cpu_id = 0
-        self.percpu = [
-            PerCpu(Task(0, f"swapper/{i}", None, ThreadStruct())) for i in range(len(system.cpus))
-        ]
-        self.swapper_pg_dir = 0
-        self.linear_map_policy = linear_map
-        self.hardened_pgtables = False  # the static key: flipped by kpkeys init
-        self.batching = batching
-        self.disabled: frozenset[str] = frozenset()
-        self.explore_hook: Callable[[str], None] | None = None
-        self.set_series(SERIES[series])
+    def new_percpu(self, idle: Task) -> PerCpu:
+        return PerCpu(idle)
+
+    def new_thread(self) -> ThreadStruct:
+        return ThreadStruct()
+
+    def arch_init(self, hardened_pgtables_config: bool) -> None:
+        """The linear map's layout, ``POR_EL1_INIT``, the image at the start of DRAM."""
+        self.layout = Layout(self.system.mem.base)
         self.por_init = por_el1_init(hardened_pgtables_config)
-        self.split_lock_depth = 0
-        self.rodata_ro = False
-        self.irq_hook: Callable[[], None] | None = None
-        self.kpkeys_split_hooks = None
-        self.kimage_pa = system.mem.base
-        self.static_tables: list[int] = []
-        self.vmemmap_range = (0, 0, 0)
-        k.arch = self
+        self.kimage_pa = self.system.mem.base
 
     def set_series(self, series: Series) -> None:
         """Follow ``series``' kpkeys API, batching guard and exception return."""
-        self.series = series
-        self.skip_unchanged = series.skip_unchanged
-        self.guard_tif = series.lazy_guard != "por"
-        self.guard_irq = series.lazy_guard == "tif-irq"
+        super().set_series(series)
         self.eret_always = series.eret_restore == "always"
         if "in-interrupt-check" in self.disabled:  # v4's rule: TIF_LAZY_MMU alone
             self.guard_tif, self.guard_irq = True, False
-
-    def set_disabled(self, steps: frozenset[str]) -> None:
-        """Switch protective steps off for study (``kpsim explore --disable``)."""
-        self.disabled = frozenset(steps)
-        self.set_series(self.series)
 
     # -- kpkeys arch hooks (asm/kpkeys.h) ----------------------------------------------------
     def arch_kpkeys_set_context(self, ctx: int) -> int:

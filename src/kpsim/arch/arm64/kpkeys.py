@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kpsim.arch.generic.kpkeys import kpkeys_check_context
 from kpsim.hw.arm64.cpu import Cpu
 from kpsim.hw.arm64.por import POE_R, POE_RW, POE_RWX, por_elx_set_pkey_perms
 from kpsim.mm.kpkeys_defs import (
     KPKEYS_CTX_DEFAULT,
-    KPKEYS_CTX_MAX,
-    KPKEYS_CTX_MIN,
     KPKEYS_CTX_PGTABLES,
     KPKEYS_PKEY_DEFAULT,
     KPKEYS_PKEY_PGTABLES,
@@ -74,8 +73,7 @@ def arch_kpkeys_set_context(cpu: Cpu, ctx: int, skip_unchanged: bool = False) ->
     """Switch ``cpu`` to ``ctx``; return the previous POR_EL1 value, or
     ``KPKEYS_PKEY_REG_INVAL`` when ``skip_unchanged`` and the register already holds
     the context's value (``arch_kpkeys_enter_context``: no write, no ISB)."""
-    if not KPKEYS_CTX_MIN <= ctx <= KPKEYS_CTX_MAX:
-        raise ValueError(f"kpkeys context {ctx} out of range (a build error in Linux)")
+    kpkeys_check_context(ctx)
     prev = cpu.por_el1
     new = por_set_kpkeys_context(prev, ctx)
     if skip_unchanged and new == prev:

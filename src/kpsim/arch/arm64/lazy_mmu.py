@@ -1,13 +1,13 @@
 """Lazy-MMU mode on arm64, with kpkeys batching (v5 18/18, v6 28/30; spec §4.9).
 
-Models the generic lazy-MMU API after its 2025 rework (``lazy_mmu_mode_enable`` /
-``disable``: nesting counted per task, arch hooks only for the outermost section, a
-no-op in interrupt context) and arm64's ``arch_enter_lazy_mmu_mode`` /
-``arch_leave_lazy_mmu_mode``: set ``TIF_LAZY_MMU``; with kpkeys_hardened_pgtables
-and batching on, switch to ``KPKEYS_CTX_PGTABLES`` once on entry (saving the previous
-POR_EL1 in ``thread.por_el1_lazy_mmu``) and restore it on exit before the deferred
-barriers are emitted. With the enter/leave API (series ``enter-leave``) a section opened
-where POR_EL1 already grants the context writes nothing, and its exit restores nothing.
+The generic lazy-MMU API after its 2025 rework (nesting, outermost section only, a
+no-op in interrupt context) is :mod:`kpsim.arch.generic.lazy_mmu`; this models arm64's
+``arch_enter_lazy_mmu_mode`` / ``arch_leave_lazy_mmu_mode``: set ``TIF_LAZY_MMU``;
+with kpkeys_hardened_pgtables and batching on, switch to ``KPKEYS_CTX_PGTABLES`` once
+on entry (saving the previous POR_EL1 in ``thread.por_el1_lazy_mmu``) and restore it on
+exit before the deferred barriers are emitted. With the enter/leave API (series
+``enter-leave``) a section opened where POR_EL1 already grants the context writes
+nothing, and its exit restores nothing.
 """
 
 from __future__ import annotations
@@ -18,53 +18,40 @@ from mypy_extensions import mypyc_attr
 
 from kpsim.arch.arm64.base import Arm64Base
 from kpsim.arch.arm64.kpkeys import arch_kpkeys_set_context
+from kpsim.arch.generic.lazy_mmu import GenericLazyMmuMixin
 from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES, KPKEYS_PKEY_REG_INVAL
+from kpsim.mm.sched import Task
 
 
 @mypyc_attr(native_class=False)  # see Arm64Base
-class LazyMmuMixin(Arm64Base):
+class LazyMmuMixin(GenericLazyMmuMixin, Arm64Base):
     def _write_por_explored(
         self, value: int, hook: Callable[[str], None], isb: bool = True
     ) -> None:
         raise NotImplementedError  # provided by Arm64
 
-    # (in_interrupt(), current() and cpu read through one per-CPU lookup: hot paths)
-    def arch_enter_lazy_mmu_mode(self) -> None:
-        pc = self.percpu[self.cpu_id]
-        if pc.irq_depth > 0:  # in_interrupt()
-            return
-        task = pc.current
-        task.lazy_mmu_nesting += 1
-        counters = self.k.counters
-        if task.lazy_mmu_nesting > 1:
-            counters["lazy_mmu_nested"] += 1
-            return
-        task.tif_lazy_mmu = True
-        counters["lazy_mmu_sections"] += 1
+    def lazy_mmu_enter_arch(self, task: Task) -> None:
+        """Switch to ``KPKEYS_CTX_PGTABLES`` once for the section (batching on)."""
         hook = self.explore_hook
         if hook is not None:
             hook("lazy:enter")
-        if self.hardened_pgtables and self.batching:
-            if hook is not None:
-                saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
-            else:
-                cpu = self.system.cpus[self.cpu_id]
-                saved = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES, self.skip_unchanged)
-                if saved == KPKEYS_PKEY_REG_INVAL:
-                    counters["kpkeys_enter_skipped"] += 1
-            task.thread.por_el1_lazy_mmu = saved
-            counters["kpkeys_guard_entries"] += 1
+        if not (self.hardened_pgtables and self.batching):
+            return
+        counters = self.k.counters
+        if hook is not None:
+            saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
+        else:
+            cpu = self.system.cpus[self.cpu_id]
+            saved = arch_kpkeys_set_context(cpu, KPKEYS_CTX_PGTABLES, self.skip_unchanged)
+            if saved == KPKEYS_PKEY_REG_INVAL:
+                counters["kpkeys_enter_skipped"] += 1
+        task.thread.por_el1_lazy_mmu = saved
+        counters["kpkeys_guard_entries"] += 1
 
-    def arch_leave_lazy_mmu_mode(self) -> None:
-        pc = self.percpu[self.cpu_id]
-        if pc.irq_depth > 0:  # in_interrupt()
-            return
-        task = pc.current
-        task.lazy_mmu_nesting -= 1
-        if task.lazy_mmu_nesting > 0:
-            return
+    def lazy_mmu_leave_arch(self, task: Task, pending: bool) -> None:
+        """Restore POR_EL1 (its ISB left to the deferred barriers when pending), then
+        emit the deferred kernel-PTE barriers: DSB ISHST + ISB."""
         cpu = self.system.cpus[self.cpu_id]
-        pending = task.tif_pending
         if self.hardened_pgtables and self.batching:
             saved = task.thread.por_el1_lazy_mmu
             task.thread.por_el1_lazy_mmu = KPKEYS_PKEY_REG_INVAL
@@ -75,8 +62,6 @@ class LazyMmuMixin(Arm64Base):
                 cpu.write_por_el1(saved)
                 if not pending:
                     cpu.isb()
-        task.tif_lazy_mmu = False
-        task.tif_pending = False
-        if pending:  # emit the deferred kernel-PTE barriers: DSB ISHST + ISB
+        if pending:
             self.system.counters["dsb"] += 1
             cpu.isb()

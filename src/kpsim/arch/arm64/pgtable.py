@@ -4,7 +4,9 @@ Models ``arch/arm64/include/asm/pgtable.h`` and ``pgtable-prot.h``: ``*_offset``
 ``*_none``, ``*_leaf``, protection values, and the helpers that write an entry:
 ``__set_pte_nosync``/``set_pte``, ``set_pmd``, ``set_pud``, ``set_p4d``, ``set_pgd``,
 ``ptep_get_and_clear``, ``ptep_set_wrprotect``, ``ptep_test_and_clear_young``,
-``ptep_set_access_flags``, ``pmdp_establish``. Every write is a store through the
+``ptep_set_access_flags``, ``pmdp_establish`` (the arch-neutral ones in
+:mod:`kpsim.arch.generic.pgtable`, with ``PTE_AF`` as the young bit and POR_EL1
+writes + ISBs as a guard's cost). Every write is a store through the
 linear-map alias of the table page, made by the current simulated CPU and checked
 by its MMU. With kpkeys_hardened_pgtables on, each helper enters
 ``KPKEYS_CTX_PGTABLES`` around the write only (the ``kpkeys_hardened_pgtables``
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from mypy_extensions import mypyc_attr
 
 from kpsim.arch.arm64.base import Arm64Base
@@ -29,8 +30,10 @@ from kpsim.arch.arm64.kpkeys import (
     por_set_kpkeys_context,
 )
 from kpsim.arch.arm64.memory import PAGE_OFFSET
+from kpsim.arch.generic.pgtable import GenericPgtableMixin
 from kpsim.hw.arm64 import descriptors as d
-from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES, KPKEYS_PKEY_REG_INVAL
+from kpsim.hw.arm64.cpu import Cpu
+from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES
 
 # pgtable-prot.h (with PTE_WRITE = PTE_DBM and software PTE_DIRTY)
 PROT_DEFAULT = d.AF | d.SH_INNER
@@ -59,7 +62,10 @@ def sect_prot(prot: int) -> int:
 
 
 @mypyc_attr(native_class=False)  # see Arm64Base
-class PgtableMixin(Arm64Base):
+class PgtableMixin(GenericPgtableMixin, Arm64Base):
+    PAGE_ACCESSED = d.AF
+    PAGE_KERNEL = PAGE_KERNEL
+
     # -- reads -----------------------------------------------------------------------
     def entry_pa(self, ptr: int) -> int:
         return self.layout.virt_to_phys(ptr)
@@ -69,7 +75,7 @@ class PgtableMixin(Arm64Base):
         return self.k.mem.read64(self.layout.virt_to_phys(ptr))
 
     def table_va(self, table_pa: int) -> int:
-        return self.layout.phys_to_virt(table_pa)
+        return PAGE_OFFSET + (table_pa - self.layout.memstart_addr)  # phys_to_virt
 
     def pgd_offset_pgd(self, pgd_pa: int, addr: int) -> int:
         return self.layout.phys_to_virt(pgd_pa) + (((addr >> 39) & 0x1FF) << 3)
@@ -82,19 +88,6 @@ class PgtableMixin(Arm64Base):
         table = self.read_entry(ptr) & d.OA_MASK
         return self.layout.phys_to_virt(table) + (((addr >> d.LEVEL_SHIFT[level]) & 0x1FF) << 3)
 
-    def pud_offset(self, p4dp: int, addr: int) -> int:
-        return self.next_offset(p4dp, addr, 1)
-
-    def pmd_offset(self, pudp: int, addr: int) -> int:
-        return self.next_offset(pudp, addr, 2)
-
-    def pte_offset_kernel(self, pmdp: int, addr: int) -> int:
-        return self.next_offset(pmdp, addr, 3)
-
-    @staticmethod
-    def pxd_none(v: int) -> bool:
-        return v == 0
-
     @staticmethod
     def pxd_table(v: int, level: int) -> bool:
         """``p?d_table``: a valid entry at ``level`` (0-2) that points at a table."""
@@ -105,25 +98,13 @@ class PgtableMixin(Arm64Base):
         """``p?d_leaf`` (a block), or a valid page descriptor at level 3."""
         return d.is_leaf(v, level)
 
-    # -- the guard ---------------------------------------------------------------------
-
-    def _guard_needed(self) -> bool:
-        """``kpkeys_hardened_pgtables`` guard condition, with the series' batching rule:
-        v4 never switches while ``TIF_LAZY_MMU`` is set, v5-v8 still switch in interrupt
-        context, enter-leave always enters (and skips the write where POR_EL1 already
-        grants the context)."""
-        if not self.hardened_pgtables:
-            return False
-        if not self.batching or not self.guard_tif:
-            return True
-        if self.guard_irq and self.in_interrupt():
-            return True
-        return not self.current().tif_lazy_mmu
-
+    # -- the guard (its condition: GenericPgtableMixin._guard_needed) -----------------
     def pt_store(self, ptr: int, value: int) -> None:
-        """One guarded page-table store (the body of every write helper)."""
+        """One guarded page-table store (the body of every write helper): the generic
+        :meth:`GenericPgtableMixin.pt_store` when an explorer is attached, else the
+        same steps with POR_EL1 switched in one ``store_with_por_el1``."""
         if self.explore_hook is not None:
-            self._pt_store_explored(ptr, value)
+            GenericPgtableMixin.pt_store(self, ptr, value)
             return
         cpu = self.system.cpus[self.cpu_id]
         guard = self.hardened_pgtables
@@ -157,68 +138,13 @@ class PgtableMixin(Arm64Base):
         if hook is not None:
             hook()
 
-    def _pt_store_explored(self, ptr: int, value: int) -> None:
-        """:meth:`pt_store` one step at a time, with ``kpsim explore``'s points."""
-        hook = self.explore_hook
-        assert hook is not None
-        cpu = self.system.cpus[self.cpu_id]
-        saved = KPKEYS_PKEY_REG_INVAL
-        guarded = self._guard_needed() and cpu.poe
-        if guarded:
-            saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
-            self.k.counters["kpkeys_guard_entries"] += 1
-        try:
-            hook("store:before")
-            cpu.store(ptr, value)
-            hook("store:after")
-        finally:
-            if guarded:
-                self.arch_kpkeys_restore_pkey_reg(saved)
-        self.k.counters["pte_write"] += 1
-        irq = self.irq_hook
-        if irq is not None:
-            irq()
+    def _store_guarded(self, cpu: Cpu) -> bool:
+        return self._guard_needed() and cpu.poe
 
-    def pt_store_batch(self, table_pa: int, index: Any, values: Any) -> int:
-        """Write many entries of one table page (vectorised ``set_ptes``/``clear`` loop).
-
-        Without batching each entry is its own guarded write in Linux: the batch does
-        one real guarded store of the whole page (one permission check, as each
-        entry's check would be identical) and accounts the remaining n-1 switches
-        arithmetically, so the counters match an entry-by-entry loop.
-        """
-        cpu = self.system.cpus[self.cpu_id]
-        va = PAGE_OFFSET + (table_pa - self.layout.memstart_addr)  # phys_to_virt
-        store = cpu.store_table if self.explore_hook is None else self._store_table_explored
-        if self._guard_needed():
-            saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
-            try:
-                n = store(va, index, values)
-            finally:
-                self.arch_kpkeys_restore_pkey_reg(saved)
-            if saved != KPKEYS_PKEY_REG_INVAL:  # each entry's guard would switch too
-                extra = n - 1
-                cpu.por_writes += 2 * extra
-                cpu.isbs += 2 * extra
-            else:  # each entry's guard would skip too (the first one counted already)
-                self.k.counters["kpkeys_enter_skipped"] += n - 1
-            self.k.counters["kpkeys_guard_entries"] += n
-        else:
-            n = store(va, index, values)
-        self.k.counters["pte_write"] += n
-        hook = self.irq_hook
-        if hook is not None:
-            hook()
-        return n
-
-    def _store_table_explored(self, va: int, index: Any, values: Any) -> int:
-        """``store_table`` with ``kpsim explore``'s points before and after."""
-        hook = self.explore_hook
-        assert hook is not None
-        hook("store:before")
-        n = int(self.system.cpus[self.cpu_id].store_table(va, index, values))
-        hook("store:after")
-        return n
+    def count_guard_switches(self, cpu: Cpu, n: int) -> None:
+        """``n`` guards' POR_EL1 writes and ISBs (enter and restore each)."""
+        cpu.por_writes += 2 * n
+        cpu.isbs += 2 * n
 
     def pt_store_each(self, table_pa: int, index: Any, values: Any) -> int:
         """``len(index)`` separate :meth:`pt_store` calls to entries of one table page
@@ -230,27 +156,7 @@ class PgtableMixin(Arm64Base):
         self.cpu.tlb_hits += n - 1
         return n
 
-    # -- write helpers by kernel name -------------------------------------------------------
-    def set_pte(self, ptep: int, pte: int) -> None:
-        self.pt_store(ptep, pte)
-
-    def set_pmd(self, pmdp: int, pmd: int) -> None:
-        self.pt_store(pmdp, pmd)
-
-    def set_pud(self, pudp: int, pud: int) -> None:
-        self.pt_store(pudp, pud)
-
-    def set_p4d(self, p4dp: int, p4d: int) -> None:
-        self.pt_store(p4dp, p4d)
-
-    def set_pgd(self, pgdp: int, pgd: int) -> None:
-        self.pt_store(pgdp, pgd)
-
-    def ptep_get_and_clear(self, ptep: int) -> int:
-        old = self.read_entry(ptep)
-        self.pt_store(ptep, 0)
-        return old
-
+    # -- write helpers by kernel name (the generic ones: GenericPgtableMixin) -----------
     def ptep_set_wrprotect(self, ptep: int) -> None:
         """Clear PTE_WRITE (DBM) and set PTE_RDONLY, keeping the dirty state in software."""
         old = self.read_entry(ptep)
@@ -258,27 +164,3 @@ class PgtableMixin(Arm64Base):
         if not old & d.AP_RDONLY:
             new |= d.SW_DIRTY
         self.pt_store(ptep, new)
-
-    def ptep_test_and_clear_young(self, ptep: int) -> bool:
-        old = self.read_entry(ptep)
-        if old & d.AF:
-            self.pt_store(ptep, old & ~d.AF)
-            return True
-        return False
-
-    def ptep_set_access_flags(self, ptep: int, entry: int) -> bool:
-        """``__ptep_set_access_flags``: early exit if unchanged, otherwise a guarded write."""
-        old = self.read_entry(ptep)
-        if old == entry:
-            return False
-        self.pt_store(ptep, entry)
-        return True
-
-    def pmdp_establish(self, pmdp: int, pmd: int) -> int:
-        old = self.read_entry(pmdp)
-        self.pt_store(pmdp, pmd)
-        return old
-
-    def read_table(self, table_pa: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
-        """All 512 entries of a table (a read-only view of the frame)."""
-        return self.k.mem.frame_ro(table_pa >> 12)

@@ -27,14 +27,14 @@ from typing import Any
 from mypy_extensions import mypyc_attr
 
 from kpsim.arch.arm64.base import Arm64Base
+from kpsim.arch.generic.tlbflush import PAGE_SIZE, GenericTlbFlushMixin
 
-PAGE_SIZE = 1 << 12
 #: ``MAX_DVM_OPS`` (``PTRS_PER_PTE``): strides above which a user range flush is an ASID flush
 MAX_DVM_OPS = 512
 
 
 @mypyc_attr(native_class=False)  # see Arm64Base
-class TlbFlushMixin(Arm64Base):
+class TlbFlushMixin(GenericTlbFlushMixin, Arm64Base):
     @staticmethod
     def _flush_barriers(counters: Any) -> None:
         """The two DSBs of a TLB flush: ``DSB ISHST`` before the TLBIs (orders the
@@ -50,22 +50,10 @@ class TlbFlushMixin(Arm64Base):
         cpu.tlbi_range(start, end, None)
         cpu.isb()
 
-    def flush_tlb_range(
-        self,
-        asid: int,
-        start: int,
-        end: int,
-        *,
-        stride: int = PAGE_SIZE,
-        last_level: bool = False,
+    def _flush_tlb_range(
+        self, asid: int, start: int, end: int, stride: int, last_level: bool
     ) -> None:
-        """``__flush_tlb_range`` for a user mm (no ISB: not needed for user mappings).
-
-        ``flush_tlb_range()`` itself is ``stride=PAGE_SIZE, last_level=False``."""
-        start &= ~(stride - 1)
-        end = (end + stride - 1) & ~(stride - 1)
-        if end <= start:
-            return
+        """``__flush_tlb_range`` for a user mm (no ISB: not needed for user mappings)."""
         if end - start >= MAX_DVM_OPS * stride:  # __flush_tlb_range_limit_excess
             self.flush_tlb_mm(asid)
             return
@@ -95,18 +83,13 @@ class TlbFlushMixin(Arm64Base):
         self.cpu.tlbi_all()
         self.cpu.isb()
 
-    def tlb_flush(
-        self, asid: int, start: int, end: int, *, stride: int, freed_tables: bool, fullmm: bool
-    ) -> None:
-        """arm64 ``tlb_flush(struct mmu_gather *)``: a full-mm teardown only needs the
-        walk cache gone (the ASID is not reused before a full invalidation), so it
-        flushes the ASID once if tables were freed and nothing otherwise; else
-        ``__flush_tlb_range`` over the gathered range, last-level unless tables went."""
-        if fullmm:
-            if freed_tables:
-                self.flush_tlb_mm(asid)
-            return
-        self.flush_tlb_range(asid, start, end, stride=stride, last_level=not freed_tables)
+    def tlb_flush_fullmm(self, asid: int, freed_tables: bool) -> None:
+        """arm64 ``tlb_flush`` of a full-mm teardown: only the walk cache must go (the
+        ASID is not reused before a full invalidation), so the ASID is flushed once if
+        tables were freed and nothing otherwise (a range flush is last-level unless
+        tables went: :class:`~kpsim.arch.generic.tlbflush.GenericTlbFlushMixin`)."""
+        if freed_tables:
+            self.flush_tlb_mm(asid)
 
     def queue_pte_barriers(self) -> None:
         """``queue_pte_barriers``: defer in lazy-MMU mode, else DSB + ISB now."""

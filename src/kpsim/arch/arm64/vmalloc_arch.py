@@ -26,8 +26,6 @@ Left out: ``arch_vmap_pud_supported`` (1 GiB vmalloc blocks).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from mypy_extensions import mypyc_attr
 
@@ -58,16 +56,8 @@ class VmallocArchMixin(PgtableMixin, TlbFlushMixin):
         """Areas registered before vmalloc_init (``vm_area_add_early``): the kernel image."""
         return [(KIMAGE_VADDR, KIMAGE_VADDR + KIMAGE_SIZE)]
 
-    def num_online_cpus(self) -> int:
-        return len(self.system.cpus)
-
     def arch_vmap_pmd_supported(self) -> bool:
         return True
-
-    def mk_kernel_ptes(self, pfns: Any) -> Any:
-        """``pfn_pte(pfn, PAGE_KERNEL)`` for an array of pfns."""
-        arr = np.asarray(pfns, dtype=np.uint64)
-        return (arr << np.uint64(12)) | np.uint64(PAGE_KERNEL)
 
     def arch_vmap_pte_supported_shift(self, size: int) -> int:
         """``arch_vmap_pte_supported_shift``: ``CONT_PTE_SHIFT`` from 64 KiB up."""

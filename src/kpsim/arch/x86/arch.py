@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mypy_extensions import mypyc_attr
+
 from kpsim.arch.x86.base import PerCpu
 from kpsim.arch.x86.init import KIMAGE_SIZE, EarlyAlloc, InitMixin
 from kpsim.arch.x86.kpkeys import ThreadStruct, pkrs_init_value
@@ -18,65 +20,32 @@ from kpsim.arch.x86.pgtable_user import PgtableUserMixin
 from kpsim.arch.x86.vmalloc_arch import VmallocArchMixin
 from kpsim.hw.x86.cpu import CR4_PKS, CR4_SMAP, CR4_SMEP
 from kpsim.hw.x86.pkeys import MSR_IA32_PKRS
-from kpsim.hw.x86.system import X86System
-from kpsim.mm.kernel import Kernel
-from kpsim.mm.kpkeys_series import DEFAULT_SERIES, SERIES, Series
 from kpsim.mm.sched import Task
 
 ISA_HOLE_START = 0xA_0000
 
 
+@mypyc_attr(native_class=False)  # see ArchBase
 class X86(InitMixin, LazyMmuEntryMixin, VmallocArchMixin, PgtableUserMixin):
     name = "x86"
 
-    def __init__(
-        self,
-        k: Kernel,
-        system: X86System,
-        *,
-        linear_map: str = "block",
-        hardened_pgtables_config: bool = True,
-        batching: bool = True,
-        series: str = DEFAULT_SERIES,
-    ) -> None:
-        self.k = k
-        self.system = system
+    DEFAULT_LINEAR_MAP = "block"
+
+    def new_percpu(self, idle: Task) -> PerCpu:
+        return PerCpu(idle)
+
+    def new_thread(self) -> ThreadStruct:
+        return ThreadStruct()
+
+    def arch_init(self, hardened_pgtables_config: bool) -> None:
+        """``PKS_INIT_VALUE``, the image at ``PHYSICAL_START``, the direct-map counters."""
         self.layout = Layout()
-        self.cpu_id = 0
-        self.percpu = [
-            PerCpu(Task(0, f"swapper/{i}", None, ThreadStruct())) for i in range(len(system.cpus))
-        ]
-        self.swapper_pg_dir = 0
-        self.linear_map_policy = linear_map
-        self.hardened_pgtables = False  # the static key: flipped by kpkeys init
-        self.batching = batching
-        self.disabled: frozenset[str] = frozenset()
-        self.explore_hook: Callable[[str], None] | None = None
-        self.set_series(SERIES[series])
         self.pkrs_init = pkrs_init_value(hardened_pgtables_config)
-        self.split_lock_depth = 0
-        self.rodata_ro = False
-        self.irq_hook: Callable[[], None] | None = None
-        self.kpkeys_split_hooks = None
         self.kimage_pa = PHYSICAL_START
         self.kimage_size = KIMAGE_SIZE
-        self.static_tables: list[int] = []
         self.direct_pages_count = [0, 0, 0, 0]
         self.system_running = False
         self.mapped_end = 0
-        self.vmemmap_range = (0, 0, 0)
-        k.arch = self
-
-    def set_series(self, series: Series) -> None:
-        """Follow ``series``' kpkeys API and batching guard."""
-        self.series = series
-        self.skip_unchanged = series.skip_unchanged
-        self.guard_tif = series.lazy_guard != "por"
-        self.guard_irq = series.lazy_guard == "tif-irq"
-
-    def set_disabled(self, steps: frozenset[str]) -> None:
-        """Switch protective steps off for study (``kpsim explore --disable``)."""
-        self.disabled = frozenset(steps)
 
     # -- policy --------------------------------------------------------------------------
     def force_pte_mapping(self) -> bool:
@@ -126,6 +95,3 @@ class X86(InitMixin, LazyMmuEntryMixin, VmallocArchMixin, PgtableUserMixin):
     def clear_page(self, pfn: int) -> None:
         """``clear_page`` through the direct map on the current CPU (MMU-checked)."""
         self.system.cpus[self.cpu_id].zero_page(PAGE_OFFSET + (pfn << 12))
-
-    def num_online_cpus(self) -> int:
-        return len(self.system.cpus)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from kpsim.arch.x86.memory import (
     ISA_END_ADDRESS,
@@ -100,6 +101,7 @@ def _round_up(x: int, a: int) -> int:
     return (x + a - 1) & ~(a - 1)
 
 
+@mypyc_attr(native_class=False)  # see ArchBase
 class InitMixin(SetMemoryMixin):
     kimage_pa: int
     kimage_size: int

@@ -25,11 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kpsim.arch.generic.kpkeys import kpkeys_check_context
 from kpsim.hw.x86.cpu import X86Cpu
 from kpsim.hw.x86.pkeys import MSR_IA32_PKRS, NR_PKEYS, set_key
 from kpsim.mm.kpkeys_defs import (
-    KPKEYS_CTX_MAX,
-    KPKEYS_CTX_MIN,
     KPKEYS_CTX_PGTABLES,
     KPKEYS_PKEY_DEFAULT,
     KPKEYS_PKEY_PGTABLES,
@@ -77,8 +76,7 @@ def pks_write_pkrs(cpu: X86Cpu, value: int) -> bool:
 def arch_kpkeys_set_context(cpu: X86Cpu, ctx: int, skip_unchanged: bool = False) -> int:
     """Switch ``cpu`` to ``ctx``; the previous PKRS tagged with :data:`PKRS_SAVED`, or
     ``KPKEYS_PKEY_REG_INVAL`` when ``skip_unchanged`` and PKRS already holds it."""
-    if not KPKEYS_CTX_MIN <= ctx <= KPKEYS_CTX_MAX:
-        raise ValueError(f"kpkeys context {ctx} out of range (a build error in Linux)")
+    kpkeys_check_context(ctx)
     prev = cpu.pkrs
     new = pkrs_set_kpkeys_context(prev, ctx)
     if skip_unchanged and new == prev:

@@ -1,9 +1,10 @@
 """Lazy-MMU mode on x86 with kpkeys batching, exceptions and context switches.
 
-Lazy MMU: the generic nesting rules (outermost section only, a no-op in interrupt
-context) with the arm64 series' batching (spec §4.9): on entry with the feature and
-batching on, switch to ``KPKEYS_CTX_PGTABLES`` once (a WRMSR to IA32_PKRS), saving the
-previous value in the thread; restore it on exit. x86 needs no deferred barrier.
+Lazy MMU: the generic nesting rules (:mod:`kpsim.arch.generic.lazy_mmu`: outermost
+section only, a no-op in interrupt context) with the arm64 series' batching (spec §4.9):
+on entry with the feature and batching on, switch to ``KPKEYS_CTX_PGTABLES`` once (a
+WRMSR to IA32_PKRS), saving the previous value in the thread; restore it on exit. x86
+needs no deferred barrier.
 
 Exceptions (Ira Weiny's PKS series, ``idtentry``): entry saves IA32_PKRS in
 ``pt_regs`` and loads the initial value (WRMSR only if it differs); the return path
@@ -14,9 +15,12 @@ it differs; then ``switch_mm_irqs_off`` loads CR3 with the mm's PCID.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, TypeVar
 
+from mypy_extensions import mypyc_attr
+
+from kpsim.arch.generic.entry import GenericEntryMixin
+from kpsim.arch.generic.lazy_mmu import GenericLazyMmuMixin
 from kpsim.arch.x86.base import X86Base
 from kpsim.arch.x86.kpkeys import (
     ThreadStruct,
@@ -34,90 +38,36 @@ T = TypeVar("T")
 TLB_NR_DYN_ASIDS = 6
 
 
-class OnCpu:
-    """``cpu_id`` set on entry, the previous one restored on exit."""
-
-    __slots__ = ("arch", "cpu_id", "prev")
-
-    def __init__(self, arch: X86Base, cpu_id: int) -> None:
-        self.arch = arch
-        self.cpu_id = cpu_id
-        self.prev = 0
-
-    def __enter__(self) -> None:
-        self.prev = self.arch.cpu_id
-        self.arch.cpu_id = self.cpu_id
-
-    def __exit__(self, *exc: Any) -> None:
-        self.arch.cpu_id = self.prev
-
-
-class LazyMmuEntryMixin(X86Base):
-    # -- lazy MMU ------------------------------------------------------------------------
-    def arch_enter_lazy_mmu_mode(self) -> None:
-        pc = self.percpu[self.cpu_id]
-        if pc.irq_depth > 0:
-            return
-        task = pc.current
-        task.lazy_mmu_nesting += 1
-        counters = self.k.counters
-        if task.lazy_mmu_nesting > 1:
-            counters["lazy_mmu_nested"] += 1
-            return
-        task.tif_lazy_mmu = True
-        counters["lazy_mmu_sections"] += 1
+@mypyc_attr(native_class=False)  # see ArchBase
+class LazyMmuEntryMixin(GenericLazyMmuMixin, GenericEntryMixin, X86Base):
+    # -- lazy MMU (the arch part; the nesting rules are GenericLazyMmuMixin's) ----------
+    def lazy_mmu_enter_arch(self, task: Task) -> None:
+        """Switch to ``KPKEYS_CTX_PGTABLES`` once for the section (batching on)."""
         if self.hardened_pgtables and self.batching and self.system_supports_poe():
             saved = arch_kpkeys_set_context(self.cpu, KPKEYS_CTX_PGTABLES, self.skip_unchanged)
             if saved == KPKEYS_PKEY_REG_INVAL:
-                counters["kpkeys_enter_skipped"] += 1
+                self.k.counters["kpkeys_enter_skipped"] += 1
             task.thread.pkrs_lazy_mmu = saved
-            counters["kpkeys_guard_entries"] += 1
+            self.k.counters["kpkeys_guard_entries"] += 1
 
-    def arch_leave_lazy_mmu_mode(self) -> None:
-        pc = self.percpu[self.cpu_id]
-        if pc.irq_depth > 0:
-            return
-        task = pc.current
-        task.lazy_mmu_nesting -= 1
-        if task.lazy_mmu_nesting > 0:
-            return
+    def lazy_mmu_leave_arch(self, task: Task, pending: bool) -> None:
+        """Restore PKRS (no deferred barriers: x86 needs none)."""
         if self.hardened_pgtables and self.batching:
             saved = task.thread.pkrs_lazy_mmu
             task.thread.pkrs_lazy_mmu = KPKEYS_PKEY_REG_INVAL
             arch_kpkeys_restore_pkey_reg(self.cpu, saved)
-        task.tif_lazy_mmu = False
-        task.tif_pending = False
 
     # -- exceptions ----------------------------------------------------------------------
-    def on_cpu(self, cpu_id: int) -> OnCpu:
-        return OnCpu(self, cpu_id)
+    def exception_entry_pkey(self) -> int | None:
+        """``pks_save_pt_regs``: save PKRS in ``pt_regs``, load the initial value."""
+        if not self.system_supports_poe() or "reset-on-entry" in self.disabled:
+            return None
+        return exception_entry_pkrs(self.cpu, self.pkrs_init)
 
-    def interrupt(self, cpu_id: int, handler: Callable[[], T]) -> T:
-        """Take an interrupt on ``cpu_id`` and run ``handler`` in it."""
-        return self._exception(cpu_id, handler, irq=True)
-
-    def synchronous_exception(self, cpu_id: int, handler: Callable[[], T]) -> T:
-        """An exception at CPL 0 (a #PF, an #UD...): ``in_interrupt()`` stays false."""
-        return self._exception(cpu_id, handler, irq=False)
-
-    def _exception(self, cpu_id: int, handler: Callable[[], T], irq: bool) -> T:
-        with self.on_cpu(cpu_id):
-            pc = self.percpu[cpu_id]
-            cpu = self.cpu
-            pks = self.system_supports_poe() and "reset-on-entry" not in self.disabled
-            saved = exception_entry_pkrs(cpu, self.pkrs_init) if pks else cpu.pkrs
-            if irq:
-                pc.irq_depth += 1
-                self.k.counters["interrupts"] += 1
-            else:
-                self.k.counters["sync_exceptions"] += 1
-            try:
-                return handler()
-            finally:
-                if irq:
-                    pc.irq_depth -= 1
-                if pks and "restore-on-return" not in self.disabled:
-                    exception_return_pkrs(cpu, saved)
+    def exception_return_pkey(self, saved: int) -> None:
+        """``pks_restore_pt_regs``: write the saved value back (if it differs)."""
+        if "restore-on-return" not in self.disabled:
+            exception_return_pkrs(self.cpu, saved)
 
     # -- context switch ------------------------------------------------------------------
     def switch_to(self, cpu_id: int, nxt: Task) -> None:

@@ -6,13 +6,15 @@ Models ``arch/x86/include/asm/pgtable_types.h`` (``_PAGE_*``, ``__PAGE_KERNEL*``
 4-level paging, ``native_set_*``). Levels are Linux's: 0 PGD (the P4D is folded), 1 PUD,
 2 PMD, 3 PTE; the hardware's PML4, PDPT, PD and PT.
 
-Every write is a store through the direct-map alias of the table page (the PGD's
-through the kernel-image alias ``swapper_pg_dir``/``init_top_pgt``, which is what
+Every write is a store through the direct-map alias of the table page (the PGD's through
+the kernel-image alias ``swapper_pg_dir``/``init_top_pgt``, which is what
 ``pgd_offset_k`` gives), made by the current simulated CPU and checked by its MMU
 against the leaf's protection key and IA32_PKRS. With the page-table feature on, each
 helper enters ``KPKEYS_CTX_PGTABLES`` around the write (WRMSR to IA32_PKRS before and
-after), unless the task is in a batched lazy-MMU section and not in interrupt context:
-the arm64 series' guard rule, applied unchanged (there is no x86 port to follow).
+after; the arch-neutral helpers are :mod:`kpsim.arch.generic.pgtable`'s, with
+``_PAGE_ACCESSED`` as the young bit), unless the task is in a batched lazy-MMU section
+and not in interrupt context: the arm64 series' guard rule, applied unchanged (there is
+no x86 port to follow).
 
 Reads use the physical address directly (key 1 is readable in every context).
 """
@@ -21,12 +23,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from mypy_extensions import mypyc_attr
 
+from kpsim.arch.generic.pgtable import GenericPgtableMixin
 from kpsim.arch.x86.base import X86Base
 from kpsim.arch.x86.memory import PAGE_OFFSET, START_KERNEL_MAP
 from kpsim.hw.x86 import pte as e
-from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES, KPKEYS_PKEY_REG_INVAL
+from kpsim.hw.x86.cpu import X86Cpu
 
 # pgtable_types.h (PTI off, so _PAGE_GLOBAL stays in __default_kernel_pte_mask)
 PTE_PFN_MASK = e.addr_mask(52)
@@ -65,7 +68,11 @@ def small_prot(prot: int) -> int:
     return (prot & ~(e.PS | e.PAT_LARGE)) | pat
 
 
-class PgtableMixin(X86Base):
+@mypyc_attr(native_class=False)  # see ArchBase
+class PgtableMixin(GenericPgtableMixin, X86Base):
+    PAGE_ACCESSED = e.A
+    PAGE_KERNEL = PAGE_KERNEL
+
     # -- reads -----------------------------------------------------------------------
     def entry_pa(self, ptr: int) -> int:
         """``__pa`` of an entry pointer (direct map or kernel image)."""
@@ -89,19 +96,6 @@ class PgtableMixin(X86Base):
         table = self.read_entry(ptr) & PTE_PFN_MASK
         return PAGE_OFFSET + table + (((addr >> LEVEL_SHIFT[level]) & 0x1FF) << 3)
 
-    def pud_offset(self, p4dp: int, addr: int) -> int:
-        return self.next_offset(p4dp, addr, 1)
-
-    def pmd_offset(self, pudp: int, addr: int) -> int:
-        return self.next_offset(pudp, addr, 2)
-
-    def pte_offset_kernel(self, pmdp: int, addr: int) -> int:
-        return self.next_offset(pmdp, addr, 3)
-
-    @staticmethod
-    def pxd_none(v: int) -> bool:
-        return v == 0
-
     @staticmethod
     def pxd_table(v: int, level: int) -> bool:
         """A present entry that points at a table (not a leaf)."""
@@ -114,108 +108,19 @@ class PgtableMixin(X86Base):
             return bool(v & e.P)
         return level in (1, 2) and bool(v & e.P) and bool(v & e.PS)
 
-    def read_table(self, table_pa: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
-        """All 512 entries of a table (a read-only view of the frame)."""
-        return self.k.mem.frame_ro(table_pa >> 12)
-
-    # -- the guard ---------------------------------------------------------------------
+    # -- the guard (its condition: GenericPgtableMixin._guard_needed) -----------------
     def _guard_needed(self) -> bool:
-        """The ``kpkeys_hardened_pgtables`` guard condition with the series' batching rule."""
-        if not self.hardened_pgtables:
-            return False
-        if not self.batching or not self.guard_tif:
-            return True
-        if self.guard_irq and self.in_interrupt():
-            return True
-        return not self.current().tif_lazy_mmu
+        """The generic guard condition, on CPUs with PKS enabled (CR4.PKS)."""
+        return GenericPgtableMixin._guard_needed(self) and self.system_supports_poe()
 
-    def pt_store(self, ptr: int, value: int) -> None:
-        """One guarded page-table store (the body of every write helper)."""
-        cpu = self.system.cpus[self.cpu_id]
-        if self._guard_needed() and self.system_supports_poe():
-            saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
-            self.k.counters["kpkeys_guard_entries"] += 1
-            try:
-                cpu.store(ptr, value)
-            finally:
-                self.arch_kpkeys_restore_pkey_reg(saved)
-        else:
-            cpu.store(ptr, value)
-        self.k.counters["pte_write"] += 1
-        hook = self.irq_hook
-        if hook is not None:
-            hook()
-
-    def pt_store_batch(self, table_pa: int, index: Any, values: Any) -> int:
-        """Write many entries of one table page (a ``set_ptes``/clear loop).
-
-        Outside a batched section each entry is its own guarded write in Linux: the
-        batch makes one real guarded store of the page (one permission check, each
-        entry's would be the same) and counts the other n-1 entries' two WRMSRs each."""
-        cpu = self.system.cpus[self.cpu_id]
-        va = PAGE_OFFSET + table_pa
-        if self._guard_needed() and self.system_supports_poe():
-            saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
-            try:
-                n = cpu.store_table(va, index, values)
-            finally:
-                self.arch_kpkeys_restore_pkey_reg(saved)
-            if saved != KPKEYS_PKEY_REG_INVAL:
-                cpu.pkrs_writes += 2 * (n - 1)
-            else:
-                self.k.counters["kpkeys_enter_skipped"] += n - 1
-            self.k.counters["kpkeys_guard_entries"] += n
-        else:
-            n = cpu.store_table(va, index, values)
-        self.k.counters["pte_write"] += n
-        hook = self.irq_hook
-        if hook is not None:
-            hook()
-        return n
+    def count_guard_switches(self, cpu: X86Cpu, n: int) -> None:
+        """``n`` guards' WRMSRs to IA32_PKRS (enter and restore each; no barrier)."""
+        cpu.pkrs_writes += 2 * n
 
     def pt_store_each(self, table_pa: int, index: Any, values: Any) -> int:
         """``len(index)`` separate :meth:`pt_store` calls to one table page, as one batch."""
         return self.pt_store_batch(table_pa, index, values)
 
-    # -- write helpers by kernel name -------------------------------------------------------
-    def set_pte(self, ptep: int, pte: int) -> None:
-        self.pt_store(ptep, pte)
-
-    def set_pmd(self, pmdp: int, pmd: int) -> None:
-        self.pt_store(pmdp, pmd)
-
-    def set_pud(self, pudp: int, pud: int) -> None:
-        self.pt_store(pudp, pud)
-
-    def set_p4d(self, p4dp: int, p4d: int) -> None:
-        self.pt_store(p4dp, p4d)
-
-    def set_pgd(self, pgdp: int, pgd: int) -> None:
-        self.pt_store(pgdp, pgd)
-
-    def ptep_get_and_clear(self, ptep: int) -> int:
-        old = self.read_entry(ptep)
-        self.pt_store(ptep, 0)
-        return old
-
+    # -- write helpers by kernel name (the generic ones: GenericPgtableMixin) -----------
     def ptep_set_wrprotect(self, ptep: int) -> None:
         self.pt_store(ptep, self.read_entry(ptep) & ~e.RW)
-
-    def ptep_test_and_clear_young(self, ptep: int) -> bool:
-        old = self.read_entry(ptep)
-        if old & e.A:
-            self.pt_store(ptep, old & ~e.A)
-            return True
-        return False
-
-    def ptep_set_access_flags(self, ptep: int, entry: int) -> bool:
-        old = self.read_entry(ptep)
-        if old == entry:
-            return False
-        self.pt_store(ptep, entry)
-        return True
-
-    def pmdp_establish(self, pmdp: int, pmd: int) -> int:
-        old = self.read_entry(pmdp)
-        self.pt_store(pmdp, pmd)
-        return old

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from kpsim.arch.x86.base import X86Base
 from kpsim.arch.x86.pgtable import PAGE_TABLE, PTE_PFN_MASK, pfn_mask, small_prot
@@ -69,6 +70,7 @@ _RW = _u(e.RW)
 _A = _u(e.A)
 
 
+@mypyc_attr(native_class=False)  # see ArchBase
 class PgtableUserMixin(X86Base):
     task_size = TASK_SIZE
 

@@ -36,6 +36,7 @@ NX), CPA_COLLAPSE (pages are never merged back), cache-attribute changes and clf
 from __future__ import annotations
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from kpsim.arch.x86.base import X86Base
 from kpsim.arch.x86.memory import PAGE_END, PAGE_OFFSET, START_KERNEL_MAP
@@ -66,6 +67,7 @@ _ARANGE = np.arange(512, dtype=np.uint64)
 MAX_SPLIT_ATTEMPTS = 64  # the model bounds the retry loop of the v6 split protocol
 
 
+@mypyc_attr(native_class=False)  # see ArchBase
 class SetMemoryMixin(PgtableMixin, TlbFlushMixin, X86Base):
     #: ``direct_pages_count[PG_LEVEL_4K..PG_LEVEL_1G]`` (index 0 unused)
     direct_pages_count: list[int]
@@ -131,13 +133,17 @@ class SetMemoryMixin(PgtableMixin, TlbFlushMixin, X86Base):
                 if ret:
                     return ret
             self.split_lock_depth += 1  # cpa_lock
+            ready = True
             try:
                 if hooks is not None and not hooks.kpkeys_ready_for_direct_map_split():
                     self.k.counters["split_not_ready"] += 1
-                    continue
-                changed = self._cpa_range(start, numpages, mask_set, mask_clr, alias)
+                    ready = False
+                else:
+                    changed = self._cpa_range(start, numpages, mask_set, mask_clr, alias)
             finally:
                 self.split_lock_depth -= 1
+            if not ready:
+                continue
             if changed < 0:
                 return changed
             if changed:

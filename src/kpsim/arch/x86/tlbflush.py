@@ -20,15 +20,20 @@ IPI to lazy CPUs (paging-structure caches are not modelled).
 
 from __future__ import annotations
 
+from functools import partial
+
+from mypy_extensions import mypyc_attr
+
+from kpsim.arch.generic.tlbflush import PAGE_SIZE, GenericTlbFlushMixin
 from kpsim.arch.x86.base import X86Base
 from kpsim.hw.x86.cpu import INVPCID_ALL_GLOBAL, INVPCID_SINGLE, X86Cpu
 
-PAGE_SIZE = 1 << 12
 #: ``tlb_single_page_flush_ceiling``: pages above which a range flush is a full one
 TLB_SINGLE_PAGE_FLUSH_CEILING = 33
 
 
-class TlbFlushMixin(X86Base):
+@mypyc_attr(native_class=False)  # see ArchBase
+class TlbFlushMixin(GenericTlbFlushMixin, X86Base):
     def flush_tlb_kernel_range(self, start: int, end: int) -> None:
         counters = self.k.counters
         counters["tlb_flush_kernel_range"] += 1
@@ -37,13 +42,7 @@ class TlbFlushMixin(X86Base):
             self.system.shootdown(self.cpu_id, _flush_all)
             counters["tlb_flush_all"] += 1
             return
-        pages = range(start, end, PAGE_SIZE)
-
-        def one(c: X86Cpu) -> None:
-            for va in pages:
-                c.invlpg(va)
-
-        self.system.shootdown(self.cpu_id, one)
+        self.system.shootdown(self.cpu_id, partial(_invlpg_each, range(start, end, PAGE_SIZE)))
 
     def flush_tlb_all(self) -> None:
         self.k.counters["tlb_flush_all"] += 1
@@ -53,20 +52,10 @@ class TlbFlushMixin(X86Base):
     def _mm_pcid(self, cpu_id: int, mm_id: int) -> int | None:
         return self.percpu[cpu_id].pcid_slots.get(mm_id)
 
-    def flush_tlb_range(
-        self,
-        asid: int,
-        start: int,
-        end: int,
-        *,
-        stride: int = PAGE_SIZE,
-        last_level: bool = False,
+    def _flush_tlb_range(
+        self, asid: int, start: int, end: int, stride: int, last_level: bool
     ) -> None:
         """``flush_tlb_mm_range`` of the mm with context id ``asid``."""
-        start &= ~(stride - 1)
-        end = (end + stride - 1) & ~(stride - 1)
-        if end <= start:
-            return
         full = (end - start) // stride > TLB_SINGLE_PAGE_FLUSH_CEILING
         self._flush_user(asid, None if full else range(start, end, stride))
 
@@ -76,16 +65,11 @@ class TlbFlushMixin(X86Base):
     def flush_tlb_mm(self, asid: int) -> None:
         self._flush_user(asid, None)
 
-    def tlb_flush(
-        self, asid: int, start: int, end: int, *, stride: int, freed_tables: bool, fullmm: bool
-    ) -> None:
-        """x86 ``tlb_flush(struct mmu_gather *)``: the whole mm for a full-mm teardown,
-        else ``flush_tlb_mm_range`` over the gathered range."""
-        if fullmm:
-            self.flush_tlb_mm(asid)
-            self.leave_mm(asid)
-            return
-        self.flush_tlb_range(asid, start, end, stride=stride, last_level=not freed_tables)
+    def tlb_flush_fullmm(self, asid: int, freed_tables: bool) -> None:
+        """x86 ``tlb_flush`` of a full-mm teardown: the whole mm, and every CPU leaves
+        it (a range flush otherwise: ``flush_tlb_mm_range`` over the gathered range)."""
+        self.flush_tlb_mm(asid)
+        self.leave_mm(asid)
 
     def _flush_user(self, mm_id: int, pages: range | None) -> None:
         self.k.counters["tlb_flush_user"] += 1
@@ -123,6 +107,12 @@ class TlbFlushMixin(X86Base):
 
     def queue_pte_barriers(self) -> None:
         """Nothing on x86: a PTE store needs no barrier before the walker sees it."""
+
+
+def _invlpg_each(pages: range, c: X86Cpu) -> None:
+    """``flush_tlb_one_kernel`` for each page, on ``c``."""
+    for va in pages:
+        c.invlpg(va)
 
 
 def _flush_all(c: X86Cpu) -> None:

@@ -14,9 +14,7 @@ docs/fidelity.md). Left out: ``arch_vmap_pud_supported`` (1 GiB vmalloc leaves).
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
+from mypy_extensions import mypyc_attr
 
 from kpsim.arch.x86.memory import VMALLOC_END, VMALLOC_START
 from kpsim.arch.x86.pgtable import KERNPG_TABLE, PAGE_KERNEL, PgtableMixin, large_prot
@@ -25,6 +23,7 @@ from kpsim.errors import OutOfMemory
 from kpsim.mm.gfp import GFP_PGTABLE_KERNEL
 
 
+@mypyc_attr(native_class=False)  # see ArchBase
 class VmallocArchMixin(PgtableMixin, TlbFlushMixin):
     def vmalloc_range(self) -> tuple[int, int]:
         return VMALLOC_START, VMALLOC_END + 1
@@ -34,10 +33,6 @@ class VmallocArchMixin(PgtableMixin, TlbFlushMixin):
 
     def arch_vmap_pmd_supported(self) -> bool:
         return True
-
-    def mk_kernel_ptes(self, pfns: Any) -> Any:
-        arr = np.asarray(pfns, dtype=np.uint64)
-        return (arr << np.uint64(12)) | np.uint64(PAGE_KERNEL)
 
     def arch_vmap_pte_supported_shift(self, size: int) -> int:
         return 12
