@@ -5,6 +5,7 @@ scenario's ``[machine] arch`` is validated with file and line."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,27 @@ def test_kunit_runs_on_x86_and_its_negative_control_fails(capsys):
     assert main(["kunit", "--arch", "x86", "--no-hardened-pgtables"]) != 0
     out = capsys.readouterr().out
     assert "pass:0 fail:5" in out
+
+
+def test_audit_runs_on_x86_and_reports_nothing(capsys):
+    """``kpsim audit --arch x86``: the mixed workload on the x86 machine (PKS), audited
+    with the x86 walk, keys and IA32_PKRS: no violation, exit 0 (the audit's negative
+    controls on x86 are in tests/audit/test_audit_x86.py and tests/shared)."""
+    assert main(["audit", "--arch", "x86", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["config"]["arch"] == "x86"
+    assert doc["violations"] == []
+    assert doc["free_watch"]["pages_freed_checked"] > 0
+
+
+def test_run_on_x86_prices_with_the_x86_priors(capsys):
+    """``kpsim run --arch x86`` (block-mapped direct map, the PBA): KUnit, the audit and
+    the workloads run on the x86 machine, and the overhead is priced with the x86
+    priors (``costs-x86.toml``: WRMSR to IA32_PKRS, not POR_EL1 writes), not the
+    arm64-fitted calibration."""
+    assert main(["run", "--arch", "x86", "--linear-map", "block", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["machine"]["arch"] == "x86" and doc["audit"]["violations"] == []
+    assert doc["costs"]["source"] == "defaults" and "x86 priors" in doc["costs"]["label"]
+    first = doc["workloads"][0]["overhead"]["contributions"]
+    assert "pkrs_write" in first and "por_write" not in first

@@ -136,6 +136,10 @@ class FreeWatch:
     def keyed_pages(self, pfns: Sequence[int]) -> list[tuple[int, int]]:
         """(pfn, pkey) for the pages among ``pfns`` whose linear alias is keyed: one
         walk per 2 MiB of physical memory (one leaf table, or one block mapping)."""
+        if getattr(self.m.arch, "name", "arm64") == "x86":
+            from kpsim.audit import x86
+
+            return x86.keyed_pages(self.m, pfns)
         groups: dict[int, list[int]] = {}
         for p in pfns:
             groups.setdefault(p >> 9, []).append(p)

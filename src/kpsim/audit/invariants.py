@@ -33,7 +33,7 @@ reaches the buddy allocator keyed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -63,8 +63,20 @@ class Violation:
         return {"invariant": self.invariant, "detail": self.detail}
 
 
-def table_tree(mem: Any, root_pa: int) -> Iterator[tuple[int, int]]:
-    """Every table page reachable from ``root_pa``: (pfn, level)."""
+def arm64_next_tables(t: Any, level: int) -> list[int]:
+    """The tables the level-``level`` table ``t`` points at (table descriptors)."""
+    return [v & d.OA_MASK for v in t[(t & np.uint64(3)) == np.uint64(3)].tolist()]
+
+
+def table_tree(
+    mem: Any,
+    root_pa: int,
+    *,
+    next_tables: Callable[[Any, int], list[int]] = arm64_next_tables,
+    top_entries: int = 512,
+) -> Iterator[tuple[int, int]]:
+    """Every table page reachable from ``root_pa``: (pfn, level). ``next_tables`` reads
+    an arch's table entries; ``top_entries``: how many entries of the root to follow."""
     stack = [(root_pa, 0)]
     while stack:
         pa, level = stack.pop()
@@ -72,9 +84,9 @@ def table_tree(mem: Any, root_pa: int) -> Iterator[tuple[int, int]]:
         if level == 3:
             continue
         t = mem.frame_ro(pa >> 12)
-        tables = t[(t & np.uint64(3)) == np.uint64(3)]
-        for v in tables.tolist():
-            stack.append((v & d.OA_MASK, level + 1))
+        if level == 0:
+            t = t[:top_entries]
+        stack += [(child, level + 1) for child in next_tables(t, level)]
 
 
 @runtime_checkable
@@ -111,17 +123,28 @@ def address_spaces(m: Any) -> list[tuple[str, int]]:
 def thp_blocks(m: Any, walked: Walked) -> dict[str, int]:
     """Per user address space, how many PMD entries map a block (a THP)."""
     out: dict[str, int] = {}
+    x86 = _is_x86(m)
     for pfn, (owner, level) in walked.items():
         if level != 2 or owner == "kernel":
             continue
         t = m.mem.frame_ro(pfn)
-        n = int(np.count_nonzero((t & np.uint64(3)) == np.uint64(1)))
+        if x86:
+            from kpsim.audit.x86 import thp_block_count
+
+            n = thp_block_count(m.mem, pfn)
+        else:
+            n = int(np.count_nonzero((t & np.uint64(3)) == np.uint64(1)))
         if n:
             out[owner] = out.get(owner, 0) + n
     return out
 
 
 def linear_pkey(m: Any, pfn: int) -> int | None:
+    """The pkey of ``pfn``'s linear-map (direct-map) alias, or None if unmapped."""
+    if _is_x86(m):
+        from kpsim.audit import x86
+
+        return x86.linear_pkey(m, pfn)
     t = walk(m.mem, m.arch.swapper_pg_dir, m.arch.layout.pfn_to_virt(pfn))
     return None if isinstance(t, Fault) else t.po_index
 
@@ -149,8 +172,15 @@ def keyed_pfns(m: Any) -> set[int]:
 def walk_all(m: Any) -> Walked:
     """Every table page reachable from every address space: pfn -> (owner, level)."""
     walked: Walked = {}
+    x86 = _is_x86(m)
     for owner, root in address_spaces(m):
-        for pfn, level in table_tree(m.mem, root):
+        if x86:
+            from kpsim.audit.x86 import table_tree as x86_tree
+
+            tree = x86_tree(m.mem, root, user=owner != "kernel")
+        else:
+            tree = table_tree(m.mem, root)
+        for pfn, level in tree:
             walked[pfn] = (owner, level)
     return walked
 
@@ -164,14 +194,19 @@ def deposited_tables(m: Any, walked: Walked) -> dict[int, str]:
     }
 
 
+def _is_x86(m: Any) -> bool:
+    return getattr(m.arch, "name", "arm64") == "x86"
+
+
 def audit(m: Any, *, cached: Iterable[int] = ()) -> list[Violation]:
-    """Run every invariant; an empty list means the machine is clean."""
+    """Run every invariant; an empty list means the machine is clean. On the x86
+    machine the walks, keys, register and TLB checks are :mod:`kpsim.audit.x86`'s."""
     out: list[Violation] = []
     walked = walk_all(m)
     deposits = deposited_tables(m, walked)
     swapper = m.arch.swapper_pg_dir >> 12
     if m.arch.hardened_pgtables:
-        keyed = keyed_pfns(m)
+        keyed = _keyed_pfns(m)
         cache = set(cached) | protected_cache_pfns(m)
         out += _check_tables_keyed(m, walked, deposits, cache, keyed, swapper)
         out += _check_no_stray_keys(m, walked, deposits, cache, keyed)
@@ -179,6 +214,14 @@ def audit(m: Any, *, cached: Iterable[int] = ()) -> list[Violation]:
     out += _check_metadata(m, walked, deposits)
     out += _check_tlbs(m)
     return out
+
+
+def _keyed_pfns(m: Any) -> set[int]:
+    if _is_x86(m):
+        from kpsim.audit import x86
+
+        return x86.keyed_pfns(m)
+    return keyed_pfns(m)
 
 
 def _check_tables_keyed(
@@ -220,6 +263,10 @@ def _check_no_stray_keys(
 
 def _check_contexts(m: Any) -> list[Violation]:
     """Every CPU at rest is in the default context, and no lazy-MMU save is left over."""
+    if _is_x86(m):
+        from kpsim.audit import x86
+
+        return x86.check_contexts(m, Violation)
     out = []
     for cpu, pc in zip(m.hw.cpus, m.arch.percpu, strict=True):
         if not cpu.poe or pc.irq_depth:
@@ -309,6 +356,13 @@ def _check_tlbs(m: Any) -> list[Violation]:
     Same violations, in the same order, as :func:`check_tlbs_reference` (tests/audit
     compare them on random corruptions of leaves and table entries)."""
     out = []
+    if _is_x86(m):
+        from kpsim.audit import x86
+
+        for i, cpu in enumerate(m.hw.cpus):
+            for va in x86.stale_vas(m, cpu):
+                out.append(Violation("tlb", f"cpu{i} caches a stale entry for {va:#x}"))
+        return out
     for cpu in m.hw.cpus:
         for va in _stale_vas(m.mem, cpu):
             out.append(Violation("tlb", f"cpu{cpu.cpu_id} caches a stale entry for {va:#x}"))
@@ -454,14 +508,15 @@ def check_interrupts(m: Any, records: Iterable[Any]) -> list[Violation]:
     out: list[Violation] = []
     if not m.arch.system_supports_poe():
         return out
-    init = m.arch.por_init
+    init = m.arch.pkey_reg_init()
+    reg = m.arch.PKEY_REG
     for i, r in enumerate(records):
         where = f"interrupt {i} on cpu{r.cpu}"
         if r.por_in_handler != init:
             out.append(
                 Violation(
                     "irq-context",
-                    f"{where}: handler ran with POR_EL1={r.por_in_handler:#x} "
+                    f"{where}: handler ran with {reg}={r.por_in_handler:#x} "
                     f"(expected the default {init:#x})",
                 )
             )
@@ -469,7 +524,7 @@ def check_interrupts(m: Any, records: Iterable[Any]) -> list[Violation]:
             out.append(
                 Violation(
                     "irq-context",
-                    f"{where}: POR_EL1={r.por_after_return:#x} after return, "
+                    f"{where}: {reg}={r.por_after_return:#x} after return, "
                     f"{r.por_before:#x} before the interrupt",
                 )
             )
@@ -478,7 +533,7 @@ def check_interrupts(m: Any, records: Iterable[Any]) -> list[Violation]:
                 Violation(
                     "irq-context",
                     f"{where}: the interrupted section ended with "
-                    f"POR_EL1={r.por_at_section_end:#x} (expected {init:#x})",
+                    f"{reg}={r.por_at_section_end:#x} (expected {init:#x})",
                 )
             )
     return out

@@ -315,8 +315,8 @@ def execute(
 
     over = dict(overrides or {})
     auditor = _Auditor(audit)
-    costs, costs_label = costs_for(costs_path)
     cfg = machine_config(scenario, over)
+    costs, costs_label = costs_for(costs_path, cfg.arch)
     params = validate_workloads(scenario)
     feature = cfg.hardened_pgtables
     variants: list[tuple[str, MachineConfig]] = [("on", cfg)] if feature else []
@@ -369,7 +369,7 @@ def execute(
         "linear_map": {"at_boot": at_boot, "after": after},
         "attack": attack,
         "costs": {
-            "source": costs_path or "calibration",
+            "source": costs_path or ("calibration" if cfg.arch == "arm64" else "defaults"),
             "label": costs_label,
             "cycles": costs.as_dict(),
         },

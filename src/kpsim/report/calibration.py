@@ -141,11 +141,21 @@ def calibration() -> Calibration:
     return parse_calibration(text, _NAME)
 
 
-def costs_for(path: str | None) -> tuple[CostTable, str]:
+def costs_for(path: str | None, arch: str = "arm64") -> tuple[CostTable, str]:
     """The costs a verb prices with and the label it prints: the shipped calibration,
-    ``path``'s overrides over it, or (``path`` = ``defaults``) the priors alone."""
-    from kpsim.report.cost import load_costs
+    ``path``'s overrides over it, or (``path`` = ``defaults``) the priors alone. The
+    calibration is fitted to arm64 measurements only: another ``arch`` prices with its
+    priors (``costs-x86.toml`` over ``costs.toml``), ``path``'s overrides over those."""
+    from kpsim.report.cost import ARCH_COSTS, load_costs
 
+    if arch != "arm64":
+        priors = default_costs(arch)
+        if path is None or path == "defaults":
+            return priors, (
+                f"defaults (the {arch} priors of report/data/{ARCH_COSTS[arch]} over "
+                "costs.toml, not fitted: the calibration is arm64-only)"
+            )
+        return load_costs(path, priors), f"file {path} (over the {arch} priors)"
     if path is None:
         cal = calibration()
         return cal.costs, cal.label

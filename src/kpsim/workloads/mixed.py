@@ -33,13 +33,14 @@ from kpsim.machine.boot import Machine
 from kpsim.mm import madvise as madv
 from kpsim.mm import mmap as mm_
 from kpsim.mm.gfp import GFP_KERNEL, GFP_PGTABLE_KERNEL
+from kpsim.mm.mm_types import TASK_SIZE
 from kpsim.mm.process import STACK_TOP, Process, mm_context
 from kpsim.mm.vmalloc import vfree, vm_map_ram, vm_unmap_ram, vmalloc
 
 MiB = 1 << 20
 PAGE = 4096
 RW = mm_.PROT_READ | mm_.PROT_WRITE
-STACK_PROBE = STACK_TOP - 2 * PAGE
+STACK_PROBE = STACK_TOP - 2 * PAGE  # below TASK_SIZE; an arch with less user space shifts it
 
 
 @dataclass
@@ -131,15 +132,14 @@ class IrqInjector:
             return
         victim, self.victim = self.victim, None
         cpu_id = arch.cpu_id
-        cpu = arch.cpu
-        rec = IrqRecord(cpu_id, victim, True, cpu.por_el1)
+        rec = IrqRecord(cpu_id, victim, True, arch.pkey_reg(cpu_id))
 
         def handler() -> None:
-            rec.por_in_handler = cpu.por_el1
+            rec.por_in_handler = arch.pkey_reg(cpu_id)
             self.m.k.pgtable.free_table(victim)  # a page-table free in interrupt context
 
         arch.interrupt(cpu_id, handler)
-        rec.por_after_return = cpu.por_el1
+        rec.por_after_return = arch.pkey_reg(cpu_id)
         self.result.irqs.append(rec)
         self._watch_section_end(rec)
 
@@ -152,7 +152,7 @@ class IrqInjector:
         def leave() -> None:
             orig(arch)
             if task.lazy_mmu_nesting == 0:
-                rec.por_at_section_end = arch.cpu.por_el1
+                rec.por_at_section_end = arch.pkey_reg(arch.cpu_id)
                 del arch.arch_leave_lazy_mmu_mode
 
         arch.arch_leave_lazy_mmu_mode = leave
@@ -236,7 +236,8 @@ def mixed_workload(
         irq.arm()
         for child in children:
             child.run(rng.randrange(ncpu))
-            child.touch(STACK_PROBE, write=True)  # runs on its new CPU, then exits
+            probe = STACK_PROBE - (TASK_SIZE - child.mm.ctx.task_size)  # in its [stack]
+            child.touch(probe, write=True)  # runs on its new CPU, then exits
             child.exit()
             res.ops["exit"] += 1
         irq.arm()

@@ -44,5 +44,13 @@ class Arm64Base(ArchBase):
     def cpu(self) -> Cpu:
         return self.system.cpus[self.cpu_id]
 
+    PKEY_REG = "POR_EL1"
+
     def system_supports_poe(self) -> bool:
         return all(c.poe for c in self.system.cpus)
+
+    def pkey_reg(self, cpu_id: int) -> int:
+        return self.system.cpus[cpu_id].por_el1
+
+    def pkey_reg_init(self) -> int:
+        return self.por_init

@@ -123,6 +123,17 @@ class ArchBase:
     def num_online_cpus(self) -> int:
         return len(self.system.cpus)
 
+    #: the pkey register's name, as the audit and the reports print it
+    PKEY_REG = "pkey register"
+
+    def pkey_reg(self, cpu_id: int) -> int:
+        """The pkey register of CPU ``cpu_id`` now (POR_EL1, IA32_PKRS)."""
+        raise NotImplementedError
+
+    def pkey_reg_init(self) -> int:
+        """The register's default-context value (``POR_EL1_INIT``, ``PKS_INIT_VALUE``)."""
+        raise NotImplementedError
+
     # provided by the arch (declared here for the generic mixins)
     def system_supports_poe(self) -> bool:
         """``arch_supports_kpkeys()``: every CPU has the pkey hardware enabled."""

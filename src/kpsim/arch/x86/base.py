@@ -46,6 +46,14 @@ class X86Base(ArchBase):
         """``arch_supports_kpkeys()``: every CPU has PKS enabled (CR4.PKS)."""
         return all(c.cr4 & CR4_PKS for c in self.system.cpus)
 
+    PKEY_REG = "IA32_PKRS"
+
+    def pkey_reg(self, cpu_id: int) -> int:
+        return self.system.cpus[cpu_id].pkrs
+
+    def pkey_reg_init(self) -> int:
+        return self.pkrs_init
+
     def flush_tlb_all(self) -> None:
         raise NotImplementedError
 
