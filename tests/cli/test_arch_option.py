@@ -154,3 +154,24 @@ def test_run_on_x86_prices_with_the_x86_priors(capsys):
     assert doc["costs"]["source"] == "defaults" and "x86 priors" in doc["costs"]["label"]
     first = doc["workloads"][0]["overhead"]["contributions"]
     assert "pkrs_write" in first and "por_write" not in first
+    for w in doc["workloads"]:  # the x86 priors' sensitivity range, not arm64's residuals
+        iv = w["overhead"]["interval"]
+        assert iv["level"] is None and "not a confidence interval" in iv["basis"]
+        assert iv["lo"] <= w["overhead"]["percent"] <= iv["hi"] and iv["lo"] < iv["hi"]
+    from kpsim.cli.run import _interval_line, _machine_line
+
+    assert _machine_line(doc["machine"]).startswith("x86, 1G RAM, 2 CPUs, PKS on; direct map")
+    assert "sensitivity range" in _interval_line(doc)
+
+
+def test_run_text_names_the_architecture_and_arm64_keeps_its_interval():
+    """Negative control for the above: an arm64 machine line and the calibration's
+    held-out quantile for an arm64 document."""
+    from kpsim.cli.run import _interval_line, _machine_line
+
+    cfg = {"memory_bytes": 1 << 30, "cpus": 2, "poe": True, "linear_map": "pte",
+           "hardened_pgtables": True, "allocator": "minimal", "batching": True,
+           "pt_reclaim": True}  # fmt: skip
+    assert _machine_line(cfg).startswith("arm64, 1G RAM, 2 CPUs, POE on; linear map pte")
+    doc = {"workloads": [{"overhead": {"interval": {"level": 0.95, "lo": 1, "hi": 2}}}]}
+    assert _interval_line(doc).startswith("interval: the 95 % quantile of the calibration")

@@ -214,12 +214,14 @@ def _pp(v: float) -> str:
 def _machine_line(cfg: Mapping[str, Any]) -> str:
     from kpsim.units import format_size
 
+    arch = cfg.get("arch", "arm64")
+    pkeys, lm = ("POE", "linear map") if arch == "arm64" else ("PKS", "direct map")
     feature = "on" if cfg["hardened_pgtables"] else "off"
     if cfg["hardened_pgtables"] and not cfg["poe"]:
-        feature = "inactive (no POE)"
+        feature = f"inactive (no {pkeys})"
     return (
-        f"arm64, {format_size(int(cfg['memory_bytes']))} RAM, {cfg['cpus']} CPUs, "
-        f"POE {'on' if cfg['poe'] else 'off'}; linear map {cfg['linear_map']}\n"
+        f"{arch}, {format_size(int(cfg['memory_bytes']))} RAM, {cfg['cpus']} CPUs, "
+        f"{pkeys} {'on' if cfg['poe'] else 'off'}; {lm} {cfg['linear_map']}\n"
         f"kernel     kpkeys_hardened_pgtables {feature}: {cfg['allocator']} allocator, batching "
         f"{'on' if cfg['batching'] else 'off'}, pt_reclaim {'on' if cfg['pt_reclaim'] else 'off'}, "
         f"series {cfg.get('series', 'enter-leave')}"
@@ -459,9 +461,23 @@ def _level(doc: Mapping[str, Any]) -> str:
     """The level of the printed intervals (e.g. "95 %"), from the document."""
     for w in doc["workloads"]:
         iv = (w.get("overhead") or {}).get("interval")
-        if iv:
+        if iv and iv.get("level") is not None:
             return f"{round(100 * iv['level'])} %"
     return "the quantile"
+
+
+def _interval_line(doc: Mapping[str, Any]) -> str:
+    """What the printed intervals are: the calibration's held-out quantile, or (another
+    architecture on its priors) the priors' sensitivity range."""
+    for w in doc["workloads"]:
+        iv = (w.get("overhead") or {}).get("interval")
+        if iv and iv.get("level") is None:
+            return f"interval: {iv.get('basis', 'prior-only')}"
+    return (
+        f"interval: the {_level(doc)} quantile of the calibration's "
+        "leave-one-family-out held-out residuals "
+        "(`kpsim reproduce --cv`); `kpsim run --costs defaults` prices with the priors"
+    )
 
 
 def render(doc: Mapping[str, Any]) -> RenderableType:
@@ -489,10 +505,7 @@ def render(doc: Mapping[str, Any]) -> RenderableType:
     src = doc["costs"].get("label") or doc["costs"]["source"]
     parts.append(
         Text(
-            f"cycles per event: {src}; --json has every counter\n"
-            f"interval: the {_level(doc)} quantile of the calibration's "
-            "leave-one-family-out held-out residuals "
-            "(`kpsim reproduce --cv`); `kpsim run --costs defaults` prices with the priors",
+            f"cycles per event: {src}; --json has every counter\n" + _interval_line(doc),
             style="dim",
         )
     )

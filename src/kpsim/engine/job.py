@@ -349,7 +349,9 @@ def execute(
             if details and variant == "on":
                 entry[variant]["linear_map"] = extra["summary"]
                 dumps[f"#{i + 1} {workload_label(spec)}"] = extra["runs"]
-        entry["overhead"] = _overhead(entry, costs, cfg.batching, costs_label) if feature else None
+        entry["overhead"] = (
+            _overhead(entry, costs, cfg.batching, costs_label, cfg.arch) if feature else None
+        )
         workloads.append(entry)
     attack = _attack(attack_cfg, variants, scenario, over, auditor, steps)
     steps.finish()
@@ -471,16 +473,29 @@ def _priced(counts: Mapping[str, int], costs: Any) -> dict[str, Any]:
 
 
 def _overhead(
-    entry: Mapping[str, Any], costs: Any, batching: bool, label: str
+    entry: Mapping[str, Any], costs: Any, batching: bool, label: str, arch: str = "arm64"
 ) -> dict[str, Any] | None:
-    """The estimated overhead, its events and its interval (kpsim.report.calibration)."""
+    """The estimated overhead, its events and its interval (kpsim.report.calibration).
+
+    On another architecture priced with its priors (nothing there is fitted, so the
+    arm64 calibration's held-out residuals say nothing of it) the interval is the
+    priors' sensitivity range instead, as ``kpsim compare`` gives it
+    (:func:`kpsim.engine.compare.prior_range`: hardware and software priors each ÷3
+    and ×3), with ``level`` null: it is not a confidence interval."""
     from kpsim.report.calibration import overhead_interval
     from kpsim.report.cost import ZeroBaselineError, overhead_breakdown
 
+    on, off = entry["on"]["counters"], entry["off"]["counters"]
     try:
-        ov = overhead_breakdown(entry["on"]["counters"], entry["off"]["counters"], costs)
+        ov = overhead_breakdown(on, off, costs)
     except ZeroBaselineError:
         return None
+    if arch != "arm64" and label.startswith("defaults"):
+        from kpsim.engine.compare import prior_range
+
+        iv = prior_range(on, off, arch) | {"level": None}
+        iv["percent"] = round(ov.percent, 4)
+        return {"percent": ov.percent, "interval": iv, "contributions": dict(ov.contributions)}
     iv = overhead_interval(ov.percent, batching, label).as_json()
     return {"percent": ov.percent, "interval": iv, "contributions": dict(ov.contributions)}
 
