@@ -153,8 +153,9 @@ def put_page(ctx: MmContext, pfn: int) -> None:
     """:func:`put_pages` of one page, as scalars (freed through the same
     :func:`~kpsim.mm.folio.free_unmapped` when its last mapping goes)."""
     i = pfn - ctx.base_pfn
-    ctx.mapcount[i] -= 1
-    if ctx.mapcount.item(i) == 0:
+    mc = ctx.mapcount1
+    mc[i] -= 1
+    if mc[i] == 0:
         free_unmapped(ctx, np.array([pfn], dtype=np.int64))
 
 
@@ -175,7 +176,10 @@ def alloc_user_page(ctx: MmContext, *, zero: bool = True, order: int = 0) -> int
     if pfn is None:
         return None
     i = pfn - ctx.base_pfn
-    ctx.kind[i : i + (1 << order)] = ANON
+    if order:
+        ctx.kind[i : i + (1 << order)] = ANON
+    else:
+        ctx.kind1[i] = ANON
     return int(pfn)
 
 
@@ -294,8 +298,8 @@ def do_pte_missing(mm: MmStruct, vma: Vma, addr: int, write: bool, ptr: int) -> 
     if pfn is None:
         raise OutOfMemory(f"user page for {mm.owner}")
     i = pfn - ctx.base_pfn  # get_pages + rss_delta for one page
-    ctx.mapcount[i] += 1
-    kind = ctx.kind.item(i)
+    ctx.mapcount1[i] += 1
+    kind = ctx.kind1[i]
     if kind == ANON:
         mm.rss_anon += 1
     elif kind == FILE:
@@ -308,7 +312,7 @@ def do_pte_missing(mm: MmStruct, vma: Vma, addr: int, write: bool, ptr: int) -> 
 
 def _rss_one(mm: MmStruct, pfn: int, sign: int) -> None:
     """:func:`rss_delta` of one page."""
-    kind = mm.ctx.kind.item(pfn - mm.ctx.base_pfn)
+    kind = mm.ctx.kind1[pfn - mm.ctx.base_pfn]
     if kind == ANON:
         mm.rss_anon += sign
     elif kind == FILE:
@@ -317,7 +321,7 @@ def _rss_one(mm: MmStruct, pfn: int, sign: int) -> None:
 
 def _account_one(mm: MmStruct, pfn: int) -> None:
     """:func:`get_pages` and :func:`rss_delta` (+1) of one newly mapped page."""
-    mm.ctx.mapcount[pfn - mm.ctx.base_pfn] += 1
+    mm.ctx.mapcount1[pfn - mm.ctx.base_pfn] += 1
     _rss_one(mm, pfn, 1)
 
 
@@ -326,8 +330,8 @@ def do_wp_page(mm: MmStruct, vma: Vma, addr: int, ptr: int, v: int) -> None:
     ctx, arch = mm.ctx, mm.ctx.arch
     old = arch.pte_pfn(v)
     i = old - ctx.base_pfn
-    kind = ctx.kind.item(i)  # the old page's kind (allocating the copy leaves it)
-    if vma.shared or (kind == ANON and ctx.mapcount.item(i) == 1):  # wp_page_reuse
+    kind = ctx.kind1[i]  # the old page's kind (allocating the copy leaves it)
+    if vma.shared or (kind == ANON and ctx.mapcount1[i] == 1):  # wp_page_reuse
         arch.pt_store(ptr, arch.pte_mkwrite(arch.pte_mkdirty(arch.pte_mkyoung(v))))
         arch.flush_tlb_page(mm.asid, addr)
         return

@@ -142,6 +142,10 @@ class MmContext:
         n = pa.end_pfn - pa.start_pfn
         self.mapcount = np.zeros(n, dtype=np.int64)  # mappings (+ bias for pinned pages)
         self.kind = np.zeros(n, dtype=np.int8)
+        #: the same two arrays as memoryviews, for one page at a time: a Python int in
+        #: and out, without numpy's scalar objects (the fault paths)
+        self.mapcount1 = self.mapcount.data
+        self.kind1 = self.kind.data
         self.page_cache: dict[tuple[int, int], int] = {}
         self.next_mm_id = 1
         self.next_asid = 1

@@ -256,7 +256,7 @@ class Cpu:
             if not mem.base <= page_pa < mem.end:
                 mem.check(page_pa)  # raises ExternalAbort
             frame = mem.frames[page_pa >> 12] = _ARENA.take_one()
-        entry: TlbEntry = (*t, frame)
+        entry: TlbEntry = (t[0], t[1], t[2], t[3], t[4], desc, frame)
         if t[4] == 3 and not desc & d.CONT:  # a 4 KiB page: Tlb.insert without a span
             if key > VPN_MASK:
                 tlb = self.tlb.asids.get(key >> ASID_SHIFT)

@@ -91,13 +91,15 @@ def pooled_arenas() -> int:
 class FrameArena:
     """Hands out zeroed ``uint64[n, 512]`` blocks carved from arenas of host memory."""
 
-    __slots__ = ("_dirty", "_left", "_rows")
+    __slots__ = ("_dirty", "_dirty_bytes", "_left", "_rows")
 
     def __init__(self) -> None:
         self._rows: Any = None
         self._left = 0
         #: the current arena was recycled: its rows that were resident (None: fresh)
         self._dirty: Any = None
+        #: the same, one byte per row (what :meth:`take_one` reads)
+        self._dirty_bytes = b""
 
     def take_one(self) -> Any:
         """One zeroed frame: a ``uint64[512]`` row (one view, not a block and a row)."""
@@ -106,7 +108,7 @@ class FrameArena:
         i = len(self._rows) - self._left
         row = self._rows[i]
         self._left -= 1
-        if self._dirty is not None and self._dirty[i]:
+        if self._dirty is not None and self._dirty_bytes[i]:
             row[:] = 0
         return row
 
@@ -143,6 +145,7 @@ class FrameArena:
                 with contextlib.suppress(OSError):  # no THP on this host: nothing to say
                     buf.madvise(advise)
         self._dirty = dirty if dirty is not None and dirty.any() else None
+        self._dirty_bytes = b"" if self._dirty is None else self._dirty.tobytes()
         flat = np.frombuffer(buf, dtype=np.uint64)  # every row's base: alive while any is
         if size == ARENA_BYTES:
             weakref.finalize(flat, _recycle, buf).atexit = False
