@@ -144,13 +144,15 @@ def test_audit_runs_on_x86_and_reports_nothing(capsys):
 
 
 def test_run_on_x86_prices_with_the_x86_priors(capsys):
-    """``kpsim run --arch x86`` (block-mapped direct map, the PBA): KUnit, the audit and
+    """``kpsim run --arch x86`` (the default scenario leaves the linear map to the
+    architecture: x86's block-mapped direct map, and the PBA): KUnit, the audit and
     the workloads run on the x86 machine, and the overhead is priced with the x86
     priors (``costs-x86.toml``: WRMSR to IA32_PKRS, not POR_EL1 writes), not the
     arm64-fitted calibration."""
-    assert main(["run", "--arch", "x86", "--linear-map", "block", "--json"]) == 0
+    assert main(["run", "--arch", "x86", "--json"]) == 0  # the built-in default scenario
     doc = json.loads(capsys.readouterr().out)
     assert doc["machine"]["arch"] == "x86" and doc["audit"]["violations"] == []
+    assert doc["machine"]["linear_map"] == "block"  # x86's default direct map
     assert doc["costs"]["source"] == "defaults" and "x86 priors" in doc["costs"]["label"]
     first = doc["workloads"][0]["overhead"]["contributions"]
     assert "pkrs_write" in first and "por_write" not in first

@@ -72,8 +72,9 @@ DEFAULT_SCENARIO_NAME = "<built-in default scenario>"
 DEFAULT_SCENARIO = """\
 # kpsim's built-in default scenario: what `kpsim run` runs with no argument.
 # A small arm64 machine with POE, kpkeys_hardened_pgtables on (PTE-mapped linear map,
-# minimal allocator, batching on), running the series' benchmarks (RFC v5 cover letter)
-# at reduced sizes. Each workload runs with the feature on and off on fresh machines.
+# minimal allocator, batching on; with --arch x86, PKS, a block-mapped direct map and
+# the PBA), running the series' benchmarks (RFC v5 cover letter) at reduced sizes.
+# Each workload runs with the feature on and off on fresh machines.
 seed = 0
 
 [machine]
@@ -82,7 +83,8 @@ cpus = 2
 poe = true
 
 [kernel]
-linear_map = "pte"
+# linear_map: the architecture's default: "pte" on arm64 (what the seed assumes), "block"
+# on x86 (--arch x86: the direct map in 1G/2M pages, probe_page_size_mask's choice)
 hardened_pgtables = true
 batching = true
 pt_reclaim = true
