@@ -306,7 +306,7 @@ def mutate(data: bytes, r: random.Random, pool: list[bytes]) -> bytes:
 
 
 # -- command-line values ------------------------------------------------------------------------
-VERBS = ("boot", "run", "audit", "kunit", "explore", "pba", "ptdump", "walk", "replay")
+VERBS = ("boot", "run", "audit", "kunit", "explore", "pba", "ptdump", "walk", "replay", "compare")
 OPTIONS: dict[str, list[str]] = {
     "--memory": ["4G", "256M", "1T", "3M", "0", "-1G", "4g", "0x40000000", "1.5G", "128T", "129T"],
     "--cpus": ["1", "2", "256", "0", "-3", "999", "x", "0x2"],
@@ -324,6 +324,11 @@ OPTIONS: dict[str, list[str]] = {
     "--schedules": ["1", "0", "-5"],
     "--audit-every": ["1", "0"],
     "--workload": ["mixed", "none", "soak", "nope"],
+    "--arch": ["arm64", "x86", "riscv", "X86", ""],
+    "--rows": ["fork", "fix_size_alloc/p:1,h:0", "forks", "", "all,-kernbench", "-fork"],
+    "--size": ["64M", "4M", "0", "1T", "x", "-4M"],
+    "--loops": ["1", "0", "-1", "50", "1e3"],
+    "--table": ["v5-corrected", "v4", "v9"],
 }
 FLAGS = ["--no-poe", "--no-batching", "--allow-unsafe-split", "--no-hardened-pgtables", "--json"]
 
