@@ -91,3 +91,26 @@ def test_state_says_what_was_loaded() -> None:
     state, compiled = _state_in_subprocess(KPSIM_PURE="").rsplit(" ", 1)
     assert (state == "compiled") == (compiled == "True")
     assert state == _core.check()[1]
+
+
+def test_importing_kpsim_starts_no_blas_threads_and_leaves_the_environment() -> None:
+    """numpy is imported with OpenBLAS held to one thread (its workers would spin beside
+    the single-threaded model), and the variable is gone again afterwards, so the
+    programs kpsim starts see the user's environment. Negative control: numpy imported
+    first, on a host with more than one core, starts its worker threads."""
+    import os
+    import subprocess
+    import sys
+
+    probe = "import os, {m}; print(len(os.listdir('/proc/self/task')), " \
+        "os.environ.get('OPENBLAS_NUM_THREADS'))"  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+
+    def threads(module: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", probe.format(m=module)], env=env,
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        return out.split()
+
+    assert threads("kpsim") == ["1", "None"]
+    if (os.cpu_count() or 1) > 1:
+        assert int(threads("numpy")[0]) > 1
