@@ -216,6 +216,20 @@ def test_batched_faults_match_out_of_memory(monkeypatch) -> None:
     assert got["pa_counters"].get("alloc_fail", 0) > 0
 
 
+def slot_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The addresses each :func:`fault_batch.touch_slot` call did, as it is called."""
+    done: list[int] = []
+    orig = fault_batch.touch_slot
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        out = orig(*a, **kw)
+        done.append(out[0])
+        return out
+
+    monkeypatch.setattr(fault_batch, "touch_slot", spy)
+    return done
+
+
 INJECT = {"fail_page_alloc": "probability=3,times=-1"}
 #: the scripts that allocate only through faults (thp_and_fragmented holds pages itself)
 INJECTED = [s for s in SCRIPTS if s is not thp_and_fragmented] + [faults_that_meet_injection]
@@ -233,15 +247,7 @@ def test_injection_really_meets_the_batch(monkeypatch) -> None:
     """The batch runs under injection and stops short of an injected failure; the
     failure is delivered to the next fault, not lost (negative control: without the
     pending draw the batch would skip the failure the loop meets)."""
-    done: list[int] = []
-    orig = fault_batch.touch_slot
-
-    def spy(*a: Any, **kw: Any) -> Any:
-        out = orig(*a, **kw)
-        done.append(out[0])
-        return out
-
-    monkeypatch.setattr(fault_batch, "touch_slot", spy)
+    done = slot_calls(monkeypatch)
     got, _ = run(faults_that_meet_injection, True, monkeypatch, **INJECT)
     attr = got["inject"]["page_alloc"]
     assert attr["injected"] > 0
@@ -258,15 +264,7 @@ def test_injection_really_meets_the_batch(monkeypatch) -> None:
 def test_batch_really_runs_and_counts_guards(monkeypatch) -> None:
     """The batch path is taken (fewer Python-level faults) and still counts one guarded
     write, two POR_EL1 writes and one translation fault per page."""
-    calls = []
-    orig = fault_batch.touch_slot
-
-    def spy(*a: Any, **kw: Any) -> Any:
-        out = orig(*a, **kw)
-        calls.append(out[0])
-        return out
-
-    monkeypatch.setattr(fault_batch, "touch_slot", spy)
+    calls = slot_calls(monkeypatch)
     m = boot(memory="256M", cpus=2)
     p = Process.create(mm_context(m.k, m.arch))
     p.mmap(BASE, 2 * M, RW, FIXED)
