@@ -105,7 +105,8 @@ def test_importing_kpsim_starts_no_blas_threads_and_leaves_the_environment() -> 
     probe = "import os, {m}; print(len(os.listdir('/proc/self/task')), " \
         "os.environ.get('OPENBLAS_NUM_THREADS'))"  # fmt: skip
     limits = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS")
-    env = {k: v for k, v in os.environ.items() if k not in limits}  # a dask LocalCluster sets these in its parent
+    # a dask LocalCluster (the sweep's tests) sets these in its parent's environment
+    env = {k: v for k, v in os.environ.items() if k not in limits}
 
     def threads(module: str) -> list[str]:
         out = subprocess.run([sys.executable, "-c", probe.format(m=module)], env=env,
