@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:  # a user address, or one in neither half
         raise InputError(f"{err}: walk takes a kernel address (0xffff...)") from None
     if args.json:
-        emit_json(_doc_x86(w) if x86 else _doc(w))
+        emit_json(_doc(w, x86))
     else:
-        sys.stdout.write(_text_x86(w) if x86 else _text(w))
+        sys.stdout.write(_text(w, x86))
     return 0
 
 
@@ -80,44 +80,6 @@ def _result_x86(w: Any) -> str:
     return f"{where} -> PA {w.pa:#x}: level {lvl} {size} page, {rw}, {who}{nx}, pkey {e.pkey(v)}"
 
 
-def _text_x86(w: Any) -> str:
-    from kpsim.cli.decode import decode_value, rows_text
-
-    out = [*w.show_pte(), ""]
-    for step in w.steps:
-        title, rows, words = decode_value(step.decode_kind, step.value)
-        head = f"{step.name}[{step.index}] at PA {step.entry_pa:#x}: {title}"
-        out.append(rows_text(head, rows, str(words["summary"])))
-    out.append(_result_x86(w))
-    return "\n".join(out) + "\n"
-
-
-def _doc_x86(w: Any) -> dict[str, Any]:
-    from kpsim.cli.decode import decode_value
-
-    return {
-        "va": f"{w.va:#018x}",
-        "mm": w.mm,
-        "cr3": f"{w.root_pa:#x}",
-        "dump_pagetable": w.show_pte(),
-        "steps": [
-            {
-                "level": s.level,
-                "table": s.name,
-                "index": s.index,
-                "table_pa": f"{s.table_pa:#x}",
-                "entry_pa": f"{s.entry_pa:#x}",
-                "value": f"{s.value:#018x}",
-                "decoded": decode_value(s.decode_kind, s.value)[2],
-            }
-            for s in w.steps
-        ],
-        "pa": None if w.pa is None else f"{w.pa:#x}",
-        "fault_level": w.fault_level,
-        "summary": _result_x86(w),
-    }
-
-
 def _result(w: Any) -> str:
     from kpsim.report.walk import region
 
@@ -133,26 +95,36 @@ def _result(w: Any) -> str:
     )
 
 
-def _text(w: Any) -> str:
-    from kpsim.cli.decode import descriptor, rows_text
+def _decode(step: Any, x86: bool) -> tuple[str, Any, dict[str, Any]]:
+    """(title, rows, words) of one walked entry, as ``kpsim decode`` shows it."""
+    from kpsim.cli.decode import decode_value, descriptor
+
+    if x86:
+        return decode_value(step.decode_kind, step.value)
+    return descriptor(step.name, step.value)
+
+
+def _text(w: Any, x86: bool = False) -> str:
+    from kpsim.cli.decode import rows_text
 
     out = [*w.show_pte(), ""]
     for step in w.steps:
-        title, rows, words = descriptor(step.name, step.value)
+        title, rows, words = _decode(step, x86)
         head = f"{step.name}[{step.index}] at PA {step.entry_pa:#x}: {title}"
         out.append(rows_text(head, rows, str(words["summary"])))
-    out.append(_result(w))
+    out.append(_result_x86(w) if x86 else _result(w))
     return "\n".join(out) + "\n"
 
 
-def _doc(w: Any) -> dict[str, Any]:
-    from kpsim.cli.decode import descriptor
-
+def _doc(w: Any, x86: bool = False) -> dict[str, Any]:
+    """The walk as JSON; the root and the dump are named as each kernel names them
+    (x86: CR3 and dump_pagetable(); arm64: pgdp and show_pte())."""
+    root, dump = ("cr3", "dump_pagetable") if x86 else ("pgdp", "show_pte")
     return {
         "va": f"{w.va:#018x}",
         "mm": w.mm,
-        "pgdp": f"{w.root_pa:#x}",
-        "show_pte": w.show_pte(),
+        root: f"{w.root_pa:#x}",
+        dump: w.show_pte(),
         "steps": [
             {
                 "level": s.level,
@@ -161,11 +133,11 @@ def _doc(w: Any) -> dict[str, Any]:
                 "table_pa": f"{s.table_pa:#x}",
                 "entry_pa": f"{s.entry_pa:#x}",
                 "value": f"{s.value:#018x}",
-                "decoded": descriptor(s.name, s.value)[2],
+                "decoded": _decode(s, x86)[2],
             }
             for s in w.steps
         ],
         "pa": None if w.pa is None else f"{w.pa:#x}",
         "fault_level": w.fault_level,
-        "summary": _result(w),
+        "summary": _result_x86(w) if x86 else _result(w),
     }
