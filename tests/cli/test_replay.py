@@ -119,3 +119,37 @@ def test_replay_bad_vmpte_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_p
     bad.write_text('{"x": 1}')
     rc, _, err = _run(capsys, "replay", "--vmpte", str(bad), str(TRACES / "true.trace"))
     assert rc == 2 and err.count("\n") == 1 and str(bad) in err
+
+
+def test_replay_on_x86_agrees_with_the_live_vmpte_and_prices_pkrs_writes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--arch x86``: the traces were recorded on an x86-64 host, and the x86 model's
+    table pages at exit agree with its live VmPTE; ``--cost`` prices the IA32_PKRS
+    writes with the x86 priors, its interval the priors' sensitivity range (no level:
+    nothing on x86 is fitted)."""
+    trace = TRACES / "sh-ls-wc.trace"
+    argv = ("replay", "--json", "--cost", "--arch", "x86", "--memory", "256M", str(trace))
+    rc, out, _ = _run(capsys, *argv)
+    doc = json.loads(out)
+    assert rc == 0 and doc["arch"] == "x86"
+    assert doc["agreement"]["differ"] == [] and doc["agreement"]["compared"] == 3
+    cost = doc["cost"]
+    assert cost["on_counters"]["pkrs_write"] > 0 and "por_write" not in cost["on_counters"]
+    assert cost["off_counters"].get("pkrs_write", 0) == 0  # negative control: feature off
+    assert cost["contributions"]["pkrs_write"] > 0
+    iv = cost["interval"]
+    assert iv["level"] is None and "prior-only" in iv["basis"]
+    assert iv["lo"] <= cost["percent"] <= iv["hi"]
+    assert "x86 priors" in cost["costs"]
+
+
+def test_replay_text_on_x86_names_its_events(capsys: pytest.CaptureFixture[str]) -> None:
+    """The text counters line shows x86's INVLPGs and PKRS writes, not arm64's TLBIs and
+    ISBs, and the cost line says its range is a sensitivity range."""
+    argv = ("replay", "--cost", "--arch", "x86", "--memory", "256M", str(TRACES / "true.trace"))
+    rc, out, _ = _run(capsys, *argv)
+    assert rc == 0
+    counters = next(ln for ln in out.splitlines() if ln.strip().startswith("counters:"))
+    assert "pkrs_write" in counters and "invlpg" in counters and "isb" not in counters
+    assert "sensitivity range" in out

@@ -122,3 +122,90 @@ def test_unreachable_dask_scheduler_is_exit_2(tmp_path, capsys):
     assert main(["sweep", str(grid), "--dask", "tcp://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("kpsim sweep: tcp://127.0.0.1:9: ") and err.count("\n") == 1, err
+
+
+ARCH_GRID = """\
+audit = "end"
+
+[base.machine]
+memory = "256M"
+cpus = 1
+
+[grid]
+"machine.arch" = ["arm64", "x86"]
+workload = ["micromm.fork:size=2M,h=0"]
+"""
+
+
+def _workload_rows(db):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(
+            "SELECT r.arch, r.linear_map, r.allocator, r.status, w.overhead_pct, w.overhead_lo, "
+            "w.overhead_hi, w.overhead_level, w.overhead_basis FROM workloads w "
+            "JOIN runs r USING (run_id) ORDER BY r.arch"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+def test_sweep_over_both_architectures_stores_each_with_its_interval(tmp_path, capsys):
+    """A grid over ``machine.arch``: each run's architecture is a column of ``runs``
+    (arm64's too, whose document leaves it out), with the architecture's own direct-map
+    default; arm64's overhead carries the calibration's held-out interval (level 0.95),
+    x86's the priors' sensitivity range (no level). Both audits are clean (status 0)."""
+    grid = tmp_path / "g.toml"
+    grid.write_text(ARCH_GRID)
+    assert main(["sweep", str(grid), "--jobs", "1"]) == 0
+    capsys.readouterr()
+    (arm, x86) = _workload_rows(tmp_path / "g.duckdb")
+    assert arm[:4] == ("arm64", "pte", "minimal", 0) and x86[:4] == ("x86", "block", "pba", 0)
+    for pct, lo, hi in (arm[4:7], x86[4:7]):
+        assert pct > 0 and lo <= pct <= hi
+    assert arm[7] == 0.95 and "held-out" in arm[8]
+    assert x86[7] is None and "prior-only" in x86[8]
+
+
+def test_sweep_arch_option_sets_every_run_and_keeps_arm64_run_ids(tmp_path, capsys):
+    """``--arch x86`` runs the grid on x86; ``--arch arm64`` is the grid as written (the
+    same run ids, so a database made without the option is not run again)."""
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID.replace('"kernel.batching" = [true, false]\n', ""))
+    db = tmp_path / "g.duckdb"
+    assert main(["sweep", str(grid), "--jobs", "1"]) == 0
+    assert main(["sweep", str(grid), "--arch", "arm64"]) == 0
+    assert "2 runs, 2 already in" in capsys.readouterr().out
+    assert main(["sweep", str(grid), "--arch", "x86", "--jobs", "1"]) == 0
+    assert "2 runs, 0 already in" in capsys.readouterr().out
+    arches = sorted(r[0] for r in _workload_rows(db))
+    assert arches == ["arm64", "arm64", "x86", "x86"]
+
+
+def test_sweep_arch_option_with_an_arch_axis_is_one_line_exit_2(tmp_path, capsys):
+    """``--arch`` and a grid that chooses ``machine.arch`` contradict each other: one
+    line naming the grid's line, exit 2, nothing run."""
+    grid = tmp_path / "g.toml"
+    grid.write_text(ARCH_GRID)
+    assert main(["sweep", str(grid), "--arch", "x86"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith(f"kpsim sweep: {grid}:8: --arch x86: the grid chooses")
+    assert not (tmp_path / "g.duckdb").exists()
+
+
+def test_sweep_refuses_a_database_of_other_columns(tmp_path, capsys):
+    """A database whose tables another kpsim version made (here: no ``arch``, no interval
+    columns) is refused with one line naming it, and left as it was."""
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID)
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, memory_bytes BIGINT)")
+    con.close()
+    assert main(["sweep", str(grid), "-o", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kpsim sweep: {db}: its runs table was made by another kpsim")
+    assert err.count("\n") == 1 and "arch" in err
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    con.close()

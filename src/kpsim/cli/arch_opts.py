@@ -23,13 +23,10 @@ DEFAULT_ARCH = "arm64"
 
 #: What each verb lacks on x86, one line each (a verb not named here works on x86).
 X86_GAPS: dict[str, str] = {
-    "sweep": "not checked on x86 yet (the audit and the x86 pricing its runs use work "
-    "there; the grid runs and their results were not tried)",
     "attack": "attack/ reads the attacker's POR_EL1 and decodes ESR_EL1 (no PKRS, no #PF "
     "error code)",
     "explore": "engine/explore.py injects at POR_EL1 writes and ISBs (no WRMSR to "
     "IA32_PKRS injection points)",
-    "replay": "its cost report and audit are arm64-only",
     "reproduce": "the published tables are arm64 (POE) measurements; `kpsim compare` "
     "sets x86 beside arm64",
 }

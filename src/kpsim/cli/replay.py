@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--costs FILE applies only with --cost")
     # bad costs: before any replay
     costs, label = (
-        costs_for(None if args.costs is None else str(args.costs)) if args.cost else (None, "")
+        costs_for(None if args.costs is None else str(args.costs), cfg.arch)
+        if args.cost
+        else (None, "")
     )
     live_path = args.vmpte or Path(f"{args.file}.vmpte.json")
     try:
@@ -137,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     res, delta = _replay(cfg, events, file, on_terminal(args))
     doc: dict[str, Any] = {
         "trace": file,
+        "arch": cfg.arch,
         "processes": [p.as_dict() for p in res.processes],
         "counters": res.counters,
         "replay_counters": delta,
@@ -198,25 +201,23 @@ def _cost(
     delta: dict[str, int],
     label: str = "",
 ) -> dict[str, Any]:
-    from kpsim.report.calibration import overhead_interval
-    from kpsim.report.cost import ZeroBaselineError, overhead_breakdown
+    from kpsim.engine.job import overhead_estimate
 
     on_cfg = dataclasses.replace(cfg, hardened_pgtables=True)
     off_cfg = dataclasses.replace(cfg, hardened_pgtables=False)
     on = delta if cfg.hardened_pgtables else _replay(on_cfg, events, file)[1]
     off = _replay(off_cfg, events, file)[1]
     on_c, off_c = cost_counts(on), cost_counts(off)
-    try:
-        ov = overhead_breakdown(on_c, off_c, costs)
-    except ZeroBaselineError:
+    ov = overhead_estimate(on_c, off_c, costs, cfg.batching, label, cfg.arch)
+    if ov is None:
         return {"percent": None, "reason": "the feature-off replay costs 0 cycles", "costs": label}
     return {
-        "percent": ov.percent,
-        "interval": overhead_interval(ov.percent, cfg.batching, label).as_json(),
+        "percent": ov["percent"],
+        "interval": ov["interval"],
         "costs": label,
-        "on_cycles": ov.on.total,
-        "off_cycles": ov.off.total,
-        "contributions": dict(ov.contributions),
+        "on_cycles": ov["on_cycles"],
+        "off_cycles": ov["off_cycles"],
+        "contributions": ov["contributions"],
         "on_counters": on_c,
         "off_counters": off_c,
     }
@@ -250,7 +251,11 @@ def _print(doc: dict[str, Any]) -> None:
         if items:
             print(f"  {title}: " + "; ".join(f"{k} x{v}" for k, v in items))
     c = doc["replay_counters"]
-    keys = ("pgfault", "pgtable_alloc", "pgtable_free", "pte_write", "tlbi_va", "por_write", "isb")
+    keys = (
+        ("pgfault", "pgtable_alloc", "pgtable_free", "pte_write", "tlbi_va", "por_write", "isb")
+        if doc["arch"] == "arm64"
+        else ("pgfault", "pgtable_alloc", "pgtable_free", "pte_write", "invlpg", "pkrs_write")
+    )
     print("  counters: " + ", ".join(f"{k} {c.get(k, 0)}" for k in keys))
     cost = doc.get("cost")
     if cost is not None:
@@ -259,10 +264,15 @@ def _print(doc: dict[str, Any]) -> None:
         else:
             top = ", ".join(f"{k} {v:+.2f}" for k, v in list(cost["contributions"].items())[:4])
             iv = cost["interval"]
+            level = (
+                f"{int(iv['level'] * 100)} % interval"
+                if iv["level"] is not None
+                else "the priors' ÷3/×3 sensitivity range"
+            )
             print(
                 f"  cost (estimated; the counters above are exact): hardening overhead "
                 f"{cost['percent']:+.2f}% [{iv['lo']:+.1f}, {iv['hi']:+.1f}] "
-                f"({int(iv['level'] * 100)} % interval) "
+                f"({level}) "
                 f"(on {cost['on_cycles']:.0f} vs off {cost['off_cycles']:.0f} cycles)\n"
                 f"    costs: {cost['costs']}\n"
                 f"    top events, percentage points: {top}"

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from kpsim.engine.results import Results
     from kpsim.engine.sweep import remaining, sweep
 
-    grid = load_grid(args.grid)
+    grid = load_grid(args.grid, args.arch)
     if args.jobs is not None and args.jobs < 1:
         raise InputError(f"--jobs: must be at least 1, got {args.jobs}")
     db = args.db or str(Path(args.grid).with_suffix(".duckdb"))

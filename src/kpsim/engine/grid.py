@@ -91,14 +91,16 @@ class Grid:
     costs: str | None
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read and validate the grid file at ``path``."""
-    return parse_grid(read_input_text(path, "grid"), str(path))
+def load_grid(path: str | Path, arch: str | None = None) -> Grid:
+    """Read and validate the grid file at ``path`` (``arch``: as :func:`parse_grid`)."""
+    return parse_grid(read_input_text(path, "grid"), str(path), arch)
 
 
-def parse_grid(text: str, path: str = "<grid>") -> Grid:
+def parse_grid(text: str, path: str = "<grid>", arch: str | None = None) -> Grid:
     """Validate grid ``text`` and every run it describes; ``path`` names it in errors
-    (and relative ``scenario``/``costs`` files are found beside it)."""
+    (and relative ``scenario``/``costs`` files are found beside it). ``arch``
+    (``kpsim sweep --arch``) is every run's architecture, over the base scenario's; a
+    grid whose runs choose ``machine.arch`` themselves is refused with it."""
     doc = parse_toml(text, path)
     for key in doc.data:
         if key not in _TOP:
@@ -113,6 +115,8 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
     axes = _axes(doc)
     points = _points(doc)
     keys = tuple(dict.fromkeys([*(k for k, _ in axes), *(k for p in points for k in p)]))
+    if arch is not None:
+        base = _with_arch(doc, base, keys, arch)
     given = "workload" in base or "workload" in (k for k, _ in axes)
     if not given and not all("workload" in p for p in points):
         problem = "no workloads: give [[base.workload]], or workload = [...] in [grid]"
@@ -172,6 +176,23 @@ def _base(doc: TomlDoc) -> dict[str, Any]:
     if not given:
         del out["workload"]
     return out
+
+
+def _with_arch(
+    doc: TomlDoc, base: dict[str, Any], keys: tuple[str, ...], arch: str
+) -> dict[str, Any]:
+    """``base`` on ``arch``. The base's own architecture (arm64 unless it names one) is
+    left as written, so that ``--arch arm64`` keeps the run ids of a grid without it."""
+    if "machine.arch" in keys:
+        problem = (
+            f"--arch {arch}: the grid chooses machine.arch for its runs; give one or the other"
+        )
+        line = doc.line(("grid", "machine.arch", 0)) or doc.line(("grid",))
+        raise InputError(problem, file=doc.file, line=line)
+    machine = base.get("machine", {})
+    if machine.get("arch", "arm64") == arch:
+        return base
+    return {**base, "machine": {**machine, "arch": arch}}
 
 
 def _costs(doc: TomlDoc) -> str | None:

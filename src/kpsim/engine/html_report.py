@@ -167,7 +167,7 @@ def _sweep_db(p: Path) -> Source:
         try:
             docs = r.documents()
             rows = r.table(
-                "SELECT w.*, r.memory_bytes, r.cpus, r.linear_map, r.allocator, r.seed, "
+                "SELECT w.*, r.arch, r.memory_bytes, r.cpus, r.linear_map, r.allocator, r.seed, "
                 "r.params FROM workloads w JOIN runs r USING (run_id) "
                 "ORDER BY r.memory_bytes, w.run_id, w.workload_index"
             )
@@ -182,11 +182,17 @@ def _sweep_db(p: Path) -> Source:
 
 
 def policy(machine: Mapping[str, Any]) -> str:
-    """``pte map, minimal allocator``: how a run's linear map is managed."""
-    text = f"{machine['linear_map']} map, {machine['allocator']} allocator"
+    """``pte map, minimal allocator``: how a run's linear map is managed (named
+    ``x86: block map, pba allocator`` on x86, whose direct map it is)."""
+    text = _arch_prefix(machine) + f"{machine['linear_map']} map, {machine['allocator']} allocator"
     if not machine.get("hardened_pgtables", True):
         text += " (feature off)"
     return text
+
+
+def _arch_prefix(machine: Mapping[str, Any]) -> str:
+    arch = machine.get("arch") or "arm64"
+    return "" if arch == "arm64" else f"{arch}: "
 
 
 def _by_policy(runs: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
@@ -424,7 +430,7 @@ def sweep_section(src: Source) -> Section:
         "overhead (%)"))  # fmt: skip
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(f"{r['linear_map']} map, {r['allocator']} allocator", []).append(r)
+        groups.setdefault(policy(r | {"hardened_pgtables": True}), []).append(r)
     for n, (pol, mine) in enumerate(sorted(groups.items())):
         colour = POLICY_COLOURS[n % len(POLICY_COLOURS)]
         series = _mean_by_memory(mine)

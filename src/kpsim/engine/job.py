@@ -477,7 +477,26 @@ def _priced(counts: Mapping[str, int], costs: Any) -> dict[str, Any]:
 def _overhead(
     entry: Mapping[str, Any], costs: Any, batching: bool, label: str, arch: str = "arm64"
 ) -> dict[str, Any] | None:
-    """The estimated overhead, its events and its interval (kpsim.report.calibration).
+    """The estimated overhead of one workload entry (:func:`overhead_estimate`, whose
+    cycle totals the entry already holds)."""
+    on, off = entry["on"]["counters"], entry["off"]["counters"]
+    ov = overhead_estimate(on, off, costs, batching, label, arch)
+    if ov is not None:
+        del ov["on_cycles"], ov["off_cycles"]
+    return ov
+
+
+def overhead_estimate(
+    on: Mapping[str, int],
+    off: Mapping[str, int],
+    costs: Any,
+    batching: bool,
+    label: str,
+    arch: str = "arm64",
+) -> dict[str, Any] | None:
+    """The estimated overhead of counters ``on`` over ``off``, its events and its
+    interval (kpsim.report.calibration); None when the feature-off run costs nothing.
+    What ``run``, ``sweep`` and ``replay --cost`` print.
 
     On another architecture priced with its priors (nothing there is fitted, so the
     arm64 calibration's held-out residuals say nothing of it) the interval is the
@@ -487,7 +506,6 @@ def _overhead(
     from kpsim.report.calibration import overhead_interval
     from kpsim.report.cost import ZeroBaselineError, overhead_breakdown
 
-    on, off = entry["on"]["counters"], entry["off"]["counters"]
     try:
         ov = overhead_breakdown(on, off, costs)
     except ZeroBaselineError:
@@ -497,9 +515,10 @@ def _overhead(
 
         iv = prior_range(on, off, arch) | {"level": None}
         iv["percent"] = round(ov.percent, 4)
-        return {"percent": ov.percent, "interval": iv, "contributions": dict(ov.contributions)}
-    iv = overhead_interval(ov.percent, batching, label).as_json()
-    return {"percent": ov.percent, "interval": iv, "contributions": dict(ov.contributions)}
+    else:
+        iv = overhead_interval(ov.percent, batching, label).as_json()
+    return {"percent": ov.percent, "interval": iv, "contributions": dict(ov.contributions),
+            "on_cycles": ov.on.total, "off_cycles": ov.off.total}  # fmt: skip
 
 
 def _attack(

@@ -10,12 +10,15 @@ wherever they ran.
 Tables (``run_id`` is :attr:`kpsim.engine.grid.Run.run_id`):
 
 - ``runs``: one row per run: the machine configuration that ran, one column per field
-  of :meth:`MachineConfig.as_dict` (a field added there becomes a column), the run's
-  workloads, the grid values that made it (``params``, JSON), status (0 clean, 1 the
-  run found something, 2 the run was refused: ``error`` says why), KUnit failures,
-  audit violations, the scenario text and the whole result document (``document``);
+  of :meth:`MachineConfig.as_dict` (``arch`` included, arm64's too; a field added
+  there becomes a column), the run's workloads, the grid values that made it
+  (``params``, JSON), status (0 clean, 1 the run found something, 2 the run was
+  refused: ``error`` says why), KUnit failures, audit violations, the scenario text
+  and the whole result document (``document``);
 - ``workloads``: one row per run and workload: label, name, parameters, cycles with the
-  feature on and off, overhead (percent), and the linear map after the feature-on run
+  feature on and off, overhead (percent) with its interval (``overhead_lo/hi``,
+  ``overhead_level``: null for x86's prior sensitivity range; ``overhead_basis``), and
+  the linear map after the feature-on run
   (``block_pct``, ``keyed_pages``, ``cached_pages``, ``split_pud/pmd/cont``);
 - ``counters``: one row per run, workload, variant (``on``/``off``) and counter.
 
@@ -46,10 +49,13 @@ def _sql_type(value: Any) -> str:
     return "VARCHAR"
 
 
-#: (column, SQL type) of the machine configuration, from ``MachineConfig.as_dict``.
+#: (column, SQL type) of the machine configuration, from ``MachineConfig.as_dict``
+#: (of an x86 machine: its ``arch`` is there, as arm64's document leaves it out).
 CONFIG_COLUMNS: tuple[tuple[str, str], ...] = tuple(
-    (k, _sql_type(v)) for k, v in MachineConfig().as_dict().items()
+    (k, _sql_type(v)) for k, v in MachineConfig(arch="x86").as_dict().items()
 )
+#: a configuration field's value when a run's document leaves it out
+_CONFIG_DEFAULTS = {"arch": "arm64"}
 
 _RUNS_TAIL = (
     ("workloads", "VARCHAR"),
@@ -70,6 +76,10 @@ _WORKLOAD_COLUMNS = (
     ("cycles_on", "DOUBLE"),
     ("cycles_off", "DOUBLE"),
     ("overhead_pct", "DOUBLE"),
+    ("overhead_lo", "DOUBLE"),
+    ("overhead_hi", "DOUBLE"),
+    ("overhead_level", "DOUBLE"),
+    ("overhead_basis", "VARCHAR"),
     ("block_pct", "DOUBLE"),
     ("keyed_pages", "BIGINT"),
     ("cached_pages", "BIGINT"),
@@ -104,6 +114,8 @@ class Results:
 
     def _schema(self) -> None:
         runs = [("run_id", "VARCHAR PRIMARY KEY"), *CONFIG_COLUMNS, *_RUNS_TAIL]
+        self._check_columns("runs", [c for c, _ in runs])
+        self._check_columns("workloads", [c for c, _ in _WORKLOAD_COLUMNS])
         self.db.execute(f"CREATE TABLE IF NOT EXISTS runs ({_cols(runs)})")
         wl = _cols(_WORKLOAD_COLUMNS)
         self.db.execute(f"CREATE TABLE IF NOT EXISTS workloads ({wl})")
@@ -112,6 +124,20 @@ class Results:
             "workload VARCHAR, variant VARCHAR, counter VARCHAR, value BIGINT)"
         )
         self.grid_columns(())
+
+    def _check_columns(self, table: str, want: list[str]) -> None:
+        """Refuse a database whose ``table`` an older kpsim made with other columns
+        (its runs would not be comparable; a new file is the answer)."""
+        got = [row[0] for row in self.db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+            "ORDER BY ordinal_position", [table]).fetchall()]  # fmt: skip
+        if got and got != want:
+            missing = [c for c in want if c not in got] or [c for c in got if c not in want]
+            raise InputError(
+                f"its {table} table was made by another kpsim version (columns differ: "
+                f"{', '.join(missing)}); give a new database file with -o",
+                file=self.path,
+            )
 
     def grid_columns(self, keys: tuple[str, ...]) -> None:
         """(Re)make the ``results`` view with one column per grid key (``workload.size``
@@ -143,7 +169,7 @@ class Results:
             for w in doc["workloads"]:
                 self._add_workload(run_id, w)
             machine = doc["machine"]
-            row = [run_id, *(machine.get(c) for c, _ in CONFIG_COLUMNS),
+            row = [run_id, *(machine.get(c, _CONFIG_DEFAULTS.get(c)) for c, _ in CONFIG_COLUMNS),
                    "; ".join(w["label"] for w in doc["workloads"]), _json(params),
                    doc["status"], None, doc["kunit"].get("failed", 0),
                    len(doc["audit"]["violations"]), scenario, _json(doc)]  # fmt: skip
@@ -169,8 +195,9 @@ class Results:
             "workloads",
             [run_id, i, label, w["name"], _json(w["params"]),
              on["cycles"] if on else None, w["off"]["cycles"],
-             ov["percent"] if ov else None, lm.get("block_pct"), lm.get("keyed_pages"),
-             lm.get("cached_pages"), splits.get("pud"), splits.get("pmd"), splits.get("cont")],
+             ov["percent"] if ov else None, *_interval(ov), lm.get("block_pct"),
+             lm.get("keyed_pages"), lm.get("cached_pages"), splits.get("pud"),
+             splits.get("pmd"), splits.get("cont")],
         )  # fmt: skip
         rows = [
             (run_id, i, label, variant, name, int(value))
@@ -210,6 +237,15 @@ class Results:
         self.db.execute(f"COPY (SELECT * FROM results ORDER BY {order}) TO '{target}' {kind}")
         row = self.db.execute("SELECT count(*) FROM results").fetchone()
         return int(row[0]) if row else 0
+
+
+def _interval(ov: Mapping[str, Any] | None) -> tuple[Any, Any, Any, Any]:
+    """An overhead's interval as the ``workloads`` columns: lo, hi, level (None for a
+    sensitivity range, as x86's prior-only figures have) and basis."""
+    iv = (ov or {}).get("interval")
+    if not iv:
+        return (None, None, None, None)
+    return (iv["lo"], iv["hi"], iv.get("level"), iv.get("basis"))
 
 
 def _cols(cols: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> str:
