@@ -106,3 +106,57 @@ def test_bad_options_exit_2(capsys, argv, message):
     assert status == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_x86_json_reports_the_pf_error_code(capsys):
+    """``--arch x86``: the same classes and keys as arm64, except that a blocked write
+    is kept as its #PF error code (0x23: P, W/R, PK; supervisor) instead of an ESR;
+    every in-threat-model entry write blocked, exit 0."""
+    status, doc = run_json(capsys, "--arch", "x86")
+    assert status == 0 and doc["exit_status"] == 0 and doc["feature_on"] is True
+    assert doc["machine"]["arch"] == "x86"
+    arm_status, arm = run_json(capsys)
+    assert arm_status == 0
+    assert [t["class"] for t in doc["targets"]] == [t["class"] for t in arm["targets"]]
+    for t, a in zip(doc["targets"], arm["targets"], strict=True):
+        assert set(t) - set(a) == {"blocked_pf_error_code", "blocked_pf"}
+        assert set(a) - set(t) == {"blocked_esr"}
+        if t["class"] != "random":
+            assert t["blocked"] == t["attempts"] == 10 and t["landed"] == 0
+            assert t["blocked_pf_error_code"] == "0x23"
+
+
+def test_x86_text_names_pks_and_the_direct_map(capsys):
+    """The x86 text report names the direct map and PKS and ends with the verdict."""
+    status = main([*SMALL, "--arch", "x86", "--targets", "linear_pmd,user_pte"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.startswith("kpsim attack: x86, direct map block, allocator pba, PKS on, feature on")
+    assert "verdict: every in-threat-model page-table write was blocked" in out
+    assert "kimage_alias" not in out  # the arm64 gap hint is arm64's
+
+
+@pytest.mark.parametrize("flag", ["--no-hardened-pgtables", "--no-poe"])
+def test_x86_negative_control_lands_exit_0(capsys, flag):
+    """x86 with the feature off, or without PKS (``--no-poe``): every entry write lands
+    and gains, exit 0; the note names what is off."""
+    status, doc = run_json(capsys, "--arch", "x86", flag, "--timing", "rest,other_guard")
+    assert status == 0 and doc["feature_on"] is False
+    for t in doc["targets"]:
+        if t["class"] != "random":
+            assert t["landed"] == t["attempts"] == 4 and t["blocked"] == 0
+            assert sum(t["gains"].values()) == 4 and t["blocked_pf_error_code"] is None
+    why = "no PKS" if flag == "--no-poe" else "kpkeys_hardened_pgtables off"
+    assert any(why in n for n in doc["notes"])
+
+
+def test_x86_kimage_alias_finding_exit_1(capsys):
+    """x86, 4K direct map, minimal allocator: the image split's table is unkeyed, a
+    kimage_alias write to it lands, exit 1 (with the PBA default: all blocked, exit 0)."""
+    status, doc = run_json(
+        capsys, "--arch", "x86", "--linear-map", "pte", "--allocator", "minimal",
+        "--targets", "kimage_alias", "--timing", "rest",
+    )  # fmt: skip
+    assert status == 1 and doc["targets"][0]["landed"] > 0
+    status, doc = run_json(capsys, "--arch", "x86", "--targets", "kimage_alias", "--timing", "rest")
+    assert status == 0 and doc["targets"][0]["landed"] == 0

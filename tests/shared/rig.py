@@ -27,8 +27,6 @@ _NO_MACHINE = "no x86 machine on main yet (MachineConfig.arch and the boot dispa
 #: what an area of the suite (``area`` or ``area:case``) lacks on x86 once the x86
 #: machine exists; an area absent here runs on x86
 X86_MISSING: dict[str, str] = {
-    "attack": "attack/campaign.py reads the attacker's POR_EL1 (por_el1_in_effect) and "
-    "decodes ESR_EL1: no PKRS or #PF error code there",
     "explore": "engine/explore.py injects at POR_EL1 writes and ISBs and its guarded-paths "
     "workload needs a PTE-mapped linear map: no x86 injection points (WRMSR to IA32_PKRS)",
 }

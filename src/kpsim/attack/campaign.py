@@ -2,9 +2,12 @@
 
 For every target class and timing, the attacker makes ``attempts`` writes (random
 addresses: ``random_attempts``) from the chosen CPU. A write is *blocked* when the
-store takes a permission fault whose ESR has ISS2.Overlay set (decoded with
-:func:`kpsim.hw.arm64.esr.decode_esr`, as ``do_page_fault`` would see it); it
-*landed* when the store completed. Each landed write is judged for what it gained
+store takes the fault the pkey hardware raises for it, read as the kernel's fault
+handler would (arm64: a permission fault whose ESR has ISS2.Overlay set, decoded
+with :func:`kpsim.hw.arm64.esr.decode_esr` as ``do_page_fault`` sees it; x86: a #PF
+whose error code has P, W and PK set, as ``do_kern_addr_fault`` sees it with PKS;
+:mod:`kpsim.attack.arm64`, :mod:`kpsim.attack.x86`); it *landed* when the store
+completed. Each landed write is judged for what it gained
 (:mod:`kpsim.attack.targets`) and then undone by the campaign, so every attempt meets
 the same machine.
 """
@@ -17,32 +20,39 @@ from typing import Any
 
 from kpsim.attack import targets as tg
 from kpsim.attack.config import NEEDS_OTHER_CPU, OUTSIDE_THREAT_MODEL, AttackConfig
+from kpsim.attack.ops import AttackOps
 from kpsim.attack.timing import busy_windows, pgtables_writable, write_at
 from kpsim.errors import InputError
-from kpsim.hw.arm64.esr import EC, FaultKind, decode_esr
-from kpsim.hw.arm64.fault import Fault
 from kpsim.machine.boot import Machine
 
 MAX_EXAMPLES = 3
+_UNPROTECTED_NOTE = {
+    "arm64": "some target tables were left unprotected by a recursive linear-map split "
+    "(minimal allocator on a block-mapped linear map, --allow-unsafe-split)",
+    "x86": "some target tables were left unprotected by a recursive split (the minimal "
+    "or grouped allocator: on a block-mapped direct map, or the image mapping's split "
+    "that keying the static tables makes, even on a 4K direct map)",
+}
+_KIMAGE_ALIAS_NOTE = {
+    "arm64": "kimage_alias: the image's static tables are keyed through their linear-map "
+    "alias only; their alias in the kernel image's read-write data mapping carries "
+    "pkey 0, so a write through it lands (see docs/attack.md)",
+    "x86": "kimage_alias: a write to a table of the kernel image mapping landed: the "
+    "table a split of an image 2 MiB page needed when the static tables were keyed "
+    "(outside the image, written through the direct map) was left unkeyed "
+    "(see docs/attack.md)",
+}
 _ROW = ("attempts", "blocked", "landed", "window_open", "attacker_pkey1_writable")
-
-
-def classify(f: Fault | None) -> str:
-    """``landed``, ``blocked`` (overlay permission fault, from the ESR) or another fault."""
-    if f is None:
-        return "landed"
-    esr = decode_esr(f.esr)
-    perm = f.kind is FaultKind.PERMISSION and int(str(esr["ec"]), 16) == EC.DABT_CUR
-    if perm and esr["overlay"] and esr["wnr"]:
-        return "blocked"
-    return "permission" if f.kind is FaultKind.PERMISSION else f.kind.name.lower()
+Fault = Any  # the architecture's fault value (arm64 ``Fault``, x86 ``PageFault``...)
 
 
 @dataclass
 class ClassResult:
-    """Counts for one target class, over the timings of one threat-model side."""
+    """Counts for one target class, over the timings of one threat-model side; the
+    first blocked fault in the architecture's words (``ops.blocked_fields``)."""
 
     cls: str
+    ops: AttackOps
     attempts: int = 0
     blocked: int = 0
     landed: int = 0
@@ -50,8 +60,17 @@ class ClassResult:
     gains: dict[str, int] = field(default_factory=dict)
     by_timing: dict[str, dict[str, int]] = field(default_factory=dict)
     examples: list[dict[str, object]] = field(default_factory=list)
-    blocked_esr: str | None = None
+    blocked_fault: dict[str, object] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.blocked_fault = self.ops.blocked_fields(None)
+
+    @property
+    def blocked_esr(self) -> str | None:
+        """arm64: the first blocked write's ESR_EL1 (hex), None if none was blocked."""
+        v = self.blocked_fault.get("blocked_esr")
+        return None if v is None else str(v)
 
     def record(self, timing: str, outcome: str, window: bool, own: bool, f: Fault | None) -> None:
         """Count one write; ``window``: pkey 1 writable on the CPU the timing concerns;
@@ -66,8 +85,12 @@ class ClassResult:
             setattr(self, outcome, getattr(self, outcome) + 1)
         else:
             self.other_outcomes[outcome] = self.other_outcomes.get(outcome, 0) + 1
-        if outcome == "blocked" and self.blocked_esr is None and f is not None:
-            self.blocked_esr = f"{f.esr:#018x}"
+        if outcome == "blocked" and self._first_blocked and f is not None:
+            self.blocked_fault = self.ops.blocked_fields(f)
+
+    @property
+    def _first_blocked(self) -> bool:
+        return all(v is None for v in self.blocked_fault.values())
 
     def gained(self, gain: dict[str, object] | None, example: dict[str, object]) -> None:
         if gain is not None:
@@ -87,7 +110,7 @@ class ClassResult:
             "gains": self.gains,
             **self.extra,
             "by_timing": self.by_timing,
-            "blocked_esr": self.blocked_esr,
+            **self.blocked_fault,
             "landed_examples": self.examples,
         }
 
@@ -149,7 +172,7 @@ def run_attack(m: Machine, config: AttackConfig) -> AttackReport:
         [],
     )
     for cls in config.targets:
-        inside, outside = ClassResult(cls), ClassResult(cls)
+        inside, outside = ClassResult(cls, arena.ops), ClassResult(cls, arena.ops)
         for timing in config.timings:
             if timing in NEEDS_OTHER_CPU and arena.other is None:
                 report.skipped.append({"class": cls, "timing": timing, "reason": "one CPU"})
@@ -159,7 +182,7 @@ def run_attack(m: Machine, config: AttackConfig) -> AttackReport:
         for res, out in ((inside, report.targets), (outside, report.outside)):
             if res.attempts:
                 out.append(res)
-    _notes(m, report)
+    _notes(m, arena, report)
     return report
 
 
@@ -195,7 +218,7 @@ def _campaign(
 
 
 def _table_stats(arena: tg.Arena, cls: str, order: list[tg.Table], res: ClassResult) -> None:
-    keyed = sum(tg.is_keyed(arena.m, pa) for pa, _, _ in order)
+    keyed = sum(tg.is_keyed(arena.m, pa, arena.ops) for pa, _, _ in order)
     unprotected: set[int] = getattr(arena.m.kpkeys, "unprotected", set())
     res.extra = {
         "tables": len(order),
@@ -232,11 +255,13 @@ def _entry_attempt(
         else:
             with arch.on_cpu(a):
                 f = write()
-        outcome = classify(f)
+        outcome = arena.ops.classify(f)
         res.record(timing, outcome, window, own[0], f)
         if outcome == "landed":
             gain = (
-                tg.user_gain(arena, t, live=live) if cls == "user_pte" else tg.kernel_gain(arena, t)
+                tg.user_gain(arena, t, old, live=live)
+                if cls == "user_pte"
+                else tg.kernel_gain(arena, t, old)
             )
             res.gained(gain, _example(t, timing))
             tg.restore(arena, t.entry_pa, old)
@@ -277,7 +302,7 @@ def _random_attempt(arena: tg.Arena, rng: random.Random, res: ClassResult, timin
         else:
             with m.arch.on_cpu(a):
                 f = write()
-        outcome = classify(f)
+        outcome = arena.ops.classify(f)
         if outcome in ("landed", "blocked", "permission") and not hit:
             # not a table: a landed write is no page-table corruption; a blocked one hit
             # a keyed page the allocator caches (pba, grouped, reserve); a base-permission
@@ -291,18 +316,12 @@ def _random_attempt(arena: tg.Arena, rng: random.Random, res: ClassResult, timin
     return attempt
 
 
-def _notes(m: Machine, report: AttackReport) -> None:
+def _notes(m: Machine, arena: tg.Arena, report: AttackReport) -> None:
+    ops = arena.ops
     if not report.feature_on:
-        why = "no POE" if not m.config.poe else "kpkeys_hardened_pgtables off"
+        why = f"no {ops.hw}" if not m.config.poe else "kpkeys_hardened_pgtables off"
         report.notes.append(f"feature off ({why}): negative control, writes are expected to land")
     if any(c.cls == "kimage_alias" and c.landed for c in report.targets):
-        report.notes.append(
-            "kimage_alias: the image's static tables are keyed through their linear-map "
-            "alias only; their alias in the kernel image's read-write data mapping carries "
-            "pkey 0, so a write through it lands (see docs/attack.md)"
-        )
+        report.notes.append(_KIMAGE_ALIAS_NOTE[ops.name])
     if any(c.extra.get("tables_left_unprotected_by_split") for c in report.targets):
-        report.notes.append(
-            "some target tables were left unprotected by a recursive linear-map split "
-            "(minimal allocator on a block-mapped linear map, --allow-unsafe-split)"
-        )
+        report.notes.append(_UNPROTECTED_NOTE[ops.name])

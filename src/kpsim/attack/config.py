@@ -3,7 +3,8 @@
 Models the threat model of the kpkeys series (spec §1; v5 cover letter, "Threat
 model"): the attacker owns a data-only arbitrary-write primitive (one 64-bit kernel
 store to an address and value of their choice) used from one CPU running at the
-default context; control flow is intact, so the attacker never writes POR_EL1.
+default context; control flow is intact, so the attacker never writes the pkey
+register (POR_EL1; IA32_PKRS on x86).
 
 :func:`validate_attack` turns a scenario's ``[attack]`` table into an
 :class:`AttackConfig` (an unknown key or a bad value is an ``InputError`` naming the

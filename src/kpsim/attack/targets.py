@@ -15,8 +15,16 @@ gives the attacker the most:
   read-write 1 GiB block over the image.
 
 What a landed write gained is judged by walking the tables afresh (the attacker
-cannot issue TLBI: a landed descriptor takes effect once the old TLB entry is
-evicted), and for ``user_pte`` by a real EL0 access from the victim.
+cannot issue TLBI or INVLPG: a landed descriptor takes effect once the old TLB entry
+is evicted), and for ``user_pte`` by a real user-mode access (EL0, CPL 3) from the
+victim.
+
+Written once for both architectures: levels are Linux's (0 PGD .. 3 PTE); what reads
+descriptors, faults and the pkey register is the machine's
+:class:`~kpsim.attack.ops.AttackOps` (:mod:`kpsim.attack.arm64`,
+:mod:`kpsim.attack.x86`). On x86 "the linear map" is the direct map at
+``PAGE_OFFSET`` and the kernel image mapping is at ``__START_KERNEL_map``
+(``kimage_pud`` is ``level3_kernel_pgt``'s entry for the image).
 
 Models no kernel file; the entries are found as the KUnit cases of
 ``mm/tests/kpkeys_hardened_pgtables_kunit.c`` find theirs (walk ``swapper_pg_dir`` or
@@ -29,15 +37,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from kpsim.arch.arm64.memory import KIMAGE_VADDR, PAGE_OFFSET
-from kpsim.arch.arm64.setup import KIMAGE_SIZE
-from kpsim.errors import AccessFault
-from kpsim.hw.arm64 import descriptors as d
-from kpsim.hw.arm64.fault import Fault
-from kpsim.hw.arm64.mmu import walk
+from kpsim.attack.ops import LEVEL_SHIFT, AttackOps, level_size, ops_for
 from kpsim.machine.boot import Machine
+from kpsim.mm.kpkeys_defs import KPKEYS_PKEY_PGTABLES
 from kpsim.mm.mmap import PROT_READ, PROT_WRITE
 from kpsim.mm.process import Process
 from kpsim.mm.vmalloc import vmalloc
@@ -45,8 +47,6 @@ from kpsim.mm.vmalloc import vmalloc
 PAGE = 4096
 VICTIM_PAGES = 64
 VMALLOC_PAGES = 16
-TEXT_SIZE = 8 << 20  # arch/arm64/setup.py KIMAGE_SEGMENTS: text 8 MiB, rodata 4 MiB
-RO_SIZE = 12 << 20
 CLASS_LEVELS = {
     "user_pte": (3,),
     "linear_pte": (3,),
@@ -80,6 +80,7 @@ class Arena:
     """What the campaign set up on the machine: victim, worker, vmalloc area, tables."""
 
     m: Machine
+    ops: AttackOps
     attacker: int
     other: int | None
     victim: Process
@@ -102,7 +103,7 @@ def build_arena(m: Machine, attacker: int) -> Arena:
     victim.touch(addr, write=True)  # the PTE table exists; the other slots stay empty
     worker = Process.create(m, "worker", cpu=other) if other is not None else None
     va = vmalloc(m.k, VMALLOC_PAGES * PAGE)
-    arena = Arena(m, attacker, other, victim, addr, worker, va)
+    arena = Arena(m, ops_for(m.arch), attacker, other, victim, addr, worker, va)
     for cls in CLASS_LEVELS:
         arena.tables[cls] = class_tables(arena, cls)
     return arena
@@ -110,15 +111,15 @@ def build_arena(m: Machine, attacker: int) -> Arena:
 
 def class_range(arena: Arena, cls: str) -> tuple[int, int]:
     """The VA range whose entries the class targets."""
-    m = arena.m
+    m, ops = arena.m, arena.ops
     if cls == "user_pte":
         return arena.victim_addr + PAGE, arena.victim_addr + VICTIM_PAGES * PAGE
     if cls == "vmalloc_pte":
         return arena.vmalloc_addr, arena.vmalloc_addr + VMALLOC_PAGES * PAGE
     if cls == "kimage_pud":
-        return KIMAGE_VADDR, KIMAGE_VADDR + 1
+        return ops.kimage_va(m), ops.kimage_va(m) + 1
     if cls == "kimage_alias":
-        return KIMAGE_VADDR, KIMAGE_VADDR + KIMAGE_SIZE
+        return ops.kimage_va(m), ops.kimage_va(m) + ops.kimage_size(m)
     lo = m.arch.phys_to_virt(m.config.dram_base)
     return lo, lo + m.config.memory
 
@@ -131,7 +132,8 @@ def class_tables(arena: Arena, cls: str) -> list[Table]:
     """(table pa, VA of its entry 0, level) of every table holding an entry of the class."""
     levels = CLASS_LEVELS[cls]
     lo, hi = class_range(arena, cls)
-    base = 0 if cls == "user_pte" else PAGE_OFFSET
+    ops = arena.ops
+    base = 0 if cls == "user_pte" else ops.kernel_pgd_base
     out: list[Table] = []
     stack = [(class_root(arena, cls), 0, base)]
     mem = arena.m.mem
@@ -142,32 +144,32 @@ def class_tables(arena: Arena, cls: str) -> list[Table]:
         if lvl == max(levels):
             continue
         frame = mem.frame_ro(pa >> 12)
-        shift = d.LEVEL_SHIFT[lvl]
-        for i in np.nonzero((frame & np.uint64(3)) == np.uint64(3))[0].tolist():
+        shift = LEVEL_SHIFT[lvl]
+        for i in ops.table_slots(frame, lvl):
             va = va0 + (i << shift)
             if va + (1 << shift) > lo and va < hi:
-                stack.append((int(frame[i]) & d.OA_MASK, lvl + 1, va))
+                stack.append((ops.table_pa(int(frame[i])), lvl + 1, va))
     return sorted(out)
 
 
-def is_keyed(m: Machine, pa: int) -> bool:
-    """Does the linear-map alias of ``pa`` carry pkey 1 (read afresh from the tables)?"""
-    t = walk(m.mem, m.arch.swapper_pg_dir, m.arch.phys_to_virt(pa))
-    return not isinstance(t, Fault) and t.po_index == 1
+def is_keyed(m: Machine, pa: int, ops: AttackOps | None = None) -> bool:
+    """Does the linear-map alias of ``pa`` carry the page-table pkey (read afresh from
+    the tables)?"""
+    return (ops or ops_for(m.arch)).linear_pkey(m, pa) == KPKEYS_PKEY_PGTABLES
 
 
 def table_order(arena: Arena, cls: str, rng: random.Random) -> list[Table]:
     """Tables in the order the attacker tries them: unkeyed ones first (the weak spots)."""
     tables = list(arena.tables[cls])
     rng.shuffle(tables)
-    return sorted(tables, key=lambda t: is_keyed(arena.m, t[0]))
+    return sorted(tables, key=lambda t: is_keyed(arena.m, t[0], arena.ops))
 
 
 def pick_target(arena: Arena, cls: str, table: Table, rng: random.Random) -> Target:
     """A random entry of ``table`` in the class's range, and its malicious value."""
-    m = arena.m
+    m, ops = arena.m, arena.ops
     tpa, va0, level = table
-    shift = d.LEVEL_SHIFT[level]
+    shift = LEVEL_SHIFT[level]
     lo, hi = class_range(arena, cls)
     frame = m.mem.frame_ro(tpa >> 12)
     want_empty = cls == "user_pte"  # a fresh slot: no stale TLB entry can hide the result
@@ -179,76 +181,78 @@ def pick_target(arena: Arena, cls: str, table: Table, rng: random.Random) -> Tar
     i = rng.choice(idx)
     entry_pa = tpa + 8 * i
     entry_va = va0 + (i << shift)
-    kpa, what = _kernel_page(m, rng)
+    kpa, what = _kernel_page(arena, rng)
     if cls == "user_pte" and rng.random() < 0.5:
         kpa, what = tpa, "page table"
     return Target(
         cls,
         entry_pa,
-        _alias(m, cls, entry_pa),
+        _alias(arena, cls, entry_pa),
         level,
-        _malicious(kpa, level, user=cls == "user_pte"),
+        ops.malicious(kpa, level, user=cls == "user_pte"),
         class_root(arena, cls),
-        entry_va + (kpa & (d.level_size(level) - 1)),
+        entry_va + (kpa & (level_size(level) - 1)),
         kpa,
         what,
-        is_keyed(m, tpa),
+        is_keyed(m, tpa, ops),
     )
 
 
-def _alias(m: Machine, cls: str, pa: int) -> int:
-    """The VA the attacker stores to: the image's own alias of its static tables for
-    ``kimage_alias``, the linear-map alias (``__va``) otherwise."""
+def _alias(arena: Arena, cls: str, pa: int) -> int:
+    """The VA the attacker stores to: for ``kimage_alias`` the image's own alias of the
+    table where the image maps it (the static tables; on x86 a table of a split of an
+    image page lies outside the image, and its only alias is the direct map's), the
+    linear-map alias (``__va``) otherwise."""
     if cls == "kimage_alias":
-        return KIMAGE_VADDR + (pa - int(m.arch.kimage_pa))
-    return int(m.arch.phys_to_virt(pa))
+        va = arena.ops.image_alias(arena.m, pa)
+        if va is not None:
+            return va
+    return int(arena.m.arch.phys_to_virt(pa))
 
 
-def _kernel_page(m: Machine, rng: random.Random) -> tuple[int, str]:
+def _kernel_page(arena: Arena, rng: random.Random) -> tuple[int, str]:
     """A page of the kernel image's text or rodata (read-only in every honest mapping)."""
-    off = rng.randrange(0, RO_SIZE, PAGE)
-    return m.arch.kimage_pa + off, "kernel text" if off < TEXT_SIZE else "kernel rodata"
+    ops = arena.ops
+    off = rng.randrange(0, ops.ro_size, PAGE)
+    what = "kernel text" if off < ops.text_size else "kernel rodata"
+    return arena.m.arch.kimage_pa + off, what
 
 
-def _malicious(kpa: int, level: int, *, user: bool) -> int:
-    """A read-write leaf at ``level`` whose output covers ``kpa`` (user-accessible if ``user``)."""
-    oa = kpa & d.BLOCK_OA_MASK[level]
-    return d.leaf_desc(oa, level, user=user, ng=user)
-
-
-def kernel_gain(arena: Arena, t: Target) -> dict[str, object] | None:
-    """A read-only kernel page made writable at EL1? (a fresh walk from the root)."""
-    tr = walk(arena.m.mem, t.root_pa, t.gain_va, el=1, write=True)
-    if isinstance(tr, Fault) or tr.page_pa != t.gain_pa:
-        return None
+def kernel_gain(arena: Arena, t: Target, old: int) -> dict[str, object] | None:
+    """A read-only kernel page made writable in kernel mode? (a fresh walk from the root,
+    with the attacker CPU's pkey register)."""
     cpu = arena.m.hw.cpus[arena.attacker]
-    if not tr.perm_el1 & d.Perm.W & cpu.por_el1_in_effect[tr.po_index]:
+    if not arena.ops.kernel_writable(arena.m, cpu, t.root_pa, t.gain_va, t.gain_pa):
         return None
     return {
         "gain": "writable_readonly_page",
         "va": f"{t.gain_va:#x}",
         "pa": f"{t.gain_pa:#x}",
         "what": t.what,
+        **arena.ops.entry_change(old, t.value, t.level),
     }
 
 
-def user_gain(arena: Arena, t: Target, *, live: bool) -> dict[str, object] | None:
-    """A kernel page reachable from the victim's user space? An EL0 access when ``live``
-    (the victim runs on its CPU and loads, then stores the byte back), else a fresh walk."""
+def user_gain(arena: Arena, t: Target, old: int, *, live: bool) -> dict[str, object] | None:
+    """A kernel page reachable from the victim's user space? A user-mode access when
+    ``live`` (the victim runs on its CPU and loads, then stores the byte back), else a
+    fresh walk."""
+    ops = arena.ops
+    read_key, write_key, proof = ops.user_words
     if not live:
-        tr = walk(arena.m.mem, t.root_pa, t.gain_va, el=0)
-        if isinstance(tr, Fault) or tr.page_pa != t.gain_pa or not tr.perm_el0 & d.Perm.R:
+        cpu = arena.m.hw.cpus[arena.victim.cpu]
+        rights = ops.user_rights(arena.m, cpu, t.root_pa, t.gain_va, t.gain_pa)
+        if rights is None:
             return None
-        read, write = True, bool(tr.perm_el0 & d.Perm.W)
+        read, write = rights
     else:
         with arena.victim.kernel():
             cpu = arena.arch.cpu
-            try:
-                byte = cpu.load(t.gain_va, 1, 0)
-            except AccessFault:
+            byte = ops.user_load(cpu, t.gain_va)
+            if byte is None:
                 return None
             read = byte == arena.m.mem.read(t.gain_pa, 1)
-            write = cpu.try_store(t.gain_va, byte, 1, 0) is None
+            write = ops.user_store(cpu, t.gain_va, byte)
     if not read:
         return None
     return {
@@ -256,9 +260,10 @@ def user_gain(arena: Arena, t: Target, *, live: bool) -> dict[str, object] | Non
         "va": f"{t.gain_va:#x}",
         "pa": f"{t.gain_pa:#x}",
         "what": t.what,
-        "el0_read": read,
-        "el0_write": write,
-        "checked_by": "EL0 access" if live else "fresh walk",
+        read_key: read,
+        write_key: write,
+        "checked_by": proof if live else "fresh walk",
+        **ops.entry_change(old, t.value, t.level),
     }
 
 
@@ -267,4 +272,4 @@ def restore(arena: Arena, entry_pa: int, old: int) -> None:
     descriptor back and drop every CPU's cached translations of the changed range."""
     arena.m.mem.write64(entry_pa, old)
     for cpu in arena.m.hw.cpus:
-        cpu.tlb.invalidate_all()
+        arena.ops.drop_tlb(cpu)

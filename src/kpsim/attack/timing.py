@@ -1,10 +1,11 @@
 """When the attacker's write happens, relative to legitimate page-table writers.
 
 The kpkeys guard opens write access to pkey 1 on the *current CPU only*
-(``kpkeys_set_context`` writes that CPU's POR_EL1; spec §1, §3.4): another CPU's
-open guard or batched lazy-MMU section (``arch_enter_lazy_mmu_mode``, spec §4.9) must
-not help an attacker on this one. Exception entry resets POR_EL1 to the default
-context (spec §3.6), so an interrupt taken inside a guard runs restricted. Timings:
+(``kpkeys_set_context`` writes that CPU's POR_EL1, or IA32_PKRS on x86; spec §1, §3.4):
+another CPU's open guard or batched lazy-MMU section (``arch_enter_lazy_mmu_mode``,
+spec §4.9) must not help an attacker on this one. Exception entry resets the register
+to the default context (spec §3.6; x86: ``pks_save_pt_regs``), so an interrupt taken
+inside a guard runs restricted. Timings:
 
 - ``rest``: nothing open anywhere;
 - ``other_guard`` / ``other_lazy_mmu``: the other CPU holds a guard / a batched
@@ -25,20 +26,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kpsim.hw.arm64.fault import Fault
-from kpsim.hw.arm64.por import POE_W
+from kpsim.attack.ops import ops_for
 from kpsim.kpkeys.context import kpkeys_guard
-from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES, KPKEYS_PKEY_PGTABLES
+from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES
 from kpsim.mm.mmap import PROT_READ, PROT_WRITE
 from kpsim.mm.process import Process
 from kpsim.mm.vmalloc import vfree, vmalloc
 
-Write = Callable[[], Fault | None]
+Write = Callable[[], Any]  # the store: its fault, or None if it landed
 
 
 def pgtables_writable(arch: Any, cpu_id: int) -> bool:
-    """Does ``cpu_id``'s POR_EL1 in effect grant write to ``KPKEYS_PKEY_PGTABLES``?"""
-    return bool(arch.system.cpus[cpu_id].por_el1_in_effect[KPKEYS_PKEY_PGTABLES] & POE_W)
+    """Does ``cpu_id``'s pkey register grant write to ``KPKEYS_PKEY_PGTABLES`` now
+    (arm64: POR_EL1 in effect; x86: IA32_PKRS)?"""
+    return ops_for(arch).pgtables_writable(arch.system.cpus[cpu_id])
 
 
 @contextmanager
@@ -62,9 +63,7 @@ def _opened(arch: Any, cpu_id: int, kind: str) -> Iterator[None]:
                 yield
 
 
-def write_at(
-    arch: Any, timing: str, a: int, b: int | None, write: Write
-) -> tuple[Fault | None, bool]:
+def write_at(arch: Any, timing: str, a: int, b: int | None, write: Write) -> tuple[Any, bool]:
     """Run the attacker's ``write`` from CPU ``a`` at ``timing``; return its fault (or
     None if it landed) and whether a pkey-1 write window was open on the CPU concerned."""
     if timing == "rest":

@@ -23,8 +23,6 @@ DEFAULT_ARCH = "arm64"
 
 #: What each verb lacks on x86, one line each (a verb not named here works on x86).
 X86_GAPS: dict[str, str] = {
-    "attack": "attack/ reads the attacker's POR_EL1 and decodes ESR_EL1 (no PKRS, no #PF "
-    "error code)",
     "explore": "engine/explore.py injects at POR_EL1 writes and ISBs (no WRMSR to "
     "IA32_PKRS injection points)",
     "reproduce": "the published tables are arm64 (POE) measurements; `kpsim compare` "

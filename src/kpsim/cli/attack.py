@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="attack the page tables with a data-only write primitive",
         description="Aim a 64-bit kernel write (the series' threat model) at page-table "
         "entries from one CPU at several moments, and report per target class how many "
-        "writes the permission overlay blocked and how many landed (docs/attack.md). Exit "
+        "writes the pkey hardware blocked (arm64: the permission overlay, POE; x86: a "
+        "protection-key #PF, PKS) and how many landed (docs/attack.md). Exit "
         "status 1 if an in-threat-model write landed with kpkeys_hardened_pgtables on.",
     )
     add_machine_options(p)
@@ -113,9 +114,12 @@ def _print(doc: dict[str, object]) -> None:
     cfg = doc["machine"]
     att = doc["attack"]
     assert isinstance(cfg, dict) and isinstance(att, dict)
+    x86 = cfg.get("arch") == "x86"
+    where = "x86, direct map" if x86 else "linear map"
     c.print(
-        f"kpsim attack: linear map {cfg['linear_map']}, allocator {cfg['allocator']}, POE "
-        f"{'on' if cfg['poe'] else 'off'}, feature {'on' if doc['feature_on'] else 'off'}; "
+        f"kpsim attack: {where} {cfg['linear_map']}, allocator {cfg['allocator']}, "
+        f"{'PKS' if x86 else 'POE'} {'on' if cfg['poe'] else 'off'}, feature "
+        f"{'on' if doc['feature_on'] else 'off'}; "
         f"attacker on cpu{att['attacker_cpu']}, seed {att['seed']}"
     )
     for title, key in (
@@ -153,7 +157,7 @@ def _print(doc: dict[str, object]) -> None:
         verdict = f"{landed} in-threat-model write(s) landed (feature off: negative control)"
     c.print(f"\nverdict: {verdict}")
     tried = {r["class"] for r in doc["targets"]}  # type: ignore[attr-defined]
-    if doc["feature_on"] and "kimage_alias" not in tried:
+    if doc["feature_on"] and "kimage_alias" not in tried and not x86:
         c.print(
             "(of the classes tried; --targets kimage_alias, left out of 'all', shows a known "
             "gap: docs/attack.md)"
