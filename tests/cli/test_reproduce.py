@@ -248,3 +248,42 @@ def test_calibration_written_by_cv_is_read_back(tmp_path, capsys):
     cal = parse_calibration(out.read_text(), str(out))
     assert set(cal.spread) == {"batching", "no_batching"} and cal.n_rows == 32
     assert cal.costs.status("isb") == "fitted"
+
+
+def test_reproduce_on_x86_sets_prior_only_figures_beside_the_arm64_table(capsys):
+    """``--arch x86``: the same rows run on x86 (PKS, block direct map, PBA), each with
+    a prior-only overhead inside its sensitivity range and the IA32_PKRS writes it
+    added; the arm64 rows are those of a run without the option (x86 is not scored).
+    Negative control: the pkey register writes come from the feature (each row's
+    feature-off x86 run counts none)."""
+    argv = ["reproduce", *SMALL, "--rows", "fork,vm_map_ram", "--json"]
+    assert main(argv) == 0
+    arm_only = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--arch", "x86"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["rows"] == arm_only["rows"] and "x86" not in arm_only
+    side = doc["x86"]
+    assert side["machine"] == {"arch": "x86", "linear_map": "block", "allocator": "pba",
+                               "series": "v5"}  # fmt: skip
+    assert "not a confidence interval" in side["note"]
+    keys = {(r["key"], r["mode"]) for r in side["rows"]}
+    assert keys == {(r["key"], r["mode"]) for r in doc["rows"] if r["modelled"] is not None}
+    for r in side["rows"]:
+        ov = r["overhead"]
+        assert ov["lo"] <= ov["percent"] <= ov["hi"] and "prior-only" in ov["basis"]
+        pkrs = next(g for g in r["events"] if g["group"] == "pkey register writes")
+        assert pkrs["counters"] == ["pkrs_write"] and pkrs["off"] == 0 < pkrs["added"]
+
+
+def test_reproduce_x86_text_and_fit_refusal(capsys):
+    """The text gives the x86 table after the arm64 one; ``--arch x86 --cv`` (and
+    ``--fit``) is refused in one line: the tables measured arm64 only."""
+    assert main(["reproduce", *SMALL, "--rows", "munmap", "--arch", "x86"]) == 0
+    out = capsys.readouterr().out
+    assert "x86: x86 PKS (block-mapped direct map, PBA)" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("munmap/h:0") and "batching " in ln)
+    assert "pkey register writes +" in line
+    for flag in (["--cv"], ["--fit", "munmap"]):
+        assert main(["reproduce", *SMALL, "--arch", "x86", *flag]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "measured arm64 only" in err

@@ -25,8 +25,6 @@ DEFAULT_ARCH = "arm64"
 X86_GAPS: dict[str, str] = {
     "explore": "engine/explore.py injects at POR_EL1 writes and ISBs (no WRMSR to "
     "IA32_PKRS injection points)",
-    "reproduce": "the published tables are arm64 (POE) measurements; `kpsim compare` "
-    "sets x86 beside arm64",
 }
 
 

@@ -16,8 +16,14 @@ What is done with the counted events of each run:
 - ``--cv`` cross-validates leaving one benchmark family out at a time, next to the
   trivial baselines, and checks the fit on the v4 table as a second test set
   (:mod:`kpsim.report.validate`); ``--write-calibration FILE`` writes the calibration.
- Runs are cached per (workload, parameters, configuration),
-so a run shared by several rows or modes is made once.
+
+With ``--arch x86`` the same rows are also run on x86 (PKS, the block-mapped direct map
+with the PBA: the series' own allocator there, v5 and v4 being PTE-map-only minimal
+allocators) and priced with the x86 priors alone, beside the arm64 figures: nothing is
+published for x86, so those figures are not scored, and their range is the priors'
+÷3/×3 sensitivity range (:func:`kpsim.engine.compare.prior_range`), as ``kpsim
+compare`` gives it. Runs are cached per (workload, parameters, configuration), so a
+run shared by several rows or modes is made once.
 
 kernbench rows: ``system time`` is every counted event except the user-space cycles
 (``other_cycles``), ``user time`` is the user-space cycles only, ``real time`` is all
@@ -57,6 +63,7 @@ from kpsim.report.fit import (
     parse_params,
 )
 from kpsim.report.published import (
+    MODES,
     TABLE_NAMES,
     Mode,
     PublishedRow,
@@ -91,6 +98,9 @@ class ModelRuns:
     cpus: int = 2
     seed: int = 0
     progress: Callable[[str], None] | None = None
+    #: the machines' architecture, and their table allocator (None: the series')
+    arch: str = "arm64"
+    allocator: str | None = None
     cache: dict[tuple[Any, ...], Counters] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -135,8 +145,11 @@ class ModelRuns:
             return got
         if self.progress is not None:
             shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
-            self.progress(f"{workload} ({shown}) {config}{' noop-pkey' if noop else ''}")
+            where = "" if self.arch == "arm64" else f" on {self.arch}"
+            self.progress(f"{workload} ({shown}) {config}{' noop-pkey' if noop else ''}{where}")
         cfg = MachineConfig(
+            arch=self.arch,
+            allocator=self.allocator,
             memory=self.memory(workload),
             cpus=self.cpus,
             hardened_pgtables=hardened,
@@ -315,6 +328,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--prior: must be between 0 and 10 decades, got {args.prior}")
     if args.cv and args.fit is not None:
         raise InputError("--cv fits every fold itself: it takes no --fit")
+    x86 = args.arch == "x86"
+    if x86 and (args.cv or args.fit is not None):
+        flag = "--cv" if args.cv else "--fit"
+        raise InputError(
+            f"--arch x86 with {flag}: a fit needs measurements, and the published tables "
+            "measured arm64 only; `--arch x86` alone sets x86's prior-only figures beside them"
+        )
     if args.write_calibration and not args.cv:
         raise InputError("--write-calibration FILE applies only with --cv")
     for path, what in ((args.write_costs, "costs"), (args.write_calibration, "calibration")):
@@ -384,6 +404,14 @@ def run(args: argparse.Namespace) -> int:
     if args.write_costs:
         result.write_costs(args.write_costs)
     constant = constant_rows(table, counts)
+    x86_side = None
+    if x86:
+        x86_runs = ModelRuns(size=size, loops=args.loops, processes=args.processes,
+                             progress=progress, arch="x86", allocator="pba")  # fmt: skip
+        x86_side = x86_rows(table, collect_counts(x86_runs.provider(table, rows), table))
+        _finish(err)
+        elapsed = time.perf_counter() - t0
+        runs.cache.update({("x86", *k): v for k, v in x86_runs.cache.items()})
     if args.json:
         doc = result.to_json()
         doc["costs_used"] = label
@@ -394,10 +422,64 @@ def run(args: argparse.Namespace) -> int:
             d["scored"] = r.key not in constant and r.modelled is not None
         doc["notes"] = _notes(table, result)
         doc["model"] = dict(model, seconds=round(elapsed, 2), runs=len(runs.cache))
+        if x86_side is not None:
+            doc["x86"] = x86_side
         emit_json(doc)
         return 0
     _print(console(), table, result, args, label, constant, elapsed, len(runs.cache))
+    if x86_side is not None:
+        _print_x86(console(), result, x86_side)
     return 0
+
+
+X86_NOTE = (
+    "x86 PKS (block-mapped direct map, PBA), the same workloads; priced with the x86 "
+    "priors alone (report/data/costs-x86.toml over costs.toml): nothing is published for "
+    "x86, so nothing here is fitted or scored, and the range is the priors' ÷3/×3 "
+    "sensitivity range, not a confidence interval"
+)
+
+
+def x86_rows(table: PublishedTable, counts: Mapping[str, Any]) -> dict[str, Any]:
+    """The x86 side of ``reproduce --arch x86``: per row and mode, the prior-only
+    overhead and its sensitivity range (:func:`kpsim.engine.compare.prior_range`) and
+    the pkey-register and TLB events it added."""
+    from kpsim.engine.compare import event_groups, prior_range
+
+    out = []
+    for row in table.rows:
+        for mode in MODES:
+            got = counts.get(row.key, {})
+            on, off = got.get(f"on_{mode}"), got.get(f"off_{mode}")
+            if on is None or off is None:
+                continue
+            if all(on.get(k, 0) == off.get(k, 0) for k in set(on) | set(off)):
+                rng: dict[str, Any] | None = None  # constant by construction: no estimate
+            else:
+                rng = prior_range(on, off, "x86")
+            out.append({"key": row.key, "mode": mode,
+                        "published_arm64": row.figure(mode).percent,
+                        "overhead": rng, "events": event_groups(on, off)})  # fmt: skip
+    return {"machine": {"arch": "x86", "linear_map": "block", "allocator": "pba",
+                        "series": table.series}, "note": X86_NOTE, "rows": out}  # fmt: skip
+
+
+def _print_x86(c: Any, result: FitResult, side: Mapping[str, Any]) -> None:
+    modelled = {(r.key, r.mode): r.modelled for r in result.rows}
+    c.print("")
+    c.print(f"x86: {side['note']}")
+    c.print(f"{'row':40} {'mode':11} {'published':>9} {'arm64':>8} {'x86 priors':>10} "
+            f"{'range':>16}  x86 events added")  # fmt: skip
+    for r in side["rows"]:
+        ov = r["overhead"]
+        pct, rng = ("constant", "") if ov is None else (
+            _fmt(ov["percent"]), f"[{ov['lo']:+.1f}, {ov['hi']:+.1f}]")  # fmt: skip
+        added = [g for g in r["events"] if g["added"] > 0]
+        ev = ", ".join(f"{g['group']} +{g['added']}" for g in added[:4])
+        ev += ", ..." if len(added) > 4 else ""
+        arm = _fmt(modelled.get((r["key"], r["mode"])))
+        c.print(f"{r['key'][:40]:40} {r['mode']:11} {r['published_arm64']:>9.2f} {arm:>8} "
+                f"{pct:>10} {rng:>16}  {ev}")  # fmt: skip
 
 
 def _finish(err: Any) -> None:
