@@ -7,6 +7,7 @@ kernel functions on it by name (``set_memory_pkey``, ``split_kernel_leaf_mapping
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -26,6 +27,8 @@ from kpsim.arch.arm64.vmalloc_arch import VmallocArchMixin
 from kpsim.mm.kpkeys_defs import KPKEYS_PKEY_REG_INVAL
 from kpsim.mm.kpkeys_series import Series
 from kpsim.mm.sched import Task
+
+_PAGE_OFFSET_VPN: Final = PAGE_OFFSET >> 12
 
 
 @mypyc_attr(native_class=False)  # see Arm64Base
@@ -103,9 +106,10 @@ class Arm64(SetupMixin, EntryMixin, VmallocArchMixin, PgtableUserMixin):
         return PAGE_OFFSET + (pa - self.layout.memstart_addr)
 
     def clear_page(self, pfn: int) -> None:
-        """``clear_page`` through the linear map on the current CPU (MMU-checked)."""
-        va = PAGE_OFFSET + ((pfn << 12) - self.layout.memstart_addr)  # pfn_to_virt
-        self.system.cpus[self.cpu_id].zero_page(va)
+        """``clear_page`` through the linear map on the current CPU (MMU-checked), by
+        the page number of ``pfn_to_virt(pfn)`` (word-sized, where the VA is not)."""
+        vpn = _PAGE_OFFSET_VPN + pfn - (self.layout.memstart_addr >> 12)
+        self.system.cpus[self.cpu_id].zero_kernel_page(vpn)
 
     def secondary_start(self) -> None:
         """Bring every CPU up: POE enabled with POR_EL1_INIT, TTBR1 = swapper_pg_dir."""

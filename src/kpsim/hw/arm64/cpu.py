@@ -30,9 +30,9 @@ from kpsim.hw.arm64.mmu import (
     LeafEntry,
     leaf_perms,
     walk_entry,
-    walk_entry_wc,
     walk_leaf,
     walk_to_pte_table,
+    walk_vpn_wc,
 )
 from kpsim.hw.arm64.por import overlay_table
 from kpsim.hw.arm64.tlb import ASID_SHIFT, VPN_MASK, Tlb, TlbEntry
@@ -225,8 +225,9 @@ class Cpu:
             if b is not None:
                 self.tlb_hits += 1
                 return b
+        vpn = key & VPN_MASK  # va >> 12
         if va < USER_VA_END:
-            e = self.tlb.entries.get(va >> 12)  # a global entry in the user half
+            e = self.tlb.entries.get(vpn)  # a global entry in the user half
             if e is not None:
                 self.tlb_hits += 1
                 return e
@@ -240,7 +241,7 @@ class Cpu:
             return _TRANSLATION_L0
         self.walks += 1
         tag = self.asid + 1 if va < USER_VA_END else 0  # the walk cache's ASID tag
-        t = walk_entry_wc(self.mem, table, va, self.tlb.walks, tag)
+        t = walk_vpn_wc(self.mem, table, vpn, self.tlb.walks, tag)
         if isinstance(t, int):
             return t
         return self._insert(va, t, key)
@@ -451,53 +452,59 @@ class Cpu:
         return n
 
     def zero_page(self, va: int) -> None:
-        """``store_table(va, slice(None), 0)`` (``clear_page``: 512 stores, one check).
+        """``store_table(va, slice(None), 0)`` (``clear_page``: 512 stores, one check);
+        a kernel page is :meth:`zero_kernel_page` of its page number."""
+        if va < KERNEL_VA_START:
+            self.store_table(va, slice(None), 0)
+            return
+        self.zero_kernel_page(va >> 12)
+
+    def zero_kernel_page(self, vpn: int) -> None:
+        """:meth:`zero_page` of the kernel page ``vpn`` (its VA >> 12: a word-sized int
+        where the VA is a multi-word one in compiled code).
 
         A kernel page that misses is filed in the TLB's bulk tier (:meth:`Tlb.bulk_put`,
         no frame) and a bulk entry that hits stays there: a frame never written is not
         made (it reads zero), one that holds data is zeroed in place."""
-        if va < KERNEL_VA_START:
-            self.store_table(va, slice(None), 0)
-            return
         tlb = self.tlb
-        vpn = va >> 12
         e = tlb.entries.get(vpn)
         if e is None:
             found = tlb.bulk_find(vpn) if tlb.bulk else None
             if found is None:
                 if self.ttbr1 is not None:
-                    self._zero_miss(va, vpn, self.ttbr1)
+                    self._zero_miss(vpn, self.ttbr1)
                     return
             elif found[0].el1 & self._ov1[(found[1] >> 60) & 7] & W:  # a bulk hit
                 self.tlb_hits += 1
                 self.mem.zero_frame((found[1] & d.OA_MASK) >> 12)
                 self.stores += 512
                 return
-            self._zero_slow(va)  # no TTBR1, or a bulk entry that denies the store
+            self._zero_slow(vpn << 12)  # no TTBR1, or a bulk entry that denies the store
             return
         self.tlb_hits += 1
         if not e[1] & self._ov1[e[3]] & W:
-            raise self._raise(self._check(va, e, 1, W, True))  # type: ignore[arg-type]
+            raise self._raise(self._check(vpn << 12, e, 1, W, True))  # type: ignore[arg-type]
         e[6][:] = 0
         self.stores += 512
 
-    def _zero_miss(self, va: int, vpn: int, table: int) -> None:
+    def _zero_miss(self, vpn: int, table: int) -> None:
         """:meth:`zero_page` of a kernel page no TLB tier caches: walk, fill, check, zero."""
         self.tlb_misses += 1
         self.walks += 1
-        t = walk_entry_wc(self.mem, table, va, self.tlb.walks, 0)
+        t = walk_vpn_wc(self.mem, table, vpn, self.tlb.walks, 0)
         if isinstance(t, int):
-            raise self._raise(Fault(va, FaultKind(t & ~3), t & 3, write=True, el=1))
+            raise self._raise(Fault(vpn << 12, FaultKind(t & ~3), t & 3, write=True, el=1))
         pa = t[0]
         mem = self.mem
         if t[4] != 3 or t[5] & d.CONT or not mem.base <= pa < mem.end:
-            self._zero_fill(va, t, vpn)  # a span group, or an abort: the dict entry's path
+            self._zero_fill(vpn << 12, t, vpn)  # a span group, or an abort: the dict path
             return
         if not self.tlb.bulk_put(vpn, t[5], t[1], t[2]):  # the region has other rights
-            self._zero_fill(va, t, vpn)
+            self._zero_fill(vpn << 12, t, vpn)
             return
         if not t[1] & self._ov1[t[3]] & W:  # _check of the walked leaf
             overlay = bool(t[1] & W)
+            va = vpn << 12
             raise self._raise(Fault(va, FaultKind.PERMISSION, 3, write=True, el=1, overlay=overlay))
         mem.zero_frame(pa >> 12)
         self.stores += 512

@@ -31,6 +31,7 @@ USER_VA_END: Final = 1 << VA_BITS
 KERNEL_VA_START: Final = (1 << 64) - (1 << VA_BITS)
 _LEVELS: Final = ((0, 39), (1, 30), (2, 21), (3, 12))
 _TABLE_LEVELS: Final = ((0, 39), (1, 30), (2, 21))
+_TABLE_LEVELS_VPN: Final = ((0, 27), (1, 18), (2, 9))  # the same, of the page number
 _STRIP: Final = d.AP_TABLE_RDONLY | d.AP_TABLE_NO_EL0 | d.PXN_TABLE | d.UXN_TABLE
 _TRANSLATION: Final = int(FaultKind.TRANSLATION)
 _ACCESS_FLAG: Final = int(FaultKind.ACCESS_FLAG)
@@ -233,17 +234,30 @@ def walk_entry_wc(
     a PTE table read, cached together (Arm allows caching table entries). A hit reads
     only the level-3 entry; a miss walks all levels and caches the prefix when it
     reaches a level-3 table. Only valid table descriptors are cached; blocks and
-    faults are not."""
+    faults are not. (:func:`walk_vpn_wc` of ``va >> 12``.)"""
+    return walk_vpn_wc(mem, table_pa, va >> 12, walks, tag)
+
+
+def walk_vpn_wc(
+    mem: PhysicalMemory,
+    table_pa: int,
+    vpn: int,
+    walks: dict[int, dict[int, tuple[int, int]]],
+    tag: int,
+) -> LeafEntry | int:
+    """:func:`walk_entry_wc` of the page ``vpn`` (the VA >> 12). A kernel VA is above
+    2**63, a multi-word integer in compiled code; its page number fits a machine word,
+    so every index of the walk is taken from the page number."""
     wc = walks.get(tag)
     if wc is None:
         wc = walks[tag] = {}
-    hit = wc.get(va >> 21)
+    hit = wc.get(vpn >> 9)
     if hit is None:
         frames = mem.frames
         pa = table_pa
         strip = 0
-        for level, shift in _TABLE_LEVELS:
-            i = (va >> shift) & 0x1FF
+        for level, shift in _TABLE_LEVELS_VPN:
+            i = (vpn >> shift) & 0x1FF
             f = frames.get(pa >> 12)
             if f is None:
                 mem.check(pa + (i << 3))
@@ -254,13 +268,13 @@ def walk_entry_wc(
             if not desc & 2:
                 if level == 0:  # a block at level 0 is reserved
                     return _TRANSLATION
-                return _leaf_entry(desc, level, strip, va, shift)
+                return _leaf_entry(desc, level, strip, vpn << 12, shift + 12)
             strip |= desc
             pa = desc & _OA
-        wc[va >> 21] = (pa, strip)
+        wc[vpn >> 9] = (pa, strip)
     else:
         pa, strip = hit
-    i = (va >> 12) & 0x1FF
+    i = vpn & 0x1FF
     f = mem.frames.get(pa >> 12)
     if f is None:
         mem.check(pa + (i << 3))
