@@ -22,10 +22,7 @@ from kpsim.machine.config import ARCHES
 DEFAULT_ARCH = "arm64"
 
 #: What each verb lacks on x86, one line each (a verb not named here works on x86).
-X86_GAPS: dict[str, str] = {
-    "explore": "engine/explore.py injects at POR_EL1 writes and ISBs (no WRMSR to "
-    "IA32_PKRS injection points)",
-}
+X86_GAPS: dict[str, str] = {}
 
 
 def add_arch_option(p: Any, *, scenario: bool = False) -> None:

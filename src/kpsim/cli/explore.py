@@ -20,6 +20,7 @@ from kpsim.cli.machine_opts import add_machine_options, config_from_args
 from kpsim.engine.explore import (
     INJECTIONS,
     STEPS,
+    STEPS_WITHOUT_MEANING,
     WORKLOAD_INJECTIONS,
     WORKLOADS,
     ExploreConfig,
@@ -42,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "of guarded page-table paths, and check the protection after each schedule",
         description=(
             "Enumerate the points of a workload's guarded writes and lazy-MMU sections "
-            "(POR_EL1 writes, ISBs, table stores, set_memory_pkey) and inject there, one "
+            "(pkey-register writes: POR_EL1 and its ISB on arm64, WRMSR to IA32_PKRS on x86; "
+            "table stores, set_memory_pkey) and inject there, one "
             "schedule at a time (exhaustively while a level of injections fits the budget, "
             "by seeded sampling after). Steps: "
             + "; ".join(f"{k}: {v}" for k, v in STEPS.items())
@@ -91,7 +93,17 @@ def _config(args: argparse.Namespace) -> ExploreConfig:
         raise InputError(f"--disable {unknown[0]}: unknown step (steps: {', '.join(STEPS)})")
     if args.workload not in WORKLOADS:
         raise InputError(f"--workload {args.workload}: unknown (use {', '.join(WORKLOADS)})")
-    return ExploreConfig(config_from_args(args), args.workload, frozenset(args.disable))
+    mc = config_from_args(args)
+    for step in args.disable:
+        why = STEPS_WITHOUT_MEANING.get(mc.arch, {}).get(step)
+        if why is not None:
+            raise InputError(f"--disable {step}: no such step on {mc.arch}: {why}")
+    if mc.arch == "x86" and args.linear_map == "block" and args.workload != "split":
+        raise InputError(
+            f"--linear-map block: workload {args.workload} runs on a 4K direct map on x86 "
+            "(chosen for it); only workload split runs on a block-mapped one"
+        )
+    return ExploreConfig(mc, args.workload, frozenset(args.disable))
 
 
 def _kinds(text: str | None, workload: str) -> list[str]:
@@ -127,12 +139,13 @@ def _notes(cfg: ExploreConfig) -> list[str]:
 
 
 def _summary_doc(s: Summary, saved: str | None) -> dict[str, Any]:
-    mc = s.cfg.machine
+    mc = s.machine or s.cfg.machine
     counts: dict[str, int] = {}
     for p in s.points:
         counts[p] = counts.get(p, 0) + 1
     return {
         "workload": s.cfg.workload,
+        "arch": mc.arch,
         "series": mc.series,
         "machine": mc.as_dict(),
         "disabled": sorted(s.cfg.disabled),
@@ -146,6 +159,7 @@ def _summary_doc(s: Summary, saved: str | None) -> dict[str, Any]:
         "saved": saved,
         "seconds": round(s.seconds, 3),
         "schedules_per_second": round(s.rate, 1),
+        "boot_findings": s.boot_findings,
         "notes": _notes(s.cfg),
         "status": 1 if s.first is not None else 0,
     }
@@ -200,7 +214,7 @@ def _print(doc: dict[str, Any]) -> None:
     c = console()
     dis = ", ".join(doc["disabled"]) or "none"
     c.print(
-        f"kpsim explore  workload {doc['workload']}, series {doc['series']}, "
+        f"kpsim explore  workload {doc['workload']}, {doc['arch']}, series {doc['series']}, "
         f"{doc['machine']['cpus']} CPUs, disabled: {dis}"
     )
     kinds = ", ".join(f"{k} {v}" for k, v in doc["points_by_kind"].items())
@@ -213,6 +227,8 @@ def _print(doc: dict[str, Any]) -> None:
     c.print(f"schedules  {doc['explored']} explored: {levels}; {doc['schedules_per_second']:.0f}/s")
     for note in doc["notes"]:
         c.print(f"note       {note}", style="yellow")
+    for found in doc["boot_findings"]:
+        c.print(f"at boot    {found} (before any schedule: not held against one)", style="yellow")
     first = doc["first_violation"]
     if first is None:
         c.print("violations none", style="green")
@@ -241,17 +257,20 @@ def _replay(args: argparse.Namespace) -> int:
     out = ex.run(schedule, full_audit=True)
     doc = {
         "replay": str(path),
+        "arch": cfg.machine.arch,
         "series": cfg.machine.series,
         "disabled": sorted(cfg.disabled),
         **_outcome_doc(out, points),
+        "boot_findings": list(ex.boot_findings or ()),
         "status": 1 if out.violations else 0,
     }
     if args.json:
         emit_json(doc)
     else:
         c = console()
-        c.print(f"kpsim explore --replay {path}: series {cfg.machine.series}, "
-                f"disabled: {', '.join(doc['disabled']) or 'none'}")  # fmt: skip
+        dis = ", ".join(doc["disabled"]) or "none"
+        c.print(f"kpsim explore --replay {path}: {cfg.machine.arch}, series "
+                f"{cfg.machine.series}, disabled: {dis}")  # fmt: skip
         for st in doc["schedule"]:
             c.print(f"  inject {st['inject']} at point {st['point']} ({st['at']})")
         if not out.violations:

@@ -4,9 +4,13 @@ each schedule.
 
 Models nothing in Linux: it is a schedule explorer over the model. The arch code calls
 ``arch.explore_hook(point)`` (when one is attached) at each point where something else
-can happen inside guarded writes and lazy-MMU sections: before and after each POR_EL1
-write, after each ISB, before and after each table store, around each
+can happen inside guarded writes and lazy-MMU sections: before and after each
+pkey-register write (arm64: POR_EL1, and after its ISB; x86: WRMSR to IA32_PKRS, which
+no barrier follows), before and after each table store, around each
 ``set_memory_pkey`` and each lazy-MMU section, and at the PBA's split-protocol steps.
+The machine's arch object answers every architectural question (its pkey register,
+its table entries); :data:`STEPS_WITHOUT_MEANING` lists the steps an architecture has
+nothing to switch off for.
 A *schedule* is a set of ``(point number, injection)`` pairs; point numbers count the
 points the workload reaches, in order, outside injected code (so they are the same
 from run to run). Injections (:data:`INJECTIONS`) run on the CPU that reached the
@@ -14,7 +18,8 @@ point, or on the other CPU.
 
 After each schedule: no legitimate page-table write faulted; every unguarded write
 that an injected context tried on a live page-table page faulted (none landed);
-POR_EL1 is ``POR_EL1_INIT`` on every CPU; the pages the schedule keyed and unkeyed
+the pkey register is at its default-context value on every CPU (``POR_EL1_INIT``,
+``PKS_INIT_VALUE``); the pages the schedule keyed and unkeyed
 carry the right pkey and the full audit (:func:`kpsim.audit.invariants.audit`) is
 clean (every ``audit_every`` schedules and after the last); the PBA's split reserve
 never ran dry. Schedules are explored by number of injections (none, one, two...),
@@ -35,11 +40,10 @@ from typing import Any
 
 from kpsim.audit.invariants import audit, linear_pkey, protected_cache_pfns
 from kpsim.errors import AccessFault, InputError, KpsimError, OutOfMemory
-from kpsim.hw.arm64 import descriptors as d
 from kpsim.kpkeys.context import kpkeys_guard
 from kpsim.kpkeys.pba import PBA_NR_RESERVED_PAGES, PkeysBlockAllocator
 from kpsim.machine.boot import Machine
-from kpsim.machine.config import MachineConfig
+from kpsim.machine.config import ARCHES, MachineConfig
 from kpsim.mm.gfp import GFP_KERNEL, GFP_PGTABLE_KERNEL
 from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES
 from kpsim.mm.sched import Task
@@ -47,16 +51,46 @@ from kpsim.units import format_size
 
 #: ``--disable`` steps: name -> what is switched off
 STEPS: dict[str, str] = {
-    "isb-after-por-write": "the ISB after each kpkeys POR_EL1 write",
-    "por-save-on-switch": "POR_EL1 save/restore on context switch (__switch_to)",
-    "reset-on-entry": "POR_EL1 reset to POR_EL1_INIT on exception entry",
-    "restore-on-return": "POR_EL1 restore from pt_regs on exception return",
+    "isb-after-por-write": "the ISB after each kpkeys POR_EL1 write (arm64 only)",
+    "por-save-on-switch": "the pkey register's save/restore on context switch "
+    "(__switch_to: POR_EL1; x86 IA32_PKRS, pks_write_current)",
+    "reset-on-entry": "the pkey register's reset on exception entry (POR_EL1_INIT; x86 "
+    "PKS_INIT_VALUE, pks_save_pt_regs)",
+    "restore-on-return": "the pkey register's restore from pt_regs on exception return "
+    "(x86 pks_restore_pt_regs)",
     "in-interrupt-check": "the batching guard's exception rule (v5's in_interrupt(); "
     "enter-leave's POR_EL1 check): the guard then skips whenever TIF_LAZY_MMU is set",
     "tlbi-after-set-memory-pkey": "the TLB flush after set_memory_pkey",
     "reserve-ready-check": "the PBA's kpkeys_ready_for_direct_map_split() under the split "
     "lock (workload split)",
 }
+
+#: per architecture, the steps it has nothing to switch off for, and why (``--disable``
+#: of one is bad input there, exit 2)
+STEPS_WITHOUT_MEANING: dict[str, dict[str, str]] = {
+    "arm64": {},
+    "x86": {
+        "isb-after-por-write": "x86 has no barrier after a kpkeys WRMSR to IA32_PKRS to "
+        "switch off (the write is not serialising, but the accesses it governs wait for "
+        "it, as after WRPKRU)",
+    },
+}
+
+#: per architecture, the name of the check that every CPU's pkey register is back at
+#: its default-context value after a schedule
+AT_REST_CHECK: dict[str, str] = {"arm64": "por-el1-at-rest", "x86": "pkrs-at-rest"}
+
+
+def check_steps(arch: str, steps: frozenset[str] | set[str]) -> None:
+    """Refuse steps unknown, or without a meaning on ``arch`` (``InputError``)."""
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        raise InputError(f"unknown step {unknown[0]!r} (steps: {', '.join(STEPS)})")
+    for step in sorted(steps):
+        why = STEPS_WITHOUT_MEANING.get(arch, {}).get(step)
+        if why is not None:
+            raise InputError(f"step {step!r} has no meaning on {arch}: {why}")
+
 
 #: injection -> what it does
 INJECTIONS: dict[str, str] = {
@@ -76,7 +110,7 @@ INJECTIONS: dict[str, str] = {
 WORKLOADS: dict[str, str] = {
     "guarded-paths": "allocate a PTE table (set_memory_pkey), write entries in a batched "
     "lazy-MMU section, one guarded write outside it, one inside a nested guard, free it "
-    "(PTE-mapped linear map)",
+    "(PTE-mapped linear map; on x86 a 4K direct map)",
     "user": "micromm.fork of 2M (a process maps and populates 2M, forks, the child exits) "
     "then micromm.munmap of 2M: the user-mm paths (fault, copy_page_range, zap, "
     "free_pgtables), their batched stores one point each (PTE-mapped linear map)",
@@ -160,9 +194,7 @@ class Explorer:
     """Boots the machine once and runs schedules on it (rebooting after a violation)."""
 
     def __init__(self, cfg: ExploreConfig) -> None:
-        unknown = sorted(cfg.disabled - set(STEPS))
-        if unknown:
-            raise InputError(f"unknown step {unknown[0]!r} (steps: {', '.join(STEPS)})")
+        check_steps(cfg.machine.arch, cfg.disabled)
         if cfg.workload not in WORKLOADS:
             raise InputError(
                 f"unknown workload {cfg.workload!r} (workloads: {', '.join(WORKLOADS)})"
@@ -180,20 +212,31 @@ class Explorer:
         self.blocks: list[int] = []
         self.runs = 0
         self.m: Machine
+        #: audit findings of the freshly booted machine (before any schedule): reported
+        #: once, not held against a schedule
+        self.boot_findings: list[str] | None = None
+        self.machine_config = self._machine_config()
         self._boot()
 
     # -- machine -------------------------------------------------------------------
     def _machine_config(self) -> MachineConfig:
+        """The machine the workload runs on: ``split`` the PBA on a block map, the others
+        a PTE-mapped linear map (on x86 a 4K direct map, as ``debug_pagealloc`` gives:
+        x86's default direct map is block-mapped)."""
         mc = self.cfg.machine
         if self.cfg.workload == "split":  # the PBA on a block map, whatever the series
             return dataclasses.replace(mc, linear_map="block", allocator="pba")
+        if mc.arch == "x86":
+            return dataclasses.replace(mc, linear_map="pte")
         if mc.linear_map != "pte":
-            raise InputError("workload guarded-paths needs a PTE-mapped linear map")
+            raise InputError(f"workload {self.cfg.workload} needs a PTE-mapped linear map")
         return mc
 
     def _boot(self) -> Machine:
         self.held: list[int] = []
-        m = Machine.boot(self._machine_config())
+        m = Machine.boot(self.machine_config)
+        if self.boot_findings is None:
+            self.boot_findings = [f"{v.invariant}: {v.detail}" for v in audit(m)]
         fi = m.k.fault_inject
         if fi is not None:
             with fi.suspended():  # the explorer's own set-up is not under test
@@ -226,7 +269,7 @@ class Explorer:
         ptr = arch.pgd_offset_k(va)
         level = 0
         v = arch.read_entry(ptr)
-        while level < 3 and d.kind(v, level) is d.Kind.TABLE:
+        while arch.pxd_table(v, level):
             level += 1
             ptr = arch.next_offset(ptr, va, level)
             v = arch.read_entry(ptr)
@@ -308,7 +351,7 @@ class Explorer:
                     Violation(
                         "unguarded-write-landed",
                         f"{where}: a store to table pfn {pfn:#x} on cpu{arch.cpu_id} landed "
-                        f"(POR_EL1 {cpu.por_el1:#x})",
+                        f"({arch.PKEY_REG} {arch.pkey_reg(arch.cpu_id):#x})",
                     )
                 )
 
@@ -509,12 +552,14 @@ class Explorer:
         m = self.m
         arch, k = m.arch, m.k
         out: list[Violation] = []
-        for cpu in m.hw.cpus:
-            if cpu.por_el1 != arch.por_init:
+        init = arch.pkey_reg_init()
+        for cpu_id in range(len(m.hw.cpus)):
+            reg = arch.pkey_reg(cpu_id)
+            if reg != init:
                 out.append(
                     Violation(
-                        "por-el1-at-rest",
-                        f"cpu{cpu.cpu_id} POR_EL1 {cpu.por_el1:#x} (expected {arch.por_init:#x})",
+                        AT_REST_CHECK[arch.name],
+                        f"cpu{cpu_id} {arch.PKEY_REG} {reg:#x} (expected {init:#x})",
                     )
                 )
         for pfn in run.extra_tables:
@@ -534,8 +579,9 @@ class Explorer:
             k.pgtable.free_table(pfn)
         self._victims = []
         if not out and full_audit:
-            found = audit(m, cached=self.held)
-            out.extend(Violation("audit", f"{v.invariant}: {v.detail}") for v in found)
+            boot = set(self.boot_findings or ())
+            found = [f"{v.invariant}: {v.detail}" for v in audit(m, cached=self.held)]
+            out.extend(Violation("audit", f) for f in found if f not in boot)
         return out
 
     def points(self) -> list[str]:
@@ -558,6 +604,10 @@ class Summary:
     first: Outcome | None = None
     seconds: float = 0.0
     boots: int = 0
+    #: the machine the workload ran on (``cfg.machine`` as the workload needs it)
+    machine: MachineConfig | None = None
+    #: audit findings of the machine as booted, before any schedule (not violations)
+    boot_findings: list[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -636,6 +686,8 @@ def explore(
     summary.seconds = time.perf_counter() - t0
     summary.exhaustive_levels = [lv for lv, e in sorted(exhaustive.items()) if e]
     summary.boots = ex.boots
+    summary.machine = ex.machine_config
+    summary.boot_findings = list(ex.boot_findings or ())
     if progress is not None:
         progress(budget, budget)
     return summary
@@ -652,6 +704,7 @@ def schedule_text(cfg: ExploreConfig, schedule: Schedule, points: Sequence[str])
     mc = cfg.machine
     lines = [
         SCHEDULE_HEADER,
+        f"arch {mc.arch}",
         f"series {mc.series}",
         f"workload {cfg.workload}",
         f"memory {format_size(mc.memory)}",
@@ -674,7 +727,7 @@ def parse_schedule(text: str, file: str) -> tuple[ExploreConfig, Schedule]:
 
     machine: dict[str, Any] = {"memory": DEFAULT_MEMORY}
     workload = "guarded-paths"
-    disabled: set[str] = set()
+    disabled: dict[str, int] = {}  # step -> its line
     sched: list[tuple[int, str]] = []
     where: dict[str, int] = {}  # the line of each machine directive, for MachineConfig's errors
     lines = text.splitlines()
@@ -694,7 +747,11 @@ def parse_schedule(text: str, file: str) -> tuple[ExploreConfig, Schedule]:
 
         where[word] = n
 
-        if word == "series":
+        if word == "arch":
+            if rest not in ARCHES:
+                raise bad(f"arch: unknown {rest!r} (use {', '.join(ARCHES)})")
+            machine["arch"] = rest
+        elif word == "series":
             if rest not in SERIES:
                 raise bad(f"series: unknown {rest!r} (use {', '.join(SERIES)})")
             machine["series"] = rest
@@ -718,7 +775,7 @@ def parse_schedule(text: str, file: str) -> tuple[ExploreConfig, Schedule]:
         elif word == "disable":
             if rest not in STEPS:
                 raise bad(f"disable: unknown step {rest!r} (steps: {', '.join(STEPS)})")
-            disabled.add(rest)
+            disabled[rest] = n
         elif word == "inject":
             parts = rest.split()
             if len(parts) != 2 or not parts[0].isdigit():
@@ -728,9 +785,15 @@ def parse_schedule(text: str, file: str) -> tuple[ExploreConfig, Schedule]:
             sched.append((int(parts[0]), parts[1]))
         else:
             raise bad(
-                f"unknown directive {word!r} (series, workload, memory, cpus, seed, batching, "
-                "poe, hardened_pgtables, disable, inject)"
+                f"unknown directive {word!r} (arch, series, workload, memory, cpus, seed, "
+                "batching, poe, hardened_pgtables, disable, inject)"
             )
+    arch = machine.get("arch", "arm64")
+    for step, n in disabled.items():
+        try:
+            check_steps(arch, {step})
+        except InputError as err:
+            raise InputError(f"disable: {err.problem}", file=file, line=n) from None
     try:
         mc = MachineConfig(**machine)
     except ConfigError as err:  # at the directive it names ("memory must be ..."), else the end

@@ -234,12 +234,14 @@ class Process:
             self._setup_stack()
 
     def exit(self) -> None:
-        """``do_exit``: ``exit_mmap`` then switch to the idle task (rule 9)."""
+        """``do_exit``: ``exit_mm`` clears ``current->mm`` (the task tears its mm down as
+        a lazy-TLB kernel thread: a switch away and back does not load it again), then
+        ``exit_mmap`` and the switch to the idle task (rule 9)."""
         with self.kernel():
+            self.task.mm = None
             exit_mmap(self.mm)
             self.ctx.arch.switch_to(self.cpu, self.ctx.idle[self.cpu])
         self.alive = False
-        self.task.mm = None
 
     # -- user access --------------------------------------------------------------------
     def touch(self, addr: int, write: bool = False, value: int = 0xA5) -> None:

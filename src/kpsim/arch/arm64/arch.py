@@ -51,8 +51,6 @@ class Arm64(SetupMixin, EntryMixin, VmallocArchMixin, PgtableUserMixin):
         """Follow ``series``' kpkeys API, batching guard and exception return."""
         super().set_series(series)
         self.eret_always = series.eret_restore == "always"
-        if "in-interrupt-check" in self.disabled:  # v4's rule: TIF_LAZY_MMU alone
-            self.guard_tif, self.guard_irq = True, False
 
     # -- kpkeys arch hooks (asm/kpkeys.h) ----------------------------------------------------
     def arch_kpkeys_set_context(self, ctx: int) -> int:

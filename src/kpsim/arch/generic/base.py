@@ -103,11 +103,14 @@ class ArchBase:
         raise NotImplementedError
 
     def set_series(self, series: Series) -> None:
-        """Follow ``series``' kpkeys API and batching guard."""
+        """Follow ``series``' kpkeys API and batching guard (with ``kpsim explore``'s
+        ``in-interrupt-check`` switched off: v4's rule, ``TIF_LAZY_MMU`` alone)."""
         self.series = series
         self.skip_unchanged = series.skip_unchanged
         self.guard_tif = series.lazy_guard != "por"
         self.guard_irq = series.lazy_guard == "tif-irq"
+        if "in-interrupt-check" in self.disabled:  # v4's rule: TIF_LAZY_MMU alone
+            self.guard_tif, self.guard_irq = True, False
 
     def set_disabled(self, steps: frozenset[str]) -> None:
         """Switch protective steps off for study (``kpsim explore --disable``)."""

@@ -2,12 +2,14 @@
 
 There is no upstream x86 port of kpkeys; this follows the arm64 hooks of the series
 (``asm/kpkeys.h``) on Ira Weiny's PKS series (``pks_write_pkrs``: a WRMSR to
-``MSR_IA32_PKRS``, skipped when the per-CPU cached value already matches; the
+``MSR_IA32_PKRS``, skipped when the per-CPU ``pkrs_cache`` already matches; the
 exception entry code saves PKRS in ``pt_regs`` (``pks_save_pt_regs``), loads the
 initial value, and the return path writes the saved one back
-(``pks_restore_pt_regs``); the context switch writes the incoming thread's value)
-and on the rights of SDM 4.6.2 (AD and WD per key, no TLB flush, WRMSR to IA32_PKRS is
-not serialising, so nothing like arm64's ISB follows it).
+(``pks_restore_pt_regs``); the context switch writes the incoming thread's value,
+``pks_write_current``) and on the rights of SDM 4.6.2 (AD and WD per key, no TLB
+flush). WRMSR to IA32_PKRS is not serialising, but accesses the new value governs wait
+for it (WRPKRU's ordering, as the series' ``pks_write_pkrs`` comment says), so nothing
+like arm64's ISB follows it.
 
 Values (spec §2.2, a model choice): key 0 read/write in every context; key 1
 (``KPKEYS_PKEY_PGTABLES``) write-disabled (WD) in the default context and read/write
@@ -105,6 +107,8 @@ def exception_return_pkrs(cpu: X86Cpu, saved: int) -> None:
 
 
 def context_switch_pkrs(cpu: X86Cpu, prev: ThreadStruct, nxt: ThreadStruct) -> None:
-    """``pks_thread_switch``: save the live value; write the next one if it differs."""
+    """``pks_write_current`` from ``__switch_to``: write the next thread's value if it
+    differs; the live value is saved in the outgoing thread first (the series keeps the
+    thread's copy current instead: the same value while changes go through kpkeys)."""
     prev.pkrs = cpu.pkrs
     pks_write_pkrs(cpu, nxt.pkrs)

@@ -6,30 +6,50 @@ on entry with the feature and batching on, switch to ``KPKEYS_CTX_PGTABLES`` onc
 WRMSR to IA32_PKRS), saving the previous value in the thread; restore it on exit. x86
 needs no deferred barrier.
 
-Exceptions (Ira Weiny's PKS series, ``idtentry``): entry saves IA32_PKRS in
-``pt_regs`` and loads the initial value (WRMSR only if it differs); the return path
-writes the saved value back (only if it differs: ``pks_write_pkrs`` skips equal
-values). Context switch: ``pks_thread_switch`` writes the next thread's saved value if
-it differs; then ``switch_mm_irqs_off`` loads CR3 with the mm's PCID.
+Exceptions (Ira Weiny's PKS series, v9-v11, 2022: ``pks_save_pt_regs`` and
+``pks_restore_pt_regs``, called by the generic entry code's ``arch_save_aux_pt_regs``
+and ``arch_restore_aux_pt_regs`` in ``irqentry_enter``/``irqentry_exit``): entry saves
+PKRS in the auxiliary ``pt_regs`` and loads the initial value; the return path writes
+the saved value back; both through ``pks_write_pkrs``, whose per-CPU ``pkrs_cache``
+skips the WRMSR when the value is already there. Context switch: ``__switch_to`` calls
+``pks_write_current`` (earlier postings: ``x86_pkrs_load``), which writes the incoming
+thread's saved value if it differs; then ``switch_mm_irqs_off`` loads CR3 with the
+mm's PCID. The series saves the thread's software copy (``thread.pks_saved_pkrs``,
+kept up to date by ``pks_update_protection``); kpsim saves the MSR itself, as arm64
+saves POR_EL1: the same value while every change goes through the kpkeys hooks.
+
+With ``kpsim explore`` attached (``explore_hook``), each kpkeys WRMSR (guards and
+lazy-MMU entry/exit) runs with points before and after it (``pkrs_write:before``,
+``pkrs_write:after``) and ``lazy:enter`` marks a section's entry. There is no
+``isb:after``: WRMSR to IA32_PKRS is not serialising, but memory accesses the new
+value governs do not execute before it completes (the ordering of WRPKRU, which the
+series' ``pks_write_pkrs`` comment cites), so no barrier follows it and nothing can
+run between the write and its effect.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mypy_extensions import mypyc_attr
 
 from kpsim.arch.generic.entry import GenericEntryMixin
+from kpsim.arch.generic.kpkeys import kpkeys_check_context
 from kpsim.arch.generic.lazy_mmu import GenericLazyMmuMixin
 from kpsim.arch.x86.base import X86Base
 from kpsim.arch.x86.kpkeys import (
+    PKRS_MASK,
+    PKRS_SAVED,
     ThreadStruct,
     arch_kpkeys_restore_pkey_reg,
     arch_kpkeys_set_context,
     context_switch_pkrs,
     exception_entry_pkrs,
     exception_return_pkrs,
+    pkrs_set_kpkeys_context,
 )
+from kpsim.hw.x86.pkeys import MSR_IA32_PKRS
 from kpsim.mm.kpkeys_defs import KPKEYS_CTX_PGTABLES, KPKEYS_PKEY_REG_INVAL
 from kpsim.mm.sched import Task
 
@@ -43,10 +63,11 @@ class LazyMmuEntryMixin(GenericLazyMmuMixin, GenericEntryMixin, X86Base):
     # -- lazy MMU (the arch part; the nesting rules are GenericLazyMmuMixin's) ----------
     def lazy_mmu_enter_arch(self, task: Task) -> None:
         """Switch to ``KPKEYS_CTX_PGTABLES`` once for the section (batching on)."""
+        hook = self.explore_hook
+        if hook is not None:
+            hook("lazy:enter")
         if self.hardened_pgtables and self.batching and self.system_supports_poe():
-            saved = arch_kpkeys_set_context(self.cpu, KPKEYS_CTX_PGTABLES, self.skip_unchanged)
-            if saved == KPKEYS_PKEY_REG_INVAL:
-                self.k.counters["kpkeys_enter_skipped"] += 1
+            saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
             task.thread.pkrs_lazy_mmu = saved
             self.k.counters["kpkeys_guard_entries"] += 1
 
@@ -55,13 +76,16 @@ class LazyMmuEntryMixin(GenericLazyMmuMixin, GenericEntryMixin, X86Base):
         if self.hardened_pgtables and self.batching:
             saved = task.thread.pkrs_lazy_mmu
             task.thread.pkrs_lazy_mmu = KPKEYS_PKEY_REG_INVAL
-            arch_kpkeys_restore_pkey_reg(self.cpu, saved)
+            self.arch_kpkeys_restore_pkey_reg(saved)
 
     # -- exceptions ----------------------------------------------------------------------
     def exception_entry_pkey(self) -> int | None:
-        """``pks_save_pt_regs``: save PKRS in ``pt_regs``, load the initial value."""
-        if not self.system_supports_poe() or "reset-on-entry" in self.disabled:
+        """``pks_save_pt_regs``: save PKRS in ``pt_regs``, load the initial value
+        (``kpsim explore --disable reset-on-entry``: saved, not loaded)."""
+        if not self.system_supports_poe():
             return None
+        if "reset-on-entry" in self.disabled:
+            return self.cpu.pkrs
         return exception_entry_pkrs(self.cpu, self.pkrs_init)
 
     def exception_return_pkey(self, saved: int) -> None:
@@ -111,11 +135,40 @@ class LazyMmuEntryMixin(GenericLazyMmuMixin, GenericEntryMixin, X86Base):
         live = self.system.cpus[self.cpu_id].pkrs if self.current() is parent else None
         return ThreadStruct(pkrs=live if live is not None else parent.thread.pkrs)
 
+    # -- kpkeys arch hooks ------------------------------------------------------------
     def arch_kpkeys_set_context(self, ctx: int) -> int:
+        """``arch_kpkeys_set_context``/``arch_kpkeys_enter_context`` on IA32_PKRS; with
+        ``kpsim explore`` attached, the same with points around the WRMSR."""
+        hook = self.explore_hook
+        if hook is not None:
+            return self._set_context_explored(ctx, hook)
         saved = arch_kpkeys_set_context(self.cpu, ctx, self.skip_unchanged)
         if saved == KPKEYS_PKEY_REG_INVAL:
             self.k.counters["kpkeys_enter_skipped"] += 1
         return saved
 
     def arch_kpkeys_restore_pkey_reg(self, value: int) -> None:
+        hook = self.explore_hook
+        if hook is not None and value != KPKEYS_PKEY_REG_INVAL:
+            self._wrmsr_pkrs_explored(value & PKRS_MASK, hook)
+            return
         arch_kpkeys_restore_pkey_reg(self.cpu, value)
+
+    # -- the same, one step at a time, with kpsim explore's points between the steps --------
+    def _set_context_explored(self, ctx: int, hook: Callable[[str], None]) -> int:
+        cpu = self.cpu
+        kpkeys_check_context(ctx)
+        prev = cpu.pkrs
+        new = pkrs_set_kpkeys_context(prev, ctx)
+        if self.skip_unchanged and new == prev:
+            self.k.counters["kpkeys_enter_skipped"] += 1
+            return KPKEYS_PKEY_REG_INVAL
+        self._wrmsr_pkrs_explored(new, hook)
+        return prev | PKRS_SAVED
+
+    def _wrmsr_pkrs_explored(self, value: int, hook: Callable[[str], None]) -> None:
+        """WRMSR to IA32_PKRS with a point before and after it (no barrier follows: a
+        later access the new value governs waits for the write, as after WRPKRU)."""
+        hook("pkrs_write:before")
+        self.cpu.wrmsr(MSR_IA32_PKRS, value)
+        hook("pkrs_write:after")

@@ -35,6 +35,8 @@ NX), CPA_COLLAPSE (pages are never merged back), cache-attribute changes and clf
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from mypy_extensions import mypyc_attr
 
@@ -116,41 +118,66 @@ class SetMemoryMixin(PgtableMixin, TlbFlushMixin, X86Base):
 
     # -- the engine ------------------------------------------------------------------------
     def change_page_attr_set_clr(
-        self, addr: int, numpages: int, mask_set: int, mask_clr: int, *, alias: bool = True
+        self,
+        addr: int,
+        numpages: int,
+        mask_set: int,
+        mask_clr: int,
+        *,
+        alias: bool = True,
+        flush: bool = True,
     ) -> int:
         """Set and clear ``mask_set``/``mask_clr`` on ``numpages`` pages from ``addr``
         (4 KiB-PTE form of the bits); 0 or a negative errno. With the v6 block
         allocator on, its split protocol runs first (``kpkeys_prepare_direct_map_split``
         without the lock, ``kpkeys_ready_for_direct_map_split`` under ``cpa_lock``,
-        retried when not ready), as arm64's ``split_kernel_leaf_mapping`` does."""
+        retried when not ready), as arm64's ``split_kernel_leaf_mapping`` does, with
+        ``kpsim explore``'s points ``split:prepared`` and ``split:locked``. ``flush``
+        False leaves out the final ``cpa_flush`` (``kpsim explore``'s
+        ``tlbi-after-set-memory-pkey`` step; a split's own flush stays)."""
         start = addr & ~0xFFF
         if numpages <= 0:
             return 0
         hooks = self.kpkeys_split_hooks if self.hardened_pgtables else None
+        # cpa_lock serialises CPA only where the direct map has large pages (Linux skips
+        # it with debug_pagealloc, whose direct map is 4K-only, as linear_map="pte" is)
+        lock = int(self.linear_map_policy != "pte")
         for _attempt in range(MAX_SPLIT_ATTEMPTS):
             if hooks is not None:  # the v6 split protocol, before the lock
                 ret: int = hooks.kpkeys_prepare_direct_map_split()
                 if ret:
                     return ret
-            self.split_lock_depth += 1  # cpa_lock
+                if self.explore_hook is not None:
+                    self.explore_hook("split:prepared")
+            self.split_lock_depth += lock  # cpa_lock
             ready = True
             try:
-                if hooks is not None and not hooks.kpkeys_ready_for_direct_map_split():
+                if hooks is not None and not self._ready_for_split(hooks):
                     self.k.counters["split_not_ready"] += 1
                     ready = False
                 else:
+                    if hooks is not None and self.explore_hook is not None:
+                        self.explore_hook("split:locked")
                     changed = self._cpa_range(start, numpages, mask_set, mask_clr, alias)
             finally:
-                self.split_lock_depth -= 1
+                self.split_lock_depth -= lock
             if not ready:
                 continue
             if changed < 0:
                 return changed
-            if changed:
+            if changed and flush:
                 self.cpa_flush(start, numpages)
             return 0
         self.k.warn("change_page_attr_set_clr", "never ready for a direct map split")
         return ENOMEM
+
+    def _ready_for_split(self, hooks: Any) -> bool:
+        """``kpkeys_ready_for_direct_map_split()`` (always ready with ``kpsim explore
+        --disable reserve-ready-check``)."""
+        if "reserve-ready-check" in self.disabled:
+            return True
+        ready: bool = hooks.kpkeys_ready_for_direct_map_split()
+        return ready
 
     def _cpa_range(
         self, start: int, numpages: int, mask_set: int, mask_clr: int, alias: bool
@@ -226,7 +253,10 @@ class SetMemoryMixin(PgtableMixin, TlbFlushMixin, X86Base):
         return (n << 1) | 1
 
     def split_large_page(self, ptr: int, level: int, addr: int) -> int:
-        """``split_large_page`` + ``__split_large_page``: 0 or -ENOMEM."""
+        """``split_large_page`` + ``__split_large_page``: 0 or -ENOMEM. Linux drops
+        ``cpa_lock`` around the table's allocation; kpsim keeps it held there
+        (``split_lock_depth``), as the kpkeys allocators' sign that keying the new table
+        may need a split of its own (docs/fidelity.md)."""
         if self.fail_split is not None and self.fail_split.should_fail(1, f" (level {level})"):
             self.k.counters["split_injected"] += 1
             return ENOMEM
@@ -311,4 +341,15 @@ class SetMemoryMixin(PgtableMixin, TlbFlushMixin, X86Base):
             return ENOMEM
         self.k.counters["set_memory_pkey"] += 1
         self.k.counters["set_memory_pkey_page"] += numpages
-        return self.change_page_attr_set_clr(addr, numpages, pkey << e.PKEY_SHIFT, e.PKEY_MASK)
+        hook = self.explore_hook
+        if hook is None and not self.disabled:
+            return self.change_page_attr_set_clr(addr, numpages, pkey << e.PKEY_SHIFT, e.PKEY_MASK)
+        flush = "tlbi-after-set-memory-pkey" not in self.disabled
+        if hook is not None:
+            hook("set_memory_pkey:before")
+        ret = self.change_page_attr_set_clr(
+            addr, numpages, pkey << e.PKEY_SHIFT, e.PKEY_MASK, flush=flush
+        )
+        if hook is not None:
+            hook("set_memory_pkey:after")
+        return ret
