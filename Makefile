@@ -36,11 +36,13 @@ browser:
 	  || echo "make: chromium is missing and cannot be installed here (needs root and apt-get)"
 
 # The whole suite against the compiled core, then the same model as pure Python
-# (KPSIM_PURE=1) on a representative subset, so both builds are checked.
+# (KPSIM_PURE=1) on a representative subset, so both builds are checked. Both spread
+# over the machine's CPUs with pytest-xdist (PYTEST_JOBS=1: one process, in order).
 PURE_SUBSET := tests/hw tests/mm tests/kpkeys tests/test_core.py
+PYTEST_JOBS ?= auto
 test: lint build browser
-	$(BIN)/pytest
-	KPSIM_PURE=1 $(BIN)/pytest $(PURE_SUBSET)
+	$(BIN)/pytest -n $(PYTEST_JOBS)
+	KPSIM_PURE=1 $(BIN)/pytest -n $(PYTEST_JOBS) $(PURE_SUBSET)
 
 # The long fuzz run (tests/fuzz): 10^5 seeded mutational cases per input format, then
 # the same formats under atheris (coverage-guided) when it installs; make test runs a
