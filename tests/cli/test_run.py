@@ -219,16 +219,22 @@ cpu = 0
 """
 
 
-def test_attack_is_blocked_with_the_feature_and_lands_without(tmp_path, capsys):
-    """The [attack] campaign runs feature on (blocked) and off (the negative control lands)."""
-    status, doc = run_json(capsys, [write(tmp_path, ATTACK)])
+@pytest.mark.parametrize("arch", ["arm64", "x86"])
+def test_attack_is_blocked_with_the_feature_and_lands_without(tmp_path, capsys, arch):
+    """The [attack] campaign runs feature on (blocked) and off (the negative control
+    lands), on either architecture (``[machine] arch``)."""
+    text = ATTACK if arch == "arm64" else ATTACK.replace("[machine]\n", '[machine]\narch = "x86"\n')
+    status, doc = run_json(capsys, [write(tmp_path, text)])
+    assert doc["machine"].get("arch", "arm64") == arch
     assert status == 0
     on, off = doc["attack"]["on"], doc["attack"]["off"]
     assert on["landed_in_threat_model"] == 0 and on["targets"][0]["blocked"] == 2
     assert off["landed_in_threat_model"] == 2
     assert on["skipped"] == [{"class": "user_pte", "timing": "other_guard", "reason": "one CPU"}]
     assert doc["audit"]["machines"] == 5  # boot, the workload on and off, the attack on and off
-    assert main(["run", write(tmp_path, ATTACK)]) == 0
+    blocked = "blocked_esr" if arch == "arm64" else "blocked_pf_error_code"
+    assert on["targets"][0][blocked] is not None and off["targets"][0][blocked] is None
+    assert main(["run", write(tmp_path, text)]) == 0
     out = capsys.readouterr().out
     assert "feature on: 0/2 targeted page-table writes landed" in out
 
