@@ -617,7 +617,9 @@ class Summary:
 def possible(point: str, kind: str) -> bool:
     """Whether ``kind`` can happen at ``point``: a context switch is a call to
     ``schedule()`` from task context, never between an MSR and its ISB (preemption
-    comes through an exception, whose entry synchronises: the IRQ injections)."""
+    comes through an exception, whose entry synchronises: the IRQ injections). x86's
+    ``pkrs_write:after`` has no such window (no barrier follows the WRMSR): a switch
+    there is the same as at arm64's ``isb:after``."""
     return not (kind == "switch" and point == "por_write:after")
 
 
