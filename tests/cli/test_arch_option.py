@@ -31,6 +31,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "replay": (str(TRACE),),
     "reproduce": (),
     "sweep": (str(EXAMPLES / "grids" / "policies.toml"),),
+    "decode": ("pte", "0x0"),
 }
 
 
@@ -41,7 +42,7 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def test_every_named_verb_has_the_same_arch_option():
-    """Each of the twelve verbs has ``--arch`` with the choices arm64 and x86, default
+    """Each of the thirteen verbs has ``--arch`` with the choices arm64 and x86, default
     None (the one definition in kpsim.cli.arch_opts)."""
     subs = _subparsers()
     for verb in VERBS:

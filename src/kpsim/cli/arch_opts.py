@@ -2,8 +2,10 @@
 
 :func:`add_arch_option` adds the option (machine verbs get it through
 :func:`kpsim.cli.machine_opts.add_machine_options`; the verbs that boot no machine of
-their own, ``conform``, ``reproduce`` and ``sweep``, call it directly). The option's
-default is None: a scenario's ``[machine] arch`` then decides, else ``arm64``.
+their own, ``conform``, ``reproduce``, ``sweep`` and ``decode``, call it directly). The
+option's default is None: a scenario's ``[machine] arch`` then decides, else ``arm64``.
+The verbs without it take no architecture: ``compare`` runs both, ``report`` draws
+documents that name theirs, ``record`` and ``snapshot`` read this host.
 
 Where a verb cannot work on x86 yet, :data:`X86_GAPS` says in one line what x86
 lacks, and :func:`check_arch` (called by ``kpsim`` before the verb runs, and by the

@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from kpsim.cli.arch_opts import add_arch_option
 from kpsim.cli.common import add_json, emit_json
 from kpsim.errors import InputError
 from kpsim.hw.arm64.descriptors import NAME_LEVEL, Descriptor
@@ -39,6 +40,10 @@ CHOICES = (
 #: x86 kinds: an entry at a level of x86-64's 4-level paging, PKRS/PKRU, a #PF error code.
 X86_LEVEL = {"x86-pte": 1, "x86-pde": 2, "x86-pdpte": 3, "x86-pml4e": 4}
 X86_OTHER = ("pkrs", "pkru", "pf-error")
+#: ``--arch x86``: Linux's level names on x86-64 (pgd is the PML4 with 4-level paging,
+#: p4d folded into it) and what arm64's registers are there instead
+X86_NAMES = {"pte": "x86-pte", "pmd": "x86-pde", "pud": "x86-pdpte", "pgd": "x86-pml4e"}
+X86_INSTEAD = {"esr": "pf-error (x86 reports a #PF error code)", "por": "pkrs or pkru"}
 DESCRIPTION = """\
 Decode a value from a crash report, a page-table dump or a register read, and
 print every field in words.
@@ -55,7 +60,11 @@ in order (p4d= is skipped when it repeats pgd=, as arm64's folded p4d does).
 
 x86-64: x86-pte, x86-pde, x86-pdpte or x86-pml4e (an entry of 4-level paging: PT,
 PD, PDPT, PML4), pkrs or pkru (IA32_PKRS / PKRU: AD and WD of each of the 16
-protection keys), pf-error (a #PF error code, as an x86 oops prints it).
+protection keys), pf-error (a #PF error code, as an x86 oops prints it). With --arch
+x86, pte, pmd, pud and pgd (p4d) are Linux's names for those four on x86-64. An x86
+oops pasted as text is decoded too: `#PF: error_code(0x0003)` (show_fault_oops), the
+`PGD 1234067 P4D 1234067 PUD ... PMD ... PTE ...` line (dump_pagetable) and `PKRU:
+55555554` / `PKRS: ...`.
 """
 EPILOG = """\
 examples:
@@ -67,13 +76,20 @@ examples:
   kpsim decode x86-pte 0x8800000101234063   x86 PTE: NX, pkey 1, dirty, writable
   kpsim decode pkrs 0x8                 IA32_PKRS: pkey 1 write-disabled
   kpsim decode pf-error 0x23            supervisor write blocked by a protection key
+  kpsim decode --arch x86 pmd 0x80000001002000e3   an x86 PMD: a 2 MiB page
+  kpsim decode '#PF: error_code(0x0023) - protection keys violation'
 """
 #: ``ESR = 0x..`` (mem_abort_decode), ``pgd=%016llx`` ... (show_pte), ``POR_EL1 = ...``
+#: and x86's: ``#PF: error_code(0x%04lx)`` (show_fault_oops), ``PGD %lx P4D %lx PUD
+#: %lx PMD %lx PTE %lx`` (dump_pagetable, upper case, no ``=``), ``PKRU: %08x``
+#: (__show_regs) or ``PKRS: ...``
 _SPLAT = re.compile(
-    r"\b(?:(?P<esr>ESR(?:_EL1)?)\s*[=:]\s*(?P<esrv>(?:0x)?[0-9a-fA-F]+)"
-    r"|(?P<por>POR(?:_EL[01])?)\s*[=:]\s*(?P<porv>(?:0x)?[0-9a-fA-F]+)"
-    r"|(?P<lvl>pgd|p4d|pud|pmd|pte)=(?P<lvlv>(?:0x)?[0-9a-fA-F]+))\b",
-    re.IGNORECASE,
+    r"\b(?:(?P<esr>(?i:ESR(?:_EL1)?))\s*[=:]\s*(?P<esrv>(?:0x)?[0-9a-fA-F]+)"
+    r"|(?P<por>(?i:POR(?:_EL[01])?))\s*[=:]\s*(?P<porv>(?:0x)?[0-9a-fA-F]+)"
+    r"|(?P<lvl>(?i:pgd|p4d|pud|pmd|pte))=(?P<lvlv>(?:0x)?[0-9a-fA-F]+))\b"
+    r"|error_code\((?P<pfv>0x[0-9a-fA-F]+)\)"
+    r"|\b(?P<pkr>PKR[US]):\s*(?P<pkrv>(?:0x)?[0-9a-fA-F]+)\b"
+    r"|\b(?P<x86lvl>PGD|P4D|PUD|PMD|PTE) (?P<x86lvlv>[0-9a-f]+)\b"
 )
 _BARE_HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
 
@@ -99,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="VALUE",
         help="the value: 0x..., 16 bare hex digits, decimal",
     )
+    add_arch_option(p)
     add_json(p)
     p.set_defaults(func=run, usage_error=p.error)
 
@@ -107,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if args.value is None and (args.what == "-" or _SPLAT.search(args.what)):
         text = sys.stdin.read() if args.what == "-" else args.what
         return _splat(text, args.json)
-    what = register_name(args.what)
+    what = register_name(args.what, args.arch)
     if args.value is None:  # argparse's own message and exit status for a missing VALUE
         args.usage_error("the following arguments are required: VALUE")
     title, rows, doc = decode_value(what, parse_value(args.value, what))
@@ -138,14 +155,24 @@ def splat_values(text: str) -> list[tuple[str, int]]:
     out when it repeats the ``pgd=`` before it (p4d is folded into pgd on arm64)."""
     out: list[tuple[str, int]] = []
     for m in _SPLAT.finditer(text):
+        folded = False
         if m.group("esr"):
             what, raw = "esr", m.group("esrv")
         elif m.group("por"):
             what, raw = "por", m.group("porv")
+        elif m.group("pfv"):
+            what, raw = "pf-error", m.group("pfv")
+        elif m.group("pkr"):
+            what, raw = m.group("pkr").lower(), m.group("pkrv")
+        elif m.group("x86lvl"):
+            name = m.group("x86lvl").lower()
+            what, raw = X86_NAMES["pgd" if name == "p4d" else name], m.group("x86lvlv")
+            folded = name == "p4d"
         else:
             what, raw = register_name(m.group("lvl")), m.group("lvlv")
+            folded = m.group("lvl").lower() == "p4d"
         value = parse_u64(raw if raw.lower().startswith("0x") else f"0x{raw}", what=what)
-        if m.group("lvl") and m.group("lvl").lower() == "p4d" and out and out[-1] == (what, value):
+        if folded and out and out[-1] == (what, value):
             continue
         out.append((what, value))
     return out
@@ -156,7 +183,8 @@ def _splat(text: str, as_json: bool) -> int:
     if not values:
         raise InputError(
             "no value found in the text: expected ESR = 0x..., pgd=/pud=/pmd=/pte=... "
-            "(show_pte) or POR_EL1 = 0x..."
+            "(show_pte) or POR_EL1 = 0x... (arm64); #PF: error_code(0x...), PGD ... PTE ... "
+            "(dump_pagetable), PKRU: or PKRS: (x86)"
         )
     docs = [decode_value(what, value) for what, value in values]
     if as_json:
@@ -166,12 +194,17 @@ def _splat(text: str, as_json: bool) -> int:
     return 0
 
 
-def register_name(text: str) -> str:
-    """``pte``/``pmd``/``pud``/``pgd``/``esr``/``por`` (case-insensitive, ``_el1`` aliases)."""
+def register_name(text: str, arch: str | None = None) -> str:
+    """``pte``/``pmd``/``pud``/``pgd``/``esr``/``por`` (case-insensitive, ``_el1`` aliases);
+    with ``arch`` x86, Linux's level names mean x86-64's entries (:data:`X86_NAMES`)."""
     name = text.strip().lower()
     name = ALIASES.get(name, name)
     if name not in NAME_LEVEL and name not in ("esr", "por", *X86_LEVEL, *X86_OTHER):
         raise InputError(f"unknown register {text!r}: use {CHOICES}")
+    if arch == "x86":
+        if name in X86_INSTEAD:
+            raise InputError(f"--arch x86: {name} is arm64's; on x86 use {X86_INSTEAD[name]}")
+        return X86_NAMES.get(name, name)
     return name
 
 
