@@ -219,6 +219,12 @@ SCHEDULE_SEED = (
     b"# kpsim explore schedule\nseries v7\nworkload guarded-paths\nmemory 256M\ncpus 2\n"
     b"seed 0\nbatching on\npoe on\nhardened_pgtables on\ninject 3 irq  # at x\n"
 )
+#: the same on x86 (its ``arch`` line, a step x86 has and one it refuses)
+SCHEDULE_SEED_X86 = (
+    b"# kpsim explore schedule\narch x86\nseries enter-leave\nworkload guarded-paths\n"
+    b"memory 256M\ncpus 2\ndisable reset-on-entry\ndisable isb-after-por-write\n"
+    b"inject 2 irq-free  # at pkrs_write:after\n"
+)
 
 
 @dataclass(frozen=True)
@@ -246,7 +252,10 @@ FILE_FORMATS = {
         lambda p: ["replay", p],
     ),
     "schedule": Format(
-        "schedule", ".sched", lambda: [SCHEDULE_SEED], lambda p: ["explore", "--replay", p]
+        "schedule",
+        ".sched",
+        lambda: [SCHEDULE_SEED, SCHEDULE_SEED_X86],
+        lambda p: ["explore", "--replay", p],
     ),
     "snapshot": Format("snapshot", ".json", snapshot_seeds, lambda p: []),
     "grid": Format(
