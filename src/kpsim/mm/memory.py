@@ -238,13 +238,13 @@ def handle_mm_fault(mm: MmStruct, addr: int, write: bool) -> None:
     slot = addr >> 21
     if slot in mm.thp:
         return huge_pmd_fault(mm, vma, addr, write)
+    tpfn = mm.tables[3].get(slot)  # pxd_alloc, entry_ptr and read_entry, inlined
     if (
-        slot not in mm.tables[3]
+        tpfn is None
         and thp_eligible(mm.ctx, vma, addr)
         and do_huge_pmd_anonymous_page(mm, vma, addr, write)
     ):
         return None
-    tpfn = mm.tables[3].get(slot)  # pxd_alloc, entry_ptr and read_entry, inlined
     pte_pa = pxd_alloc(mm, 3, addr) if tpfn is None else tpfn << PAGE_SHIFT
     arch = mm.ctx.arch
     idx = (addr >> PAGE_SHIFT) & 0x1FF
@@ -603,18 +603,18 @@ def _zap_small(
         arch.pt_store_batch(tpa, nz + a, np.uint64(0))
     finally:
         arch.arch_leave_lazy_mmu_mode()
-    kind = ctx.kind
-    kinds = [kind.item(p - base) for p in pfns]
+    kind = ctx.kind1  # (the scalar views: one entry as a Python int, no numpy scalar)
+    kinds = [kind[p - base] for p in pfns]
     starts = [j for j, k in enumerate(kinds) if k != ZERO]  # each small folio a batch
     counters = ctx.k.counters
     counters["zap_pte"] += len(pidx)
     counters["zap_folio"] += len(starts)
     mm.rss_anon -= kinds.count(ANON)  # rss_delta(mm, pfns, -1)
     mm.rss_file -= kinds.count(FILE)
-    mc = ctx.mapcount  # put_pages: drop a mapping each, free the unmapped ones
+    mc = ctx.mapcount1  # put_pages: drop a mapping each, free the unmapped ones
     for p in pfns:
         mc[p - base] -= 1
-    dead = sorted({p for p in pfns if mc.item(p - base) == 0})
+    dead = sorted({p for p in pfns if mc[p - base] == 0})
     if dead:
         ctx.k.page_alloc.free_pages_bulk(dead)
     addrs = [(slot << 21) + (i << PAGE_SHIFT) for i in pidx]

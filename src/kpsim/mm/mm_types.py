@@ -31,8 +31,9 @@ from kpsim.mm.arch_ops import ArchOps
 from kpsim.mm.gfp import GFP_HIGHUSER_MOVABLE, GFP_PGTABLE_USER, Gfp
 from kpsim.mm.kernel import Kernel
 
-#: page_prot by (architecture class, VM_READ|VM_WRITE|VM_EXEC|VM_SHARED bits)
-_PAGE_PROT: Final[dict[tuple[type, int], int]] = {}
+#: page_prot by architecture class, then by the VM_READ|VM_WRITE|VM_EXEC|VM_SHARED bits
+#: (-1: not computed yet)
+_PAGE_PROT: Final[dict[type, list[int]]] = {}
 
 PAGE_SHIFT: Final = 12
 PAGE_SIZE: Final = 1 << PAGE_SHIFT
@@ -113,11 +114,13 @@ class Vma:
         """``vm_get_page_prot`` of the READ/WRITE/EXEC/SHARED bits (a pure function of
         the bits and the architecture: computed once per pair)."""
         f = int(self.flags) & 15  # plain ints: IntFlag arithmetic is slow on the fault path
-        key = (type(arch), f)
-        prot = _PAGE_PROT.get(key)
-        if prot is None:
+        prots = _PAGE_PROT.get(type(arch))
+        if prots is None:
+            prots = _PAGE_PROT[type(arch)] = [-1] * 16
+        prot = prots[f]
+        if prot < 0:
             prot = arch.vm_get_page_prot(bool(f & 1), bool(f & 2), bool(f & 4), bool(f & 8))
-            _PAGE_PROT[key] = prot
+            prots[f] = prot
         return prot
 
 

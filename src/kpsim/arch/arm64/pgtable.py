@@ -20,7 +20,7 @@ fault on a table page: pkey 1 is readable in every context).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -53,7 +53,7 @@ def pgprot_tagged(prot: int) -> int:
 
 
 #: ``por_set_kpkeys_context(por, KPKEYS_CTX_PGTABLES)`` by ``por`` (a pure function)
-_PGTABLES_POR: dict[int, int] = {}
+_PGTABLES_POR: Final[dict[int, int]] = {}
 
 
 def sect_prot(prot: int) -> int:
@@ -106,10 +106,12 @@ class PgtableMixin(GenericPgtableMixin, Arm64Base):
         if self.explore_hook is not None:
             GenericPgtableMixin.pt_store(self, ptr, value)
             return
-        cpu = self.system.cpus[self.cpu_id]
+        cpu_id = self.cpu_id  # (each attribute of the arch object is a dict look-up)
+        cpu = self.system.cpus[cpu_id]
+        counters = self.k.counters
         guard = self.hardened_pgtables
         if guard and self.batching and self.guard_tif:  # _guard_needed(), inlined
-            pc = self.percpu[self.cpu_id]
+            pc = self.percpu[cpu_id]
             guard = (self.guard_irq and pc.irq_depth > 0) or not pc.current.tif_lazy_mmu
         if guard and cpu.poe:  # arch_kpkeys_set_context, the store, restore_pkey_reg
             prev = cpu.por_el1
@@ -118,22 +120,22 @@ class PgtableMixin(GenericPgtableMixin, Arm64Base):
                 if len(_PGTABLES_POR) > 4096:
                     _PGTABLES_POR.clear()
                 por = _PGTABLES_POR[prev] = por_set_kpkeys_context(prev, KPKEYS_CTX_PGTABLES)
-            self.k.counters["kpkeys_guard_entries"] += 1
+            counters["kpkeys_guard_entries"] += 1
             if por == prev and self.skip_unchanged:  # enter_context: nothing to write
-                self.k.counters["kpkeys_enter_skipped"] += 1
+                counters["kpkeys_enter_skipped"] += 1
                 cpu.store(ptr, value)
             else:
                 cpu.store_with_por_el1(ptr, value, por)
         elif guard:
             saved = self.arch_kpkeys_set_context(KPKEYS_CTX_PGTABLES)
-            self.k.counters["kpkeys_guard_entries"] += 1
+            counters["kpkeys_guard_entries"] += 1
             try:
                 cpu.store(ptr, value)
             finally:
                 arch_kpkeys_restore_pkey_reg(cpu, saved)
         else:
             cpu.store(ptr, value)
-        self.k.counters["pte_write"] += 1
+        counters["pte_write"] += 1
         hook = self.irq_hook
         if hook is not None:
             hook()

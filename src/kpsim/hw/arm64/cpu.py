@@ -200,13 +200,13 @@ class Cpu:
     # -- translation -------------------------------------------------------------
     def translate(self, va: int, *, el: int = 1, write: bool = False) -> TlbEntry | Fault:
         """Look ``va`` up in the TLB, walking and filling on a miss."""
-        if va >= KERNEL_VA_START:
-            key = va >> 12
-            e = self.tlb.entries.get(key)
-        else:
+        if va < USER_VA_END:  # (a user VA is word-sized; KERNEL_VA_START is not)
             key = ((self.asid + 1) << ASID_SHIFT) | (va >> 12)
             d = self.tlb.asids.get(self.asid + 1)
             e = None if d is None else d.get(key)
+        else:  # the kernel half (a non-canonical VA's key matches nothing, and faults)
+            key = va >> 12
+            e = self.tlb.entries.get(key)
         if e is not None:
             self.tlb_hits += 1
             return e
@@ -301,13 +301,13 @@ class Cpu:
     # -- the access API ------------------------------------------------------------
     def store(self, va: int, value: int, size: int = 8, el: int = 1) -> None:
         """Store ``size`` bytes (1, 2, 4, 8) little-endian at ``va``; raise AccessFault."""
-        if va >= KERNEL_VA_START:
-            key = va >> 12
-            hit = self.tlb.entries.get(key)
-        else:
+        if va < USER_VA_END:  # (a user VA is word-sized; KERNEL_VA_START is not)
             key = ((self.asid + 1) << ASID_SHIFT) | (va >> 12)
             d = self.tlb.asids.get(self.asid + 1)
             hit = None if d is None else d.get(key)
+        else:  # the kernel half (a non-canonical VA's key matches nothing, and faults)
+            key = va >> 12
+            hit = self.tlb.entries.get(key)
         if hit is None:
             filled = self._fill(va, key, el, True)
             if isinstance(filled, Fault):
@@ -387,13 +387,13 @@ class Cpu:
         The same translation, checks and counters as :meth:`store`/:meth:`load` with
         ``size=1, el=0``, the fault counted but returned as False instead of raised.
         """
-        if va >= KERNEL_VA_START:
-            key = va >> 12
-            e = self.tlb.entries.get(key)
-        else:
+        if va < USER_VA_END:  # (a user VA is word-sized; KERNEL_VA_START is not)
             key = ((self.asid + 1) << ASID_SHIFT) | (va >> 12)
             d = self.tlb.asids.get(self.asid + 1)
             e = None if d is None else d.get(key)
+        else:  # the kernel half (a non-canonical VA's key matches nothing, and faults)
+            key = va >> 12
+            e = self.tlb.entries.get(key)
         if e is None:
             filled = self._fill_code(va, key)
             if isinstance(filled, int):
