@@ -140,3 +140,33 @@ def test_free_tail_counts_the_tail_pages_of_a_compound_free():
     assert pa.counters["free_tail"] == 0
     pa.free_pages(pfn, 9)
     assert pa.counters["free_tail"] == 511
+
+
+def _state(p: PerCpuPages) -> tuple[object, ...]:
+    return (list(p.lists), p.count, p.high, p.free_count, p.alloc_factor, p.flags,
+            dict(p.counters))  # fmt: skip
+
+
+@given(
+    st.lists(st.tuples(st.booleans(), st.sampled_from(_ORDERS)), max_size=200),
+    st.integers(1, 3000),
+    st.sampled_from((1 << 10, 1 << 14, 1 << 18)),
+)
+def test_free_order0_is_n_frees_of_one_page(ops, n, managed):
+    """free_order0(n) leaves the lists, counts, tuning state and counters exactly as n
+    free(0) calls do, from any state a mix of allocations and frees leads to; control:
+    n - 1 frees leave a different state."""
+    a, b, c = _pcp(managed), _pcp(managed), _pcp(managed)
+    for p in (a, b, c):
+        for is_alloc, order in ops:
+            if is_alloc:
+                p.alloc(order, 1 << 20)
+            else:
+                p.free(order)
+    a.free_order0(n)
+    for _ in range(n):
+        b.free(0)
+    for _ in range(n - 1):
+        c.free(0)
+    assert _state(a) == _state(b)
+    assert _state(c) != _state(b)

@@ -552,8 +552,7 @@ class PageAllocator:
             c[_FREE_KEYS[0]] += size
             pcp = self.pcp
             pcp.setup(self.managed_pages)
-            for _ in range(size):
-                pcp.free(0)
+            pcp.free_order0(size)
             i += size
 
     def free_contig_range(self, pfn: int, nr_pages: int) -> None:

@@ -202,6 +202,29 @@ class PerCpuPages:
         if self.count >= high:
             self._free_pcppages_bulk(self._nr_pcp_free(batch, high, free_high), i)
 
+    def free_order0(self, n: int) -> None:
+        """:meth:`free` of ``n`` order-0 pages in a row (``free_pages_bulk``'s run of
+        single pages), a stretch of frees between two drains at a time: the same lists,
+        counts, ``free_count``, flags, ``high`` and drains as ``n`` calls. (Per page,
+        ``alloc_factor`` halves and the high-order flag clears, both idempotent or
+        composable; ``high`` is clamped to the same value each time; a drain comes at
+        the first page that brings ``count`` to ``high``.)"""
+        if n <= 0:
+            return
+        self.alloc_factor >>= min(n, 63)
+        self.flags &= ~PCPF_PREV_FREE_HIGH_ORDER
+        cap = self.batch << PCP_BATCH_SCALE_MAX
+        while n > 0:
+            high = self._nr_pcp_high(False)
+            k = min(n, max(high - self.count, 1))  # pages until count reaches high
+            self.lists[0] += k
+            self.count += k
+            if self.free_count < cap:
+                self.free_count = min(self.free_count + k, cap)
+            n -= k
+            if self.count >= high:
+                self._free_pcppages_bulk(self._nr_pcp_free(self.batch, high, False), 0)
+
     def _nr_pcp_high(self, free_high: bool) -> int:
         """``nr_pcp_high()`` without the reclaim and below-high throttles."""
         high = self._clamp_high()
