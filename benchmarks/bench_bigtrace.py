@@ -4,9 +4,10 @@ and replayed, next to the build's own run time.
 The project is kpsim's compiled core: ``tools/build_core.py --force`` (mypyc, then gcc
 on every module, two jobs) run on a copy of this tree under ``kpsim record --vmpte``,
 which gives about 1.6 million trace records from some 550 processes (gcc, cc1, as, ld,
-python) and each process's VmPTE at exit. ``KPSIM_BIG_TRACE=FILE`` replays FILE (with
-its ``FILE.vmpte.json`` if there is one) instead of recording; without perf, or not as
-root, and without that variable, the benchmark says so and measures nothing.
+python), each process's VmPTE at exit and its argument area. ``KPSIM_BIG_TRACE=FILE``
+replays FILE (with its ``FILE.vmpte.json`` and ``FILE.args.json`` if there are)
+instead of recording; without perf, or not as root, and without that variable, the
+benchmark says so and measures nothing.
 
 Figures, each timed once (the trace is too large to repeat): records; parse seconds
 (``read_trace``); replay seconds (``replay_events`` on a fresh 8 GiB, 2-CPU machine,
@@ -59,6 +60,13 @@ def _record(work: Path) -> Path | None:
     return trace
 
 
+def _areas(trace: Path) -> dict[int, tuple[int, int]] | None:
+    side = Path(f"{trace}.args.json")
+    if not side.exists():
+        return None
+    return {int(k): (v[0], v[1]) for k, v in json.loads(side.read_text()).items()}
+
+
 def _live(trace: Path) -> dict[int, int]:
     side = Path(f"{trace}.vmpte.json")
     if not side.exists():
@@ -78,7 +86,7 @@ def main() -> dict[str, float]:
         parse = time.perf_counter() - t0
         m = boot(memory="8G", cpus=2)
         t1 = time.perf_counter()
-        res = replay_events(m, events, file=str(trace))
+        res = replay_events(m, events, file=str(trace), arg_areas=_areas(trace))
         replay = time.perf_counter() - t1
         live = _live(trace)
     n = len(events)

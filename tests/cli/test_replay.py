@@ -153,3 +153,30 @@ def test_replay_text_on_x86_names_its_events(capsys: pytest.CaptureFixture[str])
     counters = next(ln for ln in out.splitlines() if ln.strip().startswith("counters:"))
     assert "pkrs_write" in counters and "invlpg" in counters and "isb" not in counters
     assert "sensitivity range" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("[1, 2]", "expected {"), ('{"7": [9, 8]}', "expected {"), ("{", "not JSON")],
+)
+def test_replay_bad_args_sidecar_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, problem: str
+) -> None:
+    """A malformed FILE.args.json: one line naming it, exit 2, nothing replayed."""
+    trace = tmp_path / "t.trace"
+    trace.write_text((TRACES / "true.trace").read_text())
+    side = tmp_path / "t.trace.args.json"
+    side.write_text(text)
+    rc, out, err = _run(capsys, "replay", "--memory", "256M", str(trace))
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"kpsim replay: {side}: {problem}")
+
+
+def test_replay_reads_the_args_sidecar(capsys: pytest.CaptureFixture[str]) -> None:
+    """``big-env.trace`` with its FILE.args.json: the replay names the sidecar it used
+    and agrees with the live VmPTE (tests/workloads/test_replay.py has the control)."""
+    trace = TRACES / "big-env.trace"
+    rc, out, _ = _run(capsys, "replay", "--json", "--memory", "256M", str(trace))
+    doc = json.loads(out)
+    assert rc == 0 and doc["arg_areas"] == f"{trace}.args.json"
+    assert doc["agreement"] == {"compared": 1, "agree": 1, "differ": []}

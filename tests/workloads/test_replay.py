@@ -19,8 +19,17 @@ BASE = 0x7F00_0000_0000  # 2 MiB aligned, 1 GiB aligned
 PTE_SPAN = 1 << 21
 
 
-def _replay(path: Path, *, lazy: bool = True) -> ReplayResult:
-    return replay_events(boot(memory="256M", cpus=2), read_trace(path), file=str(path), lazy=lazy)
+def _areas(path: Path) -> dict[int, tuple[int, int]] | None:
+    """The recorded argument areas (``FILE.args.json``), if the trace has them."""
+    side = Path(f"{path}.args.json")
+    if not side.exists():
+        return None
+    return {int(k): (v[0], v[1]) for k, v in json.loads(side.read_text()).items()}
+
+
+def _replay(path: Path, *, lazy: bool = True, areas: bool = True) -> ReplayResult:
+    return replay_events(boot(memory="256M", cpus=2), read_trace(path), file=str(path),
+                         lazy=lazy, arg_areas=_areas(path) if areas else None)  # fmt: skip
 
 
 def _agreement(path: Path, res: ReplayResult) -> tuple[int, int, list[str]]:
@@ -55,12 +64,44 @@ def test_stored_trace_replays_and_agrees_with_live_vmpte(path: Path) -> None:
 
 
 def test_agreement_over_all_stored_traces_is_exact() -> None:
-    """Over every stored trace, all processes agree (measured: 43 of 43)."""
+    """Over every stored trace, all processes agree (measured: 44 of 44)."""
     ok = n = 0
     for path in WITH_VMPTE:
         a, b, _ = _agreement(path, _replay(path))
         ok, n = ok + a, n + b
     assert n >= 40 and ok == n
+
+
+def test_exec_argument_strings_build_their_own_stack_tables() -> None:
+    """``big-env.trace``: python3 execs ``true`` with 2.4 MB of environment, whose
+    strings (copied by execve's copy_strings through get_user_pages: no traced fault)
+    span two more 2 MiB stack spans than its traced stack faults. With the recorded
+    argument area the replay builds those PTE tables and agrees with the live VmPTE (11);
+    without it (the negative control) it is two tables short."""
+    path = TRACES / "big-env.trace"
+    live = json.loads(Path(f"{path}.vmpte.json").read_text())
+    ((pid, want),) = live.items()
+    ((arg_start, env_end),) = _areas(path).values()  # type: ignore[union-attr]
+    assert env_end - arg_start > 2 << 20  # more than a PTE table's span of strings
+    with_areas = _replay(path).processes[0]
+    without = _replay(path, areas=False).processes[0]
+    assert with_areas.pid == int(pid) and with_areas.pt_pages_at_exit == want == 11
+    assert without.pt_pages_at_exit == want - 2
+
+
+def test_exec_arg_pages_places_only_each_groups_last_exec() -> None:
+    """The area read at exit is the last exec's: a group's earlier exec (sh running
+    ``exec true``) gets nothing; the range ends above env_end by the filename, its
+    NUL and the stack's top word."""
+    from kpsim.workloads.replay import exec_arg_pages
+    from kpsim.workloads.trace import ProcessExec
+
+    def ex(line: int, name: str) -> ProcessExec:
+        return ProcessExec(line, "sh", 7, 7, 0, 1.0 + line, name, 7)
+
+    evs = [ex(3, "/bin/sh"), ex(9, "/bin/true")]
+    got = exec_arg_pages(evs, {7: (0x7FFF_0000_1000, 0x7FFF_0000_2000), 8: (1, 2)})
+    assert got == {9: (0x7FFF_0000_1000, 0x7FFF_0000_2000 + len("/bin/true") + 1 + 8)}
 
 
 def test_without_lazy_vmas_the_exec_image_faults_are_refused() -> None:

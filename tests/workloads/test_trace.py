@@ -473,13 +473,20 @@ def test_non_leader_exec_takes_the_leader_pid() -> None:
 # --- agreement with the live kernel -------------------------------------------------
 
 
-def _fault_slots(ops: list[MemOp]) -> dict[int, int]:
-    """Per process that exec'd: PTE + PMD + PUD slots its faults touched since exec."""
+def _fault_slots(
+    ops: list[MemOp], areas: dict[int, tuple[int, int]] | None = None
+) -> dict[int, int]:
+    """Per process that exec'd: PTE + PMD + PUD slots its faults touched since exec, and
+    those of its argument area at exit (``areas``: the strings its last exec copied
+    without a traced fault; a process execs once in these traces)."""
     slots: dict[int, set[tuple[int, int]]] = {}
     done: dict[int, int] = {}
     for o in ops:
         if isinstance(o, Exec):
             slots[o.pid] = set()
+            lo, hi = (areas or {}).get(o.pid, (0, 0))
+            for page in range(lo >> 12, (hi + 4095) >> 12):
+                slots[o.pid] |= {(s, page << 12 >> s) for s in (21, 30, 39)}
         elif isinstance(o, Fault) and o.pid in slots:
             slots[o.pid] |= {(s, o.address >> s) for s in (21, 30, 39)}
         elif isinstance(o, Exit) and o.group_dead and o.pid in slots:
@@ -494,7 +501,11 @@ def test_fault_slots_match_vmpte_at_exit(path: Path) -> None:
     for most processes (this naive count ignores tables munmap frees, which the replay
     models: tests/workloads/test_replay.py requires exact agreement there)."""
     vmpte = {int(k): v for k, v in json.loads(Path(f"{path}.vmpte.json").read_text()).items()}
-    predicted = _fault_slots(list(memory_ops(read_trace(path))))
+    side = Path(f"{path}.args.json")
+    areas = None
+    if side.exists():
+        areas = {int(k): (v[0], v[1]) for k, v in json.loads(side.read_text()).items()}
+    predicted = _fault_slots(list(memory_ops(read_trace(path))), areas)
     agree = sum(predicted[p] == vmpte[p] for p in predicted)
     assert predicted and agree >= 0.8 * len(predicted)
 
@@ -605,6 +616,10 @@ def test_record_true_end_to_end_with_vmpte(
     (exe,) = [o for o in ops if isinstance(o, Exec)]
     vmpte = json.loads(Path(f"{out_file}.vmpte.json").read_text())
     assert list(vmpte) == [str(exe.pid)] and _fault_slots(ops) == {exe.pid: vmpte[str(exe.pid)]}
+    # the argument area at exit: true's own strings, below the stack's top
+    ((pid, (arg_start, env_end)),) = json.loads(Path(f"{out_file}.args.json").read_text()).items()
+    assert pid == str(exe.pid) and 0 < env_end - arg_start < 1 << 20
+    assert doc["args_file"] == f"{out_file}.args.json"
 
 
 @needs_perf

@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--vmpte",
         action="store_true",
-        help="also read each process's VmPTE at exit (ptrace) into FILE.vmpte.json",
+        help="also read each process's VmPTE at exit (ptrace) into FILE.vmpte.json, and "
+        "its argument area (arg_start..env_end) into FILE.args.json",
     )
     p.add_argument(
         "--allow-missing",
@@ -150,6 +151,7 @@ def _record_doc(res: RecordResult, summary: dict[str, Any]) -> dict[str, Any]:
         "missing": list(res.missing),
         "vmpte_file": path(res.vmpte_file),
         "vmpte": None if res.vmpte is None else {str(k): v for k, v in res.vmpte.items()},
+        "args_file": path(res.args_file),
         "perf_data": path(res.perf_data),
         "summary": summary,
     }
@@ -194,6 +196,8 @@ def _print_record(
         say("  no events lost")
     if res.vmpte_file is not None and res.vmpte is not None:
         say(f"  VmPTE at exit of {plural(len(res.vmpte), 'process')}: {res.vmpte_file}")
+    if res.args_file is not None and res.arg_areas is not None:
+        say(f"  argument areas of {plural(len(res.arg_areas), 'process')}: {res.args_file}")
     if res.perf_data is not None:
         say(f"  perf data kept at {res.perf_data}")
 

@@ -80,17 +80,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _replay(
-    cfg: MachineConfig, events: list[Any], file: str, progress: bool = False
+    cfg: MachineConfig,
+    events: list[Any],
+    file: str,
+    progress: bool = False,
+    areas: dict[int, tuple[int, int]] | None = None,
 ) -> tuple[Any, dict[str, int]]:
     """Boot ``cfg``, replay; the result and the counters the replay added. With
-    ``progress``, the boot's steps and the trace line reached on a bar."""
+    ``progress``, the boot's steps and the trace line reached on a bar; ``areas``: the
+    recorded argument areas (``FILE.args.json``)."""
     from kpsim.workloads.replay import replay_events
 
     with progress_bar(progress) as bar:
         m = Machine.boot(cfg, progress=bar)
         before = m.counters.snapshot()
         try:
-            res = replay_events(m, events, file=file, progress=bar)
+            res = replay_events(m, events, file=file, progress=bar, arg_areas=areas)
         except (OutOfMemory, SyscallError) as err:
             if not isinstance(err, OutOfMemory) and err.errno != errno.ENOMEM:
                 raise
@@ -135,11 +140,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError:  # an unreadable directory: the trace's own read reports it
         compare = False
     live = _read_vmpte(live_path) if compare else None
+    args_path = Path(f"{args.file}.args.json")
+    areas = _read_args(args_path) if args_path.exists() else None
     events = read_trace(args.file)
-    res, delta = _replay(cfg, events, file, on_terminal(args))
+    res, delta = _replay(cfg, events, file, on_terminal(args), areas)
     doc: dict[str, Any] = {
         "trace": file,
         "arch": cfg.arch,
+        "arg_areas": None if areas is None else str(args_path),
         "processes": [p.as_dict() for p in res.processes],
         "counters": res.counters,
         "replay_counters": delta,
@@ -154,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         doc["agreement"] = _compare(doc["processes"], live)
     if args.cost:
         assert costs is not None
-        doc["cost"] = _cost(costs, cfg, events, file, delta, label)
+        doc["cost"] = _cost(costs, cfg, events, file, delta, label, areas)
     if args.json:
         emit_json(doc)
     else:
@@ -175,6 +183,25 @@ def _read_vmpte(path: Path) -> dict[int, int]:
     ):
         raise InputError('expected {"pid": pages, ...}', file=str(path))
     return {int(k): v for k, v in raw.items()}
+
+
+def _read_args(path: Path) -> dict[int, tuple[int, int]]:
+    """A ``kpsim record --vmpte`` argument-area sidecar: ``{"pid": [arg_start, env_end]}``."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        problem = f"cannot read the argument areas: {err.strerror}"
+        raise InputError(problem, file=str(path)) from None
+    except ValueError as err:
+        raise InputError(f"not JSON: {err}", file=str(path)) from None
+    ok = isinstance(raw, dict) and all(
+        isinstance(k, str) and k.isdigit() and isinstance(v, list) and len(v) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and 0 < v[0] < v[1]
+        for k, v in raw.items()
+    )  # fmt: skip
+    if not ok:
+        raise InputError('expected {"pid": [arg_start, env_end], ...}', file=str(path))
+    return {int(k): (v[0], v[1]) for k, v in raw.items()}
 
 
 def _compare(procs: list[dict[str, Any]], live: dict[int, int]) -> dict[str, Any]:
@@ -200,13 +227,14 @@ def _cost(
     file: str,
     delta: dict[str, int],
     label: str = "",
+    areas: dict[int, tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     from kpsim.engine.job import overhead_estimate
 
     on_cfg = dataclasses.replace(cfg, hardened_pgtables=True)
     off_cfg = dataclasses.replace(cfg, hardened_pgtables=False)
-    on = delta if cfg.hardened_pgtables else _replay(on_cfg, events, file)[1]
-    off = _replay(off_cfg, events, file)[1]
+    on = delta if cfg.hardened_pgtables else _replay(on_cfg, events, file, areas=areas)[1]
+    off = _replay(off_cfg, events, file, areas=areas)[1]
     on_c, off_c = cost_counts(on), cost_counts(off)
     ov = overhead_estimate(on_c, off_c, costs, cfg.batching, label, cfg.arch)
     if ov is None:

@@ -41,7 +41,7 @@ thread group's exit.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,7 @@ from kpsim.workloads.trace import (
     Mprotect,
     Mremap,
     Munmap,
+    ProcessExec,
     Skipped,
     memory_ops,
 )
@@ -160,8 +161,17 @@ class _Mm:
 class Replayer:
     """Replays resolved operations on one machine (see the module docstring)."""
 
-    def __init__(self, machine: Any, *, lazy: bool = True, batching: bool = True) -> None:
+    def __init__(
+        self,
+        machine: Any,
+        *,
+        lazy: bool = True,
+        batching: bool = True,
+        arg_pages: dict[int, tuple[int, int]] | None = None,
+    ) -> None:
         self.machine = machine
+        #: trace line of an exec -> [lo, hi): the stack its copy_strings filled
+        self.arg_pages = arg_pages or {}
         self.lazy = lazy  # create VMAs for mappings the trace does not show
         self.batching = batching  # runs of faults a PTE table at a time (see run())
         self.batched = 0  # faults replayed in such runs
@@ -584,6 +594,19 @@ class Replayer:
         self.task_mm[op.tid] = new
         self.task_group[op.tid] = group
         self.group_mm[group] = new
+        area = self.arg_pages.get(op.line)
+        if area is not None:
+            self._copy_strings(new, *area)
+
+    def _copy_strings(self, mm: _Mm, lo: int, hi: int) -> None:
+        """The stack pages execve's ``copy_strings`` (and ``copy_string_kernel`` for the
+        filename) filled with the argument and environment strings, ``[lo, hi)``: the
+        kernel writes them through ``get_user_pages`` into the new mm (``get_arg_page``),
+        so no page fault of the trace shows them; each is a write fault here, in a
+        "[lazy]" stack VMA like the rest of the kernel-made stack."""
+        with mm.proc.kernel():
+            for addr in range(lo & ~(PAGE_SIZE - 1), hi, PAGE_SIZE):
+                self._fault_in(mm.proc.mm, addr, 2)
 
     def _exit(self, op: Exit) -> None:
         mm = self.task_mm.get(op.tid) or self._mm_of(op)
@@ -620,21 +643,48 @@ def replay_events(
     file: str | None = None,
     lazy: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
+    arg_areas: Mapping[int, tuple[int, int]] | None = None,
 ) -> ReplayResult:
     """Replay parsed trace records on ``machine``; the per-process result.
 
     ``lazy=False`` leaves out the VMAs for mappings the trace does not show (faults
     there are refused): a control for what they contribute. ``progress(line, lines,
     label)`` is called every :data:`PROGRESS_EVERY` operations with the trace line
-    reached.
+    reached. ``arg_areas`` (``kpsim record --vmpte``'s ``FILE.args.json``: thread-group
+    id -> ``(arg_start, env_end)`` of its mm at exit) places the strings its last exec
+    copied onto the new stack (:func:`exec_arg_pages`).
     """
     evs = events if isinstance(events, list) else list(events)
-    r = Replayer(machine, lazy=lazy)
+    pages = exec_arg_pages(evs, arg_areas) if arg_areas else None
+    r = Replayer(machine, lazy=lazy, arg_pages=pages)
     ops: Iterable[MemOp] = memory_ops(evs, file=file)
     if progress is not None and evs:
         ops = _reporting(ops, evs[-1].line, progress)
     r.run(ops)
     return r.result(len(evs))
+
+
+def exec_arg_pages(
+    evs: Sequence[Event], areas: Mapping[int, tuple[int, int]]
+) -> dict[int, tuple[int, int]]:
+    """Trace line of each thread group's last exec -> the stack range its strings fill.
+
+    ``areas`` holds each group's ``arg_start``/``env_end`` at exit, i.e. of its last
+    exec. Above ``env_end`` the kernel put the filename (``copy_string_kernel``, first,
+    at the top) and the stack's top word, so the range is ``[arg_start, env_end +
+    len(filename) + 1 + 8)``.
+    """
+    last: dict[int, ProcessExec] = {}
+    for ev in evs:
+        if isinstance(ev, ProcessExec):
+            last[ev.tid] = ev
+    out = {}
+    for group, (arg_start, env_end) in areas.items():
+        ex = last.get(group)
+        if ex is not None:
+            top = env_end + len(ex.filename.encode()) + 1 + 8
+            out[ex.line] = (arg_start, top)
+    return out
 
 
 #: Operations between two ``progress`` calls of :func:`replay_events`.

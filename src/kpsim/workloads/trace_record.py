@@ -14,7 +14,11 @@ With ``vmpte=True`` the whole ``perf record`` run is also traced with ptrace
 (``PTRACE_O_TRACEEXIT``): every task stops at the start of ``do_exit()``, before
 ``exit_mm()`` drops the mm, and ``/proc/TID/status`` still shows the final
 ``VmPTE`` (PTE + PMD + PUD tables) of its mm. The last such reading of each thread
-group is the live kernel's page-table count at exit.
+group is the live kernel's page-table count at exit (``FILE.vmpte.json``). At the same
+stop ``/proc/TID/stat`` gives the mm's argument area, ``arg_start`` to ``env_end``
+(``FILE.args.json``): execve's ``copy_strings`` filled those stack pages through
+``get_user_pages``, which no page-fault tracepoint sees, so the replay needs them to
+build the same stack tables.
 
 The command's exit status is passed on as ``perf record`` passes it on (perf exits
 with its workload's status). Left out: perf's own ``--threads`` mode, VmPTE readings
@@ -81,6 +85,9 @@ class RecordResult:
     vmpte_file: Path | None = None
     perf_data: Path | None = None
     command: tuple[str, ...] = field(default=())
+    #: thread-group id -> (arg_start, env_end) of its mm at exit (FILE.args.json)
+    arg_areas: dict[int, tuple[int, int]] | None = None
+    args_file: Path | None = None
 
 
 # --- perf discovery -----------------------------------------------------------------
@@ -214,9 +221,10 @@ def record(
         data = keep_data if keep_data is not None else Path(tmp) / "perf.data"
         argv = perf_record_argv(perf, data, cmd, events, buffer, pids=pids, system_wide=system_wide)
         readings: dict[int, int] | None = None
+        areas: dict[int, tuple[int, int]] = {}
         with _sigint_to_children():
             if vmpte:
-                status, readings = run_reading_vmpte(argv)
+                status, readings = run_reading_vmpte(argv, areas)
             else:
                 status = subprocess.run(argv, check=False).returncode
         if not data.exists() or data.stat().st_size == 0:
@@ -226,13 +234,17 @@ def record(
             )
         lines, lost, chunks = convert(perf, data, output)
         lost_samples = _lost_samples(perf, data)
-    vm_file = None
+    vm_file = args_file = None
     if readings is not None:
         vm_file = output.with_name(output.name + ".vmpte.json")
         vm_file.write_text(json.dumps({str(k): v for k, v in sorted(readings.items())}) + "\n")
+        args_file = output.with_name(output.name + ".args.json")
+        doc = {str(k): list(v) for k, v in sorted(areas.items())}
+        args_file.write_text(json.dumps(doc) + "\n")
     return RecordResult(
         output, lines, status, lost, chunks, lost_samples, tuple(missing),
-        readings, vm_file, keep_data, tuple(cmd),
+        readings, vm_file, keep_data, tuple(cmd), areas if readings is not None else None,
+        args_file,
     )  # fmt: skip
 
 
@@ -344,6 +356,22 @@ def _read_exit_vmpte(tid: int) -> tuple[int, int] | None:
     return int(tg.group(1)), int(vm.group(1)) * 1024 // os.sysconf("SC_PAGE_SIZE")
 
 
+def _read_arg_area(tid: int) -> tuple[int, int] | None:
+    """``(arg_start, env_end)`` of a stopped task's mm (``/proc/TID/stat`` fields 48 and
+    51, since Linux 3.5): where execve's ``copy_strings`` put the argument and
+    environment strings, pages the kernel filled through ``get_user_pages`` (no page
+    fault is traced for them). None when unreadable or zero (a kernel thread)."""
+    try:
+        text = Path(f"/proc/{tid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()  # from field 3 (state) on: comm may hold ")"
+    if len(fields) < 49:
+        return None
+    arg_start, env_end = int(fields[48 - 3]), int(fields[51 - 3])
+    return (arg_start, env_end) if 0 < arg_start < env_end else None
+
+
 def _spawn_traced(argv: Sequence[str]) -> int:
     """Fork a child that stops for its tracer, then execs ``argv``."""
     pt = _Ptrace()
@@ -358,13 +386,16 @@ def _spawn_traced(argv: Sequence[str]) -> int:
     return pid
 
 
-def run_reading_vmpte(argv: Sequence[str]) -> tuple[int, dict[int, int]]:
+def run_reading_vmpte(
+    argv: Sequence[str], areas: dict[int, tuple[int, int]] | None = None
+) -> tuple[int, dict[int, int]]:
     """Run ``argv`` (perf record) and its descendants under ptrace.
 
     Returns perf's exit status (``subprocess`` convention) and, per thread group
-    other than perf's own, the VmPTE pages read at its last task's exit stop.
-    Children created by vfork that exit without exec are left out: their mm is
-    their parent's.
+    other than perf's own, the VmPTE pages read at its last task's exit stop; fills
+    ``areas`` (when given) with each such group's argument area at that stop
+    (:func:`_read_arg_area`). Children created by vfork that exit without exec are
+    left out: their mm is their parent's.
     """
     pt = _Ptrace()
     root = _spawn_traced(argv)
@@ -391,21 +422,33 @@ def run_reading_vmpte(argv: Sequence[str]) -> tuple[int, dict[int, int]]:
             pt.cont(w, 0 if sig == signal.SIGSTOP else sig)
             continue
         if sig == signal.SIGTRAP and event:
-            _on_ptrace_event(pt, w, event, vforked, readings)
+            _on_ptrace_event(pt, w, event, vforked, readings, areas)
             pt.cont(w)
         else:
             pt.cont(w, 0 if pt.is_group_stop(w) else sig)
     readings.pop(root, None)
+    if areas is not None:
+        areas.pop(root, None)
+        for gone in set(areas) - set(readings):
+            del areas[gone]
     return os.waitstatus_to_exitcode(st), readings
 
 
 def _on_ptrace_event(
-    pt: _Ptrace, tid: int, event: int, vforked: set[int], readings: dict[int, int]
+    pt: _Ptrace,
+    tid: int,
+    event: int,
+    vforked: set[int],
+    readings: dict[int, int],
+    areas: dict[int, tuple[int, int]] | None = None,
 ) -> None:
     if event == _EV_EXIT:
         got = _read_exit_vmpte(tid)
         if got is not None and got[0] not in vforked:
             readings[got[0]] = got[1]
+            area = _read_arg_area(tid) if areas is not None else None
+            if area is not None and areas is not None:
+                areas[got[0]] = area
     elif event == _EV_VFORK:
         vforked.add(pt.event_msg(tid))
     elif event == _EV_EXEC:
