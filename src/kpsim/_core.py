@@ -45,6 +45,7 @@ COMPILED: tuple[str, ...] = (
     "kpsim.hw.arm64.por",
     "kpsim.hw.arm64.tlb",
     "kpsim.hw.arm64.cpu",
+    "kpsim.hw.arm64.system",
     "kpsim.mm.fault_batch",
     "kpsim.mm.folio",
     "kpsim.mm.fork",

@@ -71,12 +71,13 @@ class PageattrMixin(MmuMixin, TlbFlushMixin, LazyMmuMixin):
         is a table descriptor (a PTE-mapped address), else None (reads by physical
         address, as :meth:`read_entry` does)."""
         read64 = self.k.mem.read64
-        pa = self.swapper_pg_dir + (((addr >> 39) & 0x1FF) << 3)
+        vpn = addr >> 12  # the indexes from the page number (word-sized; a kernel VA is not)
+        pa = self.swapper_pg_dir + (((vpn >> 27) & 0x1FF) << 3)
         for level in (1, 2, 3):
             v = read64(pa)
             if v & _TABLE_BITS != _TABLE_BITS:  # d.kind(v, level - 1) is not TABLE
                 return None
-            pa = (v & d.OA_MASK) + (((addr >> d.LEVEL_SHIFT[level]) & 0x1FF) << 3)
+            pa = (v & d.OA_MASK) + (((vpn >> (d.LEVEL_SHIFT[level] - 12)) & 0x1FF) << 3)
         return pa
 
     def _change_one_pte(

@@ -7,13 +7,15 @@ instruction, as a DVM message would be.
 
 from __future__ import annotations
 
+from typing import Final
+
 from kpsim.errors import ConfigError
 from kpsim.events import Counters
 from kpsim.hw.arm64.cpu import Cpu
 from kpsim.hw.physmem import PhysicalMemory
 
-MAX_CPUS = 256
-MAX_DVM_OPS = 512  # Linux's threshold above which a range flush becomes a full flush
+MAX_CPUS: Final = 256
+MAX_DVM_OPS: Final = 512  # Linux's threshold above which a range flush becomes a full flush
 
 
 class Arm64System:
