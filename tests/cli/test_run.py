@@ -356,3 +356,46 @@ def test_series_option_reaches_the_machine_line(tmp_path, capsys):
     assert status == 0 and doc["machine"]["series"] == "v8"
     assert main(["run", write(tmp_path, SMALL), "--series", "v9"]) == 2
     assert "unknown series 'v9'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --both-arches
+
+
+def test_both_arches_runs_the_scenario_on_each_with_its_own_defaults(tmp_path, capsys):
+    """``--both-arches``: one document per architecture, each the document ``--arch``
+    alone gives (arm64: POE, PTE-mapped linear map, minimal allocator; x86: PKS, block
+    direct map, PBA), each pricing its own pkey-register writes (POR_EL1 / IA32_PKRS);
+    the status is the worse of the two."""
+    path = write(tmp_path, SMALL)
+    status, doc = run_json(capsys, [path, "--both-arches"])
+    assert status == doc["status"] == 0 and set(doc["arches"]) == {"arm64", "x86"}
+    arm, x86 = doc["arches"]["arm64"], doc["arches"]["x86"]
+    assert (arm["machine"]["linear_map"], arm["machine"]["allocator"]) == ("pte", "minimal")
+    assert x86["machine"]["arch"] == "x86" and x86["machine"]["linear_map"] == "block"
+    for d, register in ((arm, "por_write"), (x86, "pkrs_write")):
+        for w in d["workloads"]:
+            assert w["on"]["counters"][register] > w["off"]["counters"].get(register, 0)
+            assert register in w["overhead"]["contributions"]
+    _, alone = run_json(capsys, [path, "--arch", "x86"])
+    assert [w["overhead"] for w in alone["workloads"]] == [w["overhead"] for w in x86["workloads"]]
+
+
+def test_both_arches_text_sets_the_overheads_side_by_side(tmp_path, capsys):
+    """The text: both machines, and per workload both overheads with their intervals and
+    the events each added, named alike (pkey register writes on both); ``--out DIR``
+    writes each architecture's files under DIR/arm64 and DIR/x86."""
+    path = write(tmp_path, SMALL)
+    assert main(["run", path, "--both-arches", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    for arch in ("arm64", "x86"):
+        run = json.loads((tmp_path / "o" / arch / "run.json").read_text())
+        assert run["machine"].get("arch", "arm64") == arch
+    assert "arm64 machine" in out and "x86 machine" in out
+    row = next(ln for ln in out.splitlines() if "micromm.fork" in ln)
+    assert row.count("%") == 2 and row.count("[") == 2 and "pkey register writes +" in row
+
+
+def test_both_arches_with_arch_is_one_line_exit_2(capsys):
+    assert main(["run", "--both-arches", "--arch", "x86"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "kpsim run: --both-arches runs arm64 and x86: it takes no --arch\n"

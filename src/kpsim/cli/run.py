@@ -87,6 +87,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "free while workloads run; none: no audit (large machines)",
     )
     p.add_argument(
+        "--both-arches",
+        action="store_true",
+        help="run the scenario on arm64 (POE) and on x86 (PKS), each with its own defaults "
+        "for what the scenario leaves open, and print the two side by side",
+    )
+    p.add_argument(
         "--list-workloads",
         action="store_true",
         help="list the built-in workloads and their parameters, then exit",
@@ -560,6 +566,92 @@ def _list_workloads(as_json: bool) -> int:
     return 0
 
 
+ARCHES = ("arm64", "x86")
+
+
+def _side_by_side(docs: Mapping[str, Mapping[str, Any]]) -> RenderableType:
+    """``--both-arches``: each architecture's machine, KUnit and audit line, then per
+    workload the two overheads with their intervals and the events each added, grouped
+    so that the two architectures' names for the same work line up
+    (:data:`kpsim.engine.compare.GROUPS`)."""
+    from kpsim.engine.compare import event_groups
+
+    first = docs[ARCHES[0]]
+    sc = first["scenario"]
+    parts: list[RenderableType] = [
+        Text.assemble(("kpsim run --both-arches", "bold"), f"  {sc['path']}, seed {sc['seed']}")
+    ]
+    for arch in ARCHES:
+        d = docs[arch]
+        parts += [
+            Text(f"{arch} machine  ", style="bold") + Text(_machine_line(d["machine"])),
+            Text("  KUnit    ") + _kunit_line(d["kunit"]),
+            Text("  audit    ") + _audit_lines(d["audit"])[0],
+        ]
+    t = Table(
+        title="estimated overhead per workload, arm64 POE vs x86 PKS (the counts are exact, "
+        "the % estimates); events: feature on minus off",
+        title_justify="left",
+        title_style="bold",
+        box=None,
+        pad_edge=False,
+        header_style="bold",
+    )
+    for col in ("#", "workload", "arm64", "interval", "x86", "range", "events added arm64 / x86"):
+        t.add_column(col, justify="right" if col in ("#", "arm64", "x86") else "left")
+    by_arch = {a: docs[a]["workloads"] for a in ARCHES}
+    for wa, wx in zip(by_arch["arm64"], by_arch["x86"], strict=True):
+        row = [str(wa["index"]), wa["label"]]
+        for w in (wa, wx):
+            ov = w.get("overhead")
+            iv = (ov or {}).get("interval")
+            row.append("n/a" if ov is None else f"{ov['percent']:+.2f}%")
+            row.append(f"[{iv['lo']:+.1f}, {iv['hi']:+.1f}]" if iv else "")
+        groups: dict[str, list[str]] = {}
+        for arch, w in (("arm64", wa), ("x86", wx)):
+            if "on" not in w:
+                continue
+            for g in event_groups(w["on"]["counters"], w["off"]["counters"]):
+                if g["added"] and g["group"] != "guard entries":
+                    groups.setdefault(g["group"], ["-", "-"])[arch == "x86"] = f"{g['added']:+d}"
+        row.append("; ".join(f"{name} {a}/{x}" for name, (a, x) in list(groups.items())[:4]))
+        t.add_row(*row)
+    parts += [Text(""), t, Text("")]
+    for arch in ARCHES:
+        parts.append(Text(f"{arch}: " + _interval_line(docs[arch]), style="dim"))
+    return Group(*parts)
+
+
+def _run_both(args: argparse.Namespace, scenario: Scenario, text: str) -> int:
+    """``--both-arches``: the scenario once per architecture, the documents side by side
+    (``--json``: ``{"arches": {"arm64": doc, "x86": doc}, "status": worst}``)."""
+    if args.arch is not None:
+        raise InputError("--both-arches runs arm64 and x86: it takes no --arch")
+    over = _overrides(args)
+    for arch in ARCHES:
+        warn_unsafe(machine_config(scenario, over | {"arch": arch}), "run")
+    tty = sys.stdout.isatty() and not args.json
+    docs: dict[str, dict[str, Any]] = {}
+    for arch in ARCHES:
+        with _Progress(tty) as bar:
+            doc = execute(scenario, overrides=over | {"arch": arch}, costs_path=args.costs,
+                          audit=args.audit, progress=bar, details=bool(args.out))  # fmt: skip
+        if args.out:
+            doc, details = split_details(doc)
+            _write_out(str(Path(args.out) / arch), doc, _saved_scenario(args, scenario, text),
+                       details)  # fmt: skip
+        docs[arch] = doc
+    status = max(int(d["status"]) for d in docs.values())
+    if args.json:
+        emit_json({"arches": docs, "status": status})
+    else:
+        c = console()
+        if not c.is_terminal:
+            c.width = 150
+        c.print(_side_by_side(docs))
+    return status
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_workloads:
         return _list_workloads(args.json)
@@ -571,6 +663,8 @@ def run(args: argparse.Namespace) -> int:
             Path(args.out).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise InputError(f"--out: cannot write: {err.strerror or err}", file=args.out) from None
+    if args.both_arches:
+        return _run_both(args, scenario, text)
     warn_unsafe(machine_config(scenario, _overrides(args)), "run")
     tty = sys.stdout.isatty() and not args.json
     with _Progress(tty) as bar:
