@@ -523,13 +523,12 @@ class PageAllocator:
         maximal aligned block of consecutive pfns is freed at once.
         """
         alloc, meta = self._alloc, self.memmap.pages
-        get = alloc.get
         # an order-0 allocation with no stored metadata (looked at once per page: freeing
         # a page changes only its own entries, and the pfns are distinct and ascending)
         if meta:
-            plain = [get(p, -1) == 0 and p not in meta for p in pfns]
+            plain = [alloc.get(p, -1) == 0 and p not in meta for p in pfns]
         else:  # (the usual case: no page has metadata)
-            plain = [get(p, -1) == 0 for p in pfns]
+            plain = [alloc.get(p, -1) == 0 for p in pfns]
         i, n = 0, len(pfns)
         while i < n:
             pfn = pfns[i]

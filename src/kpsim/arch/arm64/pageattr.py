@@ -17,6 +17,8 @@ whenever that allocator is on, so a foreign split always finds its reserve (grou
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 from mypy_extensions import mypyc_attr
 
@@ -32,6 +34,7 @@ EINVAL = -22
 ENOMEM = -12
 U64 = (1 << 64) - 1
 _TABLE_BITS = d.VALID | d.TYPE
+_VPN_SHIFTS: Final = (18, 9, 0)  # d.LEVEL_SHIFT[1..3] - 12
 
 
 @mypyc_attr(native_class=False)  # see Arm64Base
@@ -70,14 +73,14 @@ class PageattrMixin(MmuMixin, TlbFlushMixin, LazyMmuMixin):
         """The physical address of the kernel PTE for ``addr`` when every level above
         is a table descriptor (a PTE-mapped address), else None (reads by physical
         address, as :meth:`read_entry` does)."""
-        read64 = self.k.mem.read64
+        mem = self.k.mem  # (mem.read64 called on the object: a direct call when compiled)
         vpn = addr >> 12  # the indexes from the page number (word-sized; a kernel VA is not)
         pa = self.swapper_pg_dir + (((vpn >> 27) & 0x1FF) << 3)
-        for level in (1, 2, 3):
-            v = read64(pa)
+        for shift in _VPN_SHIFTS:  # the index of levels 1, 2, 3 in the page number
+            v = mem.read64(pa)
             if v & _TABLE_BITS != _TABLE_BITS:  # d.kind(v, level - 1) is not TABLE
                 return None
-            pa = (v & d.OA_MASK) + (((vpn >> (d.LEVEL_SHIFT[level] - 12)) & 0x1FF) << 3)
+            pa = (v & d.OA_MASK) + (((vpn >> shift) & 0x1FF) << 3)
         return pa
 
     def _change_one_pte(
