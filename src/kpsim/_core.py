@@ -59,6 +59,7 @@ COMPILED: tuple[str, ...] = (
     "kpsim.mm.pcp",
     "kpsim.mm.pgtable",
     "kpsim.mm.process",
+    "kpsim.mm.sched",
     "kpsim.arch.generic.base",
     "kpsim.arch.generic.entry",
     "kpsim.arch.generic.kpkeys",
