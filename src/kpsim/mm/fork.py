@@ -135,7 +135,7 @@ def copy_pte_range(dst: MmStruct, src: MmStruct, vma: Vma, slot: int) -> None:
     a = max(vma.start - base, 0) >> PAGE_SHIFT
     b = min(vma.end - base, PMD_SIZE) >> PAGE_SHIFT
     arr = arch.read_table(spa)[a:b]
-    nz = np.flatnonzero(arr)
+    nz = arr.nonzero()[0]
     if nz.size == 0:
         return
     full = nz.size == arr.size  # every entry in range used: slices, no index arrays

@@ -530,7 +530,9 @@ def pte_table_slice(mm: MmStruct, slot: int, start: int, end: int) -> tuple[int,
     a = max(start - base, 0) >> PAGE_SHIFT
     b = min(end - base, PMD_SIZE) >> PAGE_SHIFT
     arr = mm.ctx.arch.read_table(tpa)[a:b]
-    return tpa, a, arr, np.flatnonzero(arr)
+    # (nonzero()[0] is flatnonzero of a 1-D array without numpy's two interpreted
+    # wrapper calls: this runs per PTE table zapped)
+    return tpa, a, arr, arr.nonzero()[0]
 
 
 def zap_pte_range(

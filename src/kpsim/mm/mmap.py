@@ -578,7 +578,7 @@ def move_ptes(mm: MmStruct, old: int, new: int, ext: int) -> None:
     a = (old >> PAGE_SHIFT) & 0x1FF
     n = ext >> PAGE_SHIFT
     arr = arch.read_table(src)[a : a + n]
-    nz = np.flatnonzero(arr)
+    nz = arr.nonzero()[0]
     if nz.size == 0:
         return
     vals = arr[nz].copy()
