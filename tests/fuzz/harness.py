@@ -315,7 +315,8 @@ def mutate(data: bytes, r: random.Random, pool: list[bytes]) -> bytes:
 
 
 # -- command-line values ------------------------------------------------------------------------
-VERBS = ("boot", "run", "audit", "kunit", "explore", "pba", "ptdump", "walk", "replay", "compare")
+VERBS = ("boot", "run", "audit", "kunit", "explore", "pba", "ptdump", "walk", "replay", "compare",
+         "decode")  # fmt: skip
 OPTIONS: dict[str, list[str]] = {
     "--memory": ["4G", "256M", "1T", "3M", "0", "-1G", "4g", "0x40000000", "1.5G", "128T", "129T"],
     "--cpus": ["1", "2", "256", "0", "-3", "999", "x", "0x2"],
@@ -339,7 +340,12 @@ OPTIONS: dict[str, list[str]] = {
     "--loops": ["1", "0", "-1", "50", "1e3"],
     "--table": ["v5-corrected", "v4", "v9"],
 }
-FLAGS = ["--no-poe", "--no-batching", "--allow-unsafe-split", "--no-hardened-pgtables", "--json"]
+FLAGS = ["--no-poe", "--no-batching", "--allow-unsafe-split", "--no-hardened-pgtables", "--json",
+         "--both-arches"]  # fmt: skip
+#: decode's WHAT VALUE: arm64 and x86 registers, names --arch x86 refuses, a bad value
+DECODE = [("pte", "0x10e80008ffbbb707"), ("pmd", "0x80000001002000e3"), ("esr", "0x1"),
+          ("por", "0x57"), ("pf-error", "0x23"), ("pkrs", "0x100000000"),
+          ("x86-pte", "zz")]  # fmt: skip
 
 
 def cli_case(r: random.Random) -> list[str]:
@@ -357,6 +363,8 @@ def cli_case(r: random.Random) -> list[str]:
         argv.append(r.choice(["0xffff000000000000", "0", "zz"]))
     if argv[0] == "replay":
         argv.append(str(ROOT / "tests/data/traces/true.trace"))
+    if argv[0] == "decode":
+        argv += list(r.choice(DECODE))
     return argv
 
 
