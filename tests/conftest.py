@@ -3,7 +3,10 @@
 Locally, property tests draw new random examples on every run (and keep the failures
 they find in .hypothesis/). CI (``.ci/run`` sets ``HYPOTHESIS_PROFILE=ci``) runs them
 derandomized, so a landing is judged on a fixed, reproducible set of examples; a new
-counterexample found locally becomes a regression test.
+counterexample found locally becomes a regression test. In both, no example has a
+deadline and no run fails Hypothesis's "too slow" health check: those two are checks
+on time, and a loaded host (or two pytest-xdist workers on two cores) would fail them
+with nothing wrong; tests never assert on time (speed is measured in benchmarks/).
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import types
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
-settings.register_profile("ci", derandomize=True, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+_UNTIMED: dict[str, Any] = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("ci", derandomize=True, print_blob=True, **_UNTIMED)
+settings.register_profile("local", **_UNTIMED)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "local"))
 
 
 def pytest_report_header(config: object) -> str:
