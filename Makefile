@@ -38,7 +38,7 @@ browser:
 # The whole suite against the compiled core, then the same model as pure Python
 # (KPSIM_PURE=1) on a representative subset, so both builds are checked. Both spread
 # over the machine's CPUs with pytest-xdist (PYTEST_JOBS=1: one process, in order).
-PURE_SUBSET := tests/hw tests/mm tests/kpkeys tests/test_core.py
+PURE_SUBSET := tests/hw tests/mm tests/kpkeys tests/test_core.py tests/workloads/test_trace.py
 PYTEST_JOBS ?= auto
 test: lint build browser
 	$(BIN)/pytest -n $(PYTEST_JOBS)

@@ -92,13 +92,20 @@ COMPILED: tuple[str, ...] = (
     "kpsim.arch.x86.set_memory",
     "kpsim.arch.x86.tlbflush",
     "kpsim.arch.x86.vmalloc_arch",
+    "kpsim.workloads.trace",
 )
 
 #: Directories (relative to ``src/kpsim``) and files whose sources the digest covers: the
 #: compiled modules and everything they import (mypyc may inline another module's
 #: ``Final`` constants, so an edit there also makes the build stale).
 SOURCE_DIRS: tuple[str, ...] = ("hw", "mm", "arch/generic", "arch/arm64", "arch/x86")
-SOURCE_FILES: tuple[str, ...] = ("errors.py", "units.py", "events.py", "_core.py")
+SOURCE_FILES: tuple[str, ...] = (
+    "errors.py",
+    "units.py",
+    "events.py",
+    "_core.py",
+    "workloads/trace.py",
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: ``build/core`` of the checkout this package was imported from (``src/kpsim/..``).

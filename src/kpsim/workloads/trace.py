@@ -407,8 +407,8 @@ def parse_lines(lines: Iterable[str], *, file: str = "<trace>") -> Iterator[Even
         raise InputError(str(err), file=file, line=n) from None
     except InputError:  # from ``lines`` itself (:func:`_whole_lines`)
         raise
-    except ValueError as err:
-        raise InputError(f"bad number: {err}", file=file, line=n) from None
+    except ValueError as bad:  # not ``err``: compiled, one name must keep one type
+        raise InputError(f"bad number: {bad}", file=file, line=n) from None
 
 
 def iter_trace(path: str | PathLike[str]) -> Iterator[Event]:
