@@ -22,7 +22,6 @@ Run: ``python -m benchmarks bigtrace`` or ``python -m benchmarks.bench_bigtrace`
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ from pathlib import Path
 from kpsim.machine import boot
 from kpsim.workloads.replay import replay_events
 from kpsim.workloads.trace import read_trace
+from kpsim.workloads.trace_record import read_arg_areas, read_vmpte
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 200_000
@@ -62,16 +62,12 @@ def _record(work: Path) -> Path | None:
 
 def _areas(trace: Path) -> dict[int, tuple[int, int]] | None:
     side = Path(f"{trace}.args.json")
-    if not side.exists():
-        return None
-    return {int(k): (v[0], v[1]) for k, v in json.loads(side.read_text()).items()}
+    return read_arg_areas(side) if side.exists() else None
 
 
 def _live(trace: Path) -> dict[int, int]:
     side = Path(f"{trace}.vmpte.json")
-    if not side.exists():
-        return {}
-    return {int(k): v for k, v in json.loads(side.read_text()).items()}
+    return read_vmpte(side) if side.exists() else {}
 
 
 def main() -> dict[str, float]:

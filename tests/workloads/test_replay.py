@@ -11,6 +11,7 @@ from kpsim.errors import InputError
 from kpsim.machine import boot
 from kpsim.workloads.replay import Replayer, ReplayResult, replay_events
 from kpsim.workloads.trace import memory_ops, parse_lines, read_trace
+from kpsim.workloads.trace_record import read_arg_areas
 
 TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"
 WITH_VMPTE = sorted(p for p in TRACES.glob("*.trace") if Path(f"{p}.vmpte.json").exists())
@@ -22,9 +23,7 @@ PTE_SPAN = 1 << 21
 def _areas(path: Path) -> dict[int, tuple[int, int]] | None:
     """The recorded argument areas (``FILE.args.json``), if the trace has them."""
     side = Path(f"{path}.args.json")
-    if not side.exists():
-        return None
-    return {int(k): (v[0], v[1]) for k, v in json.loads(side.read_text()).items()}
+    return read_arg_areas(side) if side.exists() else None
 
 
 def _replay(path: Path, *, lazy: bool = True, areas: bool = True) -> ReplayResult:

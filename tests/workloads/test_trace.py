@@ -502,9 +502,7 @@ def test_fault_slots_match_vmpte_at_exit(path: Path) -> None:
     models: tests/workloads/test_replay.py requires exact agreement there)."""
     vmpte = {int(k): v for k, v in json.loads(Path(f"{path}.vmpte.json").read_text()).items()}
     side = Path(f"{path}.args.json")
-    areas = None
-    if side.exists():
-        areas = {int(k): (v[0], v[1]) for k, v in json.loads(side.read_text()).items()}
+    areas = trace_record.read_arg_areas(side) if side.exists() else None
     predicted = _fault_slots(list(memory_ops(read_trace(path))), areas)
     agree = sum(predicted[p] == vmpte[p] for p in predicted)
     assert predicted and agree >= 0.8 * len(predicted)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +122,7 @@ def cost_counts(delta: dict[str, int]) -> dict[str, int]:
 def run(args: argparse.Namespace) -> int:
     from kpsim.report.calibration import costs_for
     from kpsim.workloads.trace import read_trace
+    from kpsim.workloads.trace_record import read_arg_areas, read_vmpte
 
     file = str(args.file)
     cfg = config_from_args(args)
@@ -139,9 +139,9 @@ def run(args: argparse.Namespace) -> int:
         compare = args.vmpte is not None or live_path.exists()
     except OSError:  # an unreadable directory: the trace's own read reports it
         compare = False
-    live = _read_vmpte(live_path) if compare else None
+    live = read_vmpte(live_path) if compare else None
     args_path = Path(f"{args.file}.args.json")
-    areas = _read_args(args_path) if args_path.exists() else None
+    areas = read_arg_areas(args_path) if args_path.exists() else None
     events = read_trace(args.file)
     res, delta = _replay(cfg, events, file, on_terminal(args), areas)
     doc: dict[str, Any] = {
@@ -168,40 +168,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print(doc)
     return 1 if live is not None and doc["agreement"]["differ"] else 0
-
-
-def _read_vmpte(path: Path) -> dict[int, int]:
-    """A ``kpsim record --vmpte`` sidecar: ``{"pid": pages}``."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise InputError(f"cannot read VmPTE file: {err.strerror}", file=str(path)) from None
-    except ValueError as err:
-        raise InputError(f"not JSON: {err}", file=str(path)) from None
-    if not isinstance(raw, dict) or not all(
-        isinstance(k, str) and k.isdigit() and isinstance(v, int) for k, v in raw.items()
-    ):
-        raise InputError('expected {"pid": pages, ...}', file=str(path))
-    return {int(k): v for k, v in raw.items()}
-
-
-def _read_args(path: Path) -> dict[int, tuple[int, int]]:
-    """A ``kpsim record --vmpte`` argument-area sidecar: ``{"pid": [arg_start, env_end]}``."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        problem = f"cannot read the argument areas: {err.strerror}"
-        raise InputError(problem, file=str(path)) from None
-    except ValueError as err:
-        raise InputError(f"not JSON: {err}", file=str(path)) from None
-    ok = isinstance(raw, dict) and all(
-        isinstance(k, str) and k.isdigit() and isinstance(v, list) and len(v) == 2
-        and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and 0 < v[0] < v[1]
-        for k, v in raw.items()
-    )  # fmt: skip
-    if not ok:
-        raise InputError('expected {"pid": [arg_start, env_end], ...}', file=str(path))
-    return {int(k): (v[0], v[1]) for k, v in raw.items()}
 
 
 def _compare(procs: list[dict[str, Any]], live: dict[int, int]) -> dict[str, Any]:

@@ -248,6 +248,41 @@ def record(
     )  # fmt: skip
 
 
+# --- the sidecars' readers (kpsim replay, the tests, benchmarks/bench_bigtrace) ------------
+
+
+def _read_sidecar(path: Path, what: str) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(f"cannot read {what}: {err.strerror}", file=str(path)) from None
+    except ValueError as err:
+        raise InputError(f"not JSON: {err}", file=str(path)) from None
+
+
+def read_vmpte(path: Path) -> dict[int, int]:
+    """``FILE.vmpte.json``: ``{"pid": pages}`` (``InputError`` naming it otherwise)."""
+    raw = _read_sidecar(path, "VmPTE file")
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and k.isdigit() and isinstance(v, int) for k, v in raw.items()
+    ):
+        raise InputError('expected {"pid": pages, ...}', file=str(path))
+    return {int(k): v for k, v in raw.items()}
+
+
+def read_arg_areas(path: Path) -> dict[int, tuple[int, int]]:
+    """``FILE.args.json``: ``{"pid": [arg_start, env_end]}`` (``InputError`` otherwise)."""
+    raw = _read_sidecar(path, "the argument areas")
+    ok = isinstance(raw, dict) and all(
+        isinstance(k, str) and k.isdigit() and isinstance(v, list) and len(v) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and 0 < v[0] < v[1]
+        for k, v in raw.items()
+    )  # fmt: skip
+    if not ok or not isinstance(raw, dict):
+        raise InputError('expected {"pid": [arg_start, env_end], ...}', file=str(path))
+    return {int(k): (v[0], v[1]) for k, v in raw.items()}
+
+
 @contextmanager
 def _sigint_to_children() -> Iterator[None]:
     """Let Ctrl-C reach perf and the command (perf then writes its data), not kpsim.
