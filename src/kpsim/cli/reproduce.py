@@ -407,7 +407,7 @@ def run(args: argparse.Namespace) -> int:
     x86_side = None
     if x86:
         x86_runs = ModelRuns(size=size, loops=args.loops, processes=args.processes,
-                             progress=progress, arch="x86", allocator="pba")  # fmt: skip
+                             progress=progress, arch="x86", allocator=X86_ALLOCATOR)  # fmt: skip
         x86_side = x86_rows(table, collect_counts(x86_runs.provider(table, rows), table))
         _finish(err)
         elapsed = time.perf_counter() - t0
@@ -432,6 +432,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the x86 side's table allocator: the PBA, the series' choice on a block-mapped direct
+#: map (the tables' v5/v4 minimal allocator needs a PTE-mapped one)
+X86_ALLOCATOR = "pba"
 X86_NOTE = (
     "x86 PKS (block-mapped direct map, PBA), the same workloads; priced with the x86 "
     "priors alone (report/data/costs-x86.toml over costs.toml): nothing is published for "
@@ -445,7 +448,9 @@ def x86_rows(table: PublishedTable, counts: Mapping[str, Any]) -> dict[str, Any]
     overhead and its sensitivity range (:func:`kpsim.engine.compare.prior_range`) and
     the pkey-register and TLB events it added."""
     from kpsim.engine.compare import event_groups, prior_range
+    from kpsim.machine.config import MachineConfig
 
+    constant = constant_rows(table, counts)
     out = []
     for row in table.rows:
         for mode in MODES:
@@ -453,15 +458,14 @@ def x86_rows(table: PublishedTable, counts: Mapping[str, Any]) -> dict[str, Any]
             on, off = got.get(f"on_{mode}"), got.get(f"off_{mode}")
             if on is None or off is None:
                 continue
-            if all(on.get(k, 0) == off.get(k, 0) for k in set(on) | set(off)):
-                rng: dict[str, Any] | None = None  # constant by construction: no estimate
-            else:
-                rng = prior_range(on, off, "x86")
+            rng = None if row.key in constant else prior_range(on, off, "x86")
             out.append({"key": row.key, "mode": mode,
                         "published_arm64": row.figure(mode).percent,
                         "overhead": rng, "events": event_groups(on, off)})  # fmt: skip
-    return {"machine": {"arch": "x86", "linear_map": "block", "allocator": "pba",
-                        "series": table.series}, "note": X86_NOTE, "rows": out}  # fmt: skip
+    cfg = MachineConfig(arch="x86", allocator=X86_ALLOCATOR, series=table.series)
+    machine = {"arch": cfg.arch, "linear_map": cfg.linear_map,
+               "allocator": cfg.effective_allocator, "series": cfg.series}  # fmt: skip
+    return {"machine": machine, "note": X86_NOTE, "rows": out}
 
 
 def _print_x86(c: Any, result: FitResult, side: Mapping[str, Any]) -> None:
