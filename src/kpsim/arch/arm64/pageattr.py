@@ -165,17 +165,7 @@ class PageattrMixin(MmuMixin, TlbFlushMixin, LazyMmuMixin):
             return ENOMEM  # what a failed split inside it returns; nothing changed
         self.k.counters["set_memory_pkey"] += 1
         self.k.counters["set_memory_pkey_page"] += numpages
-        hook = self.explore_hook
-        if hook is None and not self.disabled:
-            return self.change_memory_common(
-                addr, numpages, pkey << d.POINDEX_SHIFT, d.POINDEX_MASK
-            )
-        flush = "tlbi-after-set-memory-pkey" not in self.disabled
-        if hook is not None:
-            hook("set_memory_pkey:before")
-        ret = self.change_memory_common(
-            addr, numpages, pkey << d.POINDEX_SHIFT, d.POINDEX_MASK, flush=flush
-        )
-        if hook is not None:
-            hook("set_memory_pkey:after")
-        return ret
+        value, mask = pkey << d.POINDEX_SHIFT, d.POINDEX_MASK
+        if self.explore_hook is None and not self.disabled:
+            return self.change_memory_common(addr, numpages, value, mask)
+        return self.explored_pkey_change(self.change_memory_common, addr, numpages, value, mask)

@@ -117,6 +117,22 @@ class ArchBase:
         self.disabled = frozenset(steps)
         self.set_series(self.series)
 
+    def explored_pkey_change(
+        self, change: Callable[..., int], addr: int, numpages: int, set_mask: int, clear_mask: int
+    ) -> int:
+        """``set_memory_pkey``'s attribute change (``change``: arm64's
+        ``change_memory_common``, x86's ``change_page_attr_set_clr``) with an explorer
+        attached or a step switched off: its two points around the change, and the
+        final TLB flush left out under ``--disable tlbi-after-set-memory-pkey``."""
+        hook = self.explore_hook
+        flush = "tlbi-after-set-memory-pkey" not in self.disabled
+        if hook is not None:
+            hook("set_memory_pkey:before")
+        ret = change(addr, numpages, set_mask, clear_mask, flush=flush)
+        if hook is not None:
+            hook("set_memory_pkey:after")
+        return ret
+
     def current(self) -> Task:
         return self.percpu[self.cpu_id].current
 

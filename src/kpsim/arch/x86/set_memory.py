@@ -341,15 +341,8 @@ class SetMemoryMixin(PgtableMixin, TlbFlushMixin, X86Base):
             return ENOMEM
         self.k.counters["set_memory_pkey"] += 1
         self.k.counters["set_memory_pkey_page"] += numpages
-        hook = self.explore_hook
-        if hook is None and not self.disabled:
-            return self.change_page_attr_set_clr(addr, numpages, pkey << e.PKEY_SHIFT, e.PKEY_MASK)
-        flush = "tlbi-after-set-memory-pkey" not in self.disabled
-        if hook is not None:
-            hook("set_memory_pkey:before")
-        ret = self.change_page_attr_set_clr(
-            addr, numpages, pkey << e.PKEY_SHIFT, e.PKEY_MASK, flush=flush
-        )
-        if hook is not None:
-            hook("set_memory_pkey:after")
-        return ret
+        value, mask = pkey << e.PKEY_SHIFT, e.PKEY_MASK
+        if self.explore_hook is None and not self.disabled:
+            return self.change_page_attr_set_clr(addr, numpages, value, mask)
+        change = self.change_page_attr_set_clr
+        return self.explored_pkey_change(change, addr, numpages, value, mask)
