@@ -20,7 +20,7 @@ import dataclasses
 import io
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -630,26 +630,46 @@ def _run_both(args: argparse.Namespace, scenario: Scenario, text: str) -> int:
     over = _overrides(args)
     for arch in ARCHES:
         warn_unsafe(machine_config(scenario, over | {"arch": arch}), "run")
-    tty = sys.stdout.isatty() and not args.json
-    docs: dict[str, dict[str, Any]] = {}
+    docs = {}
     for arch in ARCHES:
-        with _Progress(tty) as bar:
-            doc = execute(scenario, overrides=over | {"arch": arch}, costs_path=args.costs,
-                          audit=args.audit, progress=bar, details=bool(args.out))  # fmt: skip
-        if args.out:
-            doc, details = split_details(doc)
-            _write_out(str(Path(args.out) / arch), doc, _saved_scenario(args, scenario, text),
-                       details)  # fmt: skip
-        docs[arch] = doc
+        out = None if not args.out else str(Path(args.out) / arch)
+        docs[arch] = _job(args, scenario, text, over | {"arch": arch}, out)
     status = max(int(d["status"]) for d in docs.values())
-    if args.json:
-        emit_json({"arches": docs, "status": status})
-    else:
-        c = console()
-        if not c.is_terminal:
-            c.width = 150
-        c.print(_side_by_side(docs))
+    _show(args, {"arches": docs, "status": status}, lambda: _side_by_side(docs), 150)
     return status
+
+
+def _job(
+    args: argparse.Namespace,
+    scenario: Scenario,
+    text: str,
+    over: dict[str, Any],
+    out: str | None,
+) -> dict[str, Any]:
+    """One run of the engine with a progress bar on a terminal; with ``out``, its files
+    written there (``--out``) and the details split off the returned document."""
+    tty = sys.stdout.isatty() and not args.json
+    with _Progress(tty) as bar:
+        doc = execute(scenario, overrides=over, costs_path=args.costs, audit=args.audit,
+                      progress=bar, details=bool(out))  # fmt: skip
+    if out:
+        doc, details = split_details(doc)
+        _write_out(out, doc, _saved_scenario(args, scenario, text), details)
+    return doc
+
+
+def _show(
+    args: argparse.Namespace, doc: Any, screen: Callable[[], RenderableType], width: int
+) -> None:
+    """``doc`` as JSON with ``--json``, else ``screen()`` (``width`` columns when piped:
+    wide enough for the tables; a terminal keeps its width)."""
+    if args.json:
+        emit_json(doc)
+        return
+    c = console()
+    if not c.is_terminal:
+        c.width = width
+    c.print(screen())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -666,25 +686,6 @@ def run(args: argparse.Namespace) -> int:
     if args.both_arches:
         return _run_both(args, scenario, text)
     warn_unsafe(machine_config(scenario, _overrides(args)), "run")
-    tty = sys.stdout.isatty() and not args.json
-    with _Progress(tty) as bar:
-        doc = execute(
-            scenario,
-            overrides=_overrides(args),
-            costs_path=args.costs,
-            audit=args.audit,
-            progress=bar,
-            details=bool(args.out),
-        )
-    details: dict[str, Any] = {}
-    if args.out:
-        doc, details = split_details(doc)
-        _write_out(args.out, doc, _saved_scenario(args, scenario, text), details)
-    if args.json:
-        emit_json(doc)
-    else:
-        c = console()
-        if not c.is_terminal:
-            c.width = 130  # piped: wide enough for the tables (a terminal keeps its width)
-        c.print(render(doc))
+    doc = _job(args, scenario, text, _overrides(args), args.out)
+    _show(args, doc, lambda: render(doc), 130)
     return int(doc["status"])
