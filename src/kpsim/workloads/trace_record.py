@@ -248,7 +248,7 @@ def record(
     )  # fmt: skip
 
 
-# --- the sidecars' readers (kpsim replay, the tests, benchmarks/bench_bigtrace) ------------
+# --- the sidecars' readers (kpsim replay, the tests, benchmarks/bench_bigtrace.py) ------
 
 
 def _read_sidecar(path: Path, what: str) -> object:
